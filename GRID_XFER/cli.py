@@ -1,0 +1,389 @@
+"""``gridxfer``: a thin click layer that builds library objects and calls them.
+
+All output meant for programs goes to stdout (``--json``); messages for people go
+to stderr through logging, which only this module configures. Any
+:class:`GridXferError` becomes one line on stderr and its documented exit status
+(docs/exit-codes.md); ``--debug`` adds the traceback.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from GRID_XFER import __version__
+from GRID_XFER.config import Config, load_config
+from GRID_XFER.couch import Couch
+from GRID_XFER.errors import ConfigError, GridXferError, InvalidInput, NotFound
+from GRID_XFER.pool import Pool, PoolSettings
+from GRID_XFER.token import STATES, parse_spec
+
+log = logging.getLogger("GRID_XFER.cli")
+
+
+class App:
+    """Built once per invocation from the global options."""
+
+    def __init__(self, config_path: str | None, debug: bool) -> None:
+        self.config_path = config_path
+        self.debug = debug
+
+    @cached_property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    def couch(self, *, outage: float | None = None) -> Couch:
+        return Couch(self.config.couchdb, outage_seconds=outage)
+
+    def pool(self, *, outage: float | None = None, job_id: str | None = None) -> Pool:
+        w = self.config.worker
+        settings = PoolSettings(lease=w.lease_seconds, max_attempts=w.max_attempts,
+                                backoff_base=w.backoff_base, backoff_max=w.backoff_max,
+                                window=w.claim_window)
+        couch = self.couch(outage=outage)
+        return Pool(couch, settings, job_id=job_id)
+
+
+pass_app = click.make_pass_decorator(App)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def _setup_logging(debug: bool, quiet: bool) -> None:
+    level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                           "%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger("GRID_XFER")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    if not debug:
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", metavar="FILE", envvar="GRIDXFER_CONFIG",
+              help="YAML configuration (default: ./gridxfer.yaml, then the user config dir).")
+@click.option("--debug", is_flag=True, help="Debug logging and tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
+@click.version_option(__version__, prog_name="gridxfer")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool, quiet: bool) -> None:
+    """Nightly raw-data transfer over a CouchDB token pool."""
+    _setup_logging(debug, quiet)
+    ctx.obj = App(config_path, debug)
+
+
+# -- server -------------------------------------------------------------------
+@cli.group()
+def server() -> None:
+    """The embedded CouchDB-API server (pouchdb-server) for a single machine."""
+
+
+def _embedded(app: App):  # noqa: ANN202
+    from GRID_XFER.server import EmbeddedServer
+
+    return EmbeddedServer(app.config.server)
+
+
+@server.command("start")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def server_start(app: App, as_json: bool) -> None:
+    """Start the server and wait until it answers."""
+    from GRID_XFER.server import state_dict
+
+    state, started = _embedded(app).start()
+    if as_json:
+        emit_json({**state_dict(state), "started_now": started})
+    else:
+        verb = "started" if started else "already running"
+        click.echo(f"pouchdb-server {verb} at {state.url} (pid {state.pid}, log {state.log})")
+
+
+@server.command("stop")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def server_stop(app: App, as_json: bool) -> None:
+    """Stop the server this machine started (by its recorded PID)."""
+    stopped = _embedded(app).stop()
+    if as_json:
+        emit_json({"stopped": stopped})
+    else:
+        click.echo("stopped" if stopped else "not running")
+
+
+@server.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def server_status(app: App, as_json: bool) -> None:
+    """Is the embedded server running? Exit 0 if so, 7 if not."""
+    from GRID_XFER.server import state_dict
+
+    state = _embedded(app).status()
+    if as_json:
+        emit_json(state_dict(state))
+    else:
+        click.echo(f"running at {state.url} (pid {state.pid})" if state.running
+                   else f"not running ({state.url})")
+    if not state.running:
+        sys.exit(7)
+
+
+# -- init ---------------------------------------------------------------------
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def init(app: App, as_json: bool) -> None:
+    """Create the database and install or update the design documents (idempotent)."""
+    from GRID_XFER import views
+
+    couch = app.couch()
+    created = couch.create_db()
+    outcome = views.install(couch)
+    if as_json:
+        emit_json({"database": couch.db, "created": created, "design_docs": outcome})
+    else:
+        click.echo(f"database {couch.db} {'created' if created else 'exists'} at {couch.url}")
+        for name, what in outcome.items():
+            click.echo(f"  _design/{name}: {what}")
+
+
+# -- tokens -------------------------------------------------------------------
+@cli.group()
+def tokens() -> None:
+    """Create, inspect and repair a night's tokens."""
+
+
+def _load_specs(path: Path) -> list[Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as exc:
+        raise InvalidInput(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}:"
+                           f" {str(exc).splitlines()[0]}") from None
+    if isinstance(data, dict) and "exposures" in data:
+        data = data["exposures"]
+    if not isinstance(data, list):
+        raise InvalidInput(f"{path}: expected a list of exposures (or a mapping with "
+                           "'exposures')")
+    return [parse_spec(raw, i) for i, raw in enumerate(data)]
+
+
+@tokens.command("create")
+@click.argument("night")
+@click.option("--from", "from_file", type=click.Path(path_type=Path), required=True,
+              help="YAML/JSON list of exposures (names, or mappings with exposure and files).")
+@click.option("--source", help="Source URL prefix (default: config `source`).")
+@click.option("--dest", "destination", help="Destination URL prefix (default: config).")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def tokens_create(app: App, night: str, from_file: Path, source: str | None,
+                  destination: str | None, as_json: bool) -> None:
+    """Create NIGHT's tokens; re-running adds only what is new."""
+    specs = _load_specs(from_file)
+    pool = app.pool()
+    pool.couch.require_db()
+    report = pool.create(night, specs, source=source or app.config.source,
+                         destination=destination or app.config.destination)
+    if as_json:
+        emit_json({"night": night, **report.as_dict()})
+    else:
+        r = report.as_dict()
+        click.echo(f"night {night}: {r['created']} created, {r['updated']} updated, "
+                   f"{r['unchanged']} unchanged, {r['skipped']} left alone (held or finished)")
+
+
+@tokens.command("list")
+@click.argument("night")
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES))
+@click.option("--code", "codes", multiple=True, type=int, help="Only errors with this code.")
+@click.option("--json", "as_json", is_flag=True, help="An array of the token documents.")
+@pass_app
+def tokens_list(app: App, night: str, states: tuple[str, ...], codes: tuple[int, ...],
+                as_json: bool) -> None:
+    """List NIGHT's tokens (optionally by state or error code)."""
+    pool = app.pool()
+    pool.require_night(night)
+    docs = pool.select(night, states or None, codes or None)
+    if as_json:
+        emit_json(docs)
+        return
+    for d in docs:
+        err = d.get("error") or {}
+        extra = f"  {err.get('code')} {err.get('message', '')}" if d["state"] == "error" else ""
+        click.echo(f"{d['_id']:<40} {d['state']:<9} attempts={d.get('attempts', 0)}{extra}")
+
+
+@tokens.command("show")
+@click.argument("token_id")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def tokens_show(app: App, token_id: str, as_json: bool) -> None:
+    """Show one token."""
+    doc = app.pool().get(token_id)
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip())
+
+
+@tokens.command("reset")
+@click.argument("night")
+@click.option("--state", "states", multiple=True, type=click.Choice(STATES),
+              help="States to reset (default: error).")
+@click.option("--code", "codes", multiple=True, type=int, help="Only tokens with this error code.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def tokens_reset(app: App, night: str, states: tuple[str, ...], codes: tuple[int, ...],
+                 as_json: bool) -> None:
+    """Send tokens back to todo with a fresh attempt count."""
+    pool = app.pool()
+    pool.require_night(night)
+    ids = pool.reset(night, states or None, codes or None)
+    emit_json({"reset": ids}) if as_json else click.echo(f"{len(ids)} tokens reset")
+
+
+@tokens.command("reap")
+@click.option("--night", help="Only this night.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def tokens_reap(app: App, night: str | None, as_json: bool) -> None:
+    """Return tokens of lost workers (expired leases) to todo, or error 90."""
+    ids = app.pool().reap(night)
+    emit_json({"reaped": ids}) if as_json else click.echo(f"{len(ids)} expired leases reaped")
+
+
+@tokens.command("delete")
+@click.argument("night")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def tokens_delete(app: App, night: str, yes: bool, as_json: bool) -> None:
+    """Delete every token of NIGHT."""
+    pool = app.pool()
+    pool.require_night(night)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InvalidInput("refusing to delete without --yes (no terminal to ask)")
+        click.confirm(f"Delete every token of night {night}?", abort=True)
+    ids = pool.delete(night)
+    emit_json({"deleted": ids}) if as_json else click.echo(f"{len(ids)} tokens deleted")
+
+
+# -- worker -------------------------------------------------------------------
+def build_task(app: App, kind: str | None, command: str | None):  # noqa: ANN201
+    from GRID_XFER.task import CommandTask, NoopTask
+
+    w = app.config.worker
+    kind = kind or w.task
+    if kind == "noop":
+        return NoopTask()
+    if kind == "command":
+        cmd = command or w.command
+        if not cmd:
+            raise ConfigError("worker.command is not set (needed by the command task)")
+        return CommandTask(cmd, timeout=w.task_timeout)
+    raise ConfigError(f"worker.task: {kind!r} is not available in this version")
+
+
+@cli.command()
+@click.option("--night", help="Only this night's tokens (default: any night).")
+@click.option("--max-tokens", type=click.IntRange(min=1), help="Stop after K tokens.")
+@click.option("--max-time", type=click.FloatRange(min=0), help="Stop claiming after S seconds.")
+@click.option("--idle-exit", is_flag=True, help="Exit when nothing is claimable.")
+@click.option("--task", "task_kind", type=click.Choice(["command", "noop", "transfer"]),
+              help="Task to run per token (default: worker.task).")
+@click.option("--command", help="Command for the command task (default: worker.command).")
+@click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON at the end.")
+@pass_app
+def worker(app: App, night: str | None, max_tokens: int | None, max_time: float | None,
+           idle_exit: bool, task_kind: str | None, command: str | None, as_json: bool) -> None:
+    """Claim tokens and process them until done, stopped or out of time."""
+    from GRID_XFER.worker import Worker, batch_job_id
+
+    w = app.config.worker
+    pool = app.pool(outage=w.outage_seconds, job_id=batch_job_id())
+    runner = Worker(pool, build_task(app, task_kind, command), night=night,
+                    max_tokens=max_tokens, max_time=max_time, idle_exit=idle_exit,
+                    idle_sleep=w.idle_sleep, heartbeat=w.heartbeat)
+    runner.install_signal_handlers()
+    pool.couch.require_db()
+    if night:
+        pool.require_night(night)
+    log.info("worker %s starting (night %s)", pool.worker["id"], night or "any")
+    report = runner.run()
+    if as_json:
+        emit_json({"worker": pool.worker, **report.as_dict()})
+    else:
+        log.info("worker %s finished: %s", pool.worker["id"], report.as_dict())
+    if report.signal is not None:
+        log.warning("stopped by signal %d; held token released", report.signal)
+        sys.exit(128 + report.signal)
+
+
+# -- status -------------------------------------------------------------------
+@cli.command()
+@click.argument("night", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@pass_app
+def status(app: App, night: str | None, as_json: bool) -> None:
+    """Token counts per night and state."""
+    pool = app.pool()
+    counts = pool.counts(night)
+    if night and night not in counts:
+        raise NotFound(f"unknown night {night!r}: no tokens in database {pool.couch.db!r}")
+    nights = []
+    for n, states in sorted(counts.items()):
+        nights.append({"night": n,
+                       "states": {s: states.get(s, {}).get("count", 0) for s in STATES},
+                       "bytes_done": states.get("done", {}).get("bytes", 0),
+                       "bytes_total": sum(v["bytes"] for v in states.values())})
+    if as_json:
+        emit_json({"nights": nights})
+        return
+    click.echo(f"{'night':<16}" + "".join(f"{s:>10}" for s in STATES))
+    for n in nights:
+        click.echo(f"{n['night']:<16}" + "".join(f"{n['states'][s]:>10}" for s in STATES))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one line and a documented exit status for every known error."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="gridxfer", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("gridxfer: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except GridXferError as exc:
+        if debug:
+            log.exception("failed")
+        click.echo(f"gridxfer: error: {exc}", err=True)
+        sys.exit(exc.exit_status)
+    except KeyboardInterrupt:
+        click.echo("gridxfer: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug: say so in one line, details with --debug
+        if debug:
+            raise
+        click.echo(f"gridxfer: unexpected error: {type(exc).__name__}: {exc} "
+                   "(run with --debug for details)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""Configuration: one YAML file, environment overrides, validated up front.
+
+Search order for the file: ``--config``, ``$GRIDXFER_CONFIG``, ``./gridxfer.yaml``,
+``$XDG_CONFIG_HOME/gridxfer/config.yaml``. Missing file means defaults, which point
+at the embedded server. A bad value fails before any work starts, with the key
+named, so a night never half-runs on a typo.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from GRID_XFER.errors import ConfigError
+
+DEFAULT_PORT = 5984
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CouchDBConfig(_Section):
+    url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    db: str = "gridxfer"
+    user: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    auth: Literal["cookie", "basic"] = "cookie"
+    timeout: float = Field(30.0, gt=0)
+    retries: int = Field(4, ge=0)
+    backoff: float = Field(0.5, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; use couchdb.user and "
+                             "GRIDXFER_COUCHDB_PASSWORD or couchdb.password_file")
+        return v.rstrip("/")
+
+    @field_validator("db")
+    @classmethod
+    def _db(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[a-z][a-z0-9_$()+/-]*", v):
+            raise ValueError("must start with a lower-case letter and hold only a-z 0-9 _$()+-/")
+        return v
+
+    def secret(self) -> str | None:
+        """The password, read when needed (from a file if so configured)."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                return self.password_file.expanduser().read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"couchdb.password_file: cannot read {self.password_file}: "
+                                  f"{exc.strerror}") from None
+        return None
+
+
+class ServerConfig(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(DEFAULT_PORT, ge=1, le=65535)
+    data_dir: Path = Path(".gridxfer/couchdb")
+    in_memory: bool = False
+    # Where pouchdb-server was installed by scripts/setup (node_modules/.bin inside).
+    prefix: Path | None = None
+    start_timeout: float = Field(30.0, gt=0)
+
+
+class WorkerConfig(_Section):
+    lease_seconds: float = Field(300.0, gt=0)
+    heartbeat_seconds: float | None = Field(None, gt=0)
+    max_attempts: int = Field(3, ge=1)
+    backoff_base: float = Field(30.0, ge=0)
+    backoff_max: float = Field(3600.0, ge=0)
+    claim_window: int = Field(64, ge=1, le=10000)
+    idle_sleep: float = Field(10.0, gt=0)
+    # How long a worker rides out a database outage before giving up.
+    outage_seconds: float = Field(900.0, gt=0)
+    task: Literal["command", "noop", "transfer"] = "command"
+    command: list[str] | str | None = None
+    task_timeout: float | None = Field(None, gt=0)
+
+    @property
+    def heartbeat(self) -> float:
+        return self.heartbeat_seconds or max(1.0, self.lease_seconds / 4)
+
+
+class Config(_Section):
+    couchdb: CouchDBConfig = CouchDBConfig()
+    server: ServerConfig = ServerConfig()
+    worker: WorkerConfig = WorkerConfig()
+    source: str | None = None
+    destination: str | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    path: Path | None = Field(None, exclude=True)
+
+
+# Environment variable -> dotted key.
+ENV_OVERRIDES: dict[str, str] = {
+    "GRIDXFER_COUCHDB_URL": "couchdb.url",
+    "GRIDXFER_COUCHDB_DB": "couchdb.db",
+    "GRIDXFER_COUCHDB_USER": "couchdb.user",
+    "GRIDXFER_COUCHDB_PASSWORD": "couchdb.password",
+    "GRIDXFER_COUCHDB_PASSWORD_FILE": "couchdb.password_file",
+    "GRIDXFER_SERVER_PORT": "server.port",
+    "GRIDXFER_SERVER_DATA_DIR": "server.data_dir",
+    "GRIDXFER_SERVER_PREFIX": "server.prefix",
+    "GRIDXFER_LEASE_SECONDS": "worker.lease_seconds",
+    "GRIDXFER_MAX_ATTEMPTS": "worker.max_attempts",
+    "GRIDXFER_SOURCE": "source",
+    "GRIDXFER_DESTINATION": "destination",
+}
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return p
+    env = os.environ.get("GRIDXFER_CONFIG")
+    if env:
+        p = Path(env).expanduser()
+        if not p.is_file():
+            raise ConfigError(f"GRIDXFER_CONFIG points to a missing file: {p}")
+        return p
+    candidates = [Path("gridxfer.yaml")]
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    candidates.append(Path(xdg) / "gridxfer" / "config.yaml")
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for key in parents:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{key}: must be a mapping")
+        node = child
+    node[leaf] = value
+
+
+def _format_validation(exc: ValidationError, origin: str) -> str:
+    err = exc.errors()[0]
+    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"invalid configuration in {origin}: {key}: {msg}{more}"
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: dict[str, str] | None = None) -> Config:
+    """Read, override and validate; raise ConfigError naming the bad key."""
+    env = dict(os.environ) if env is None else env
+    file = find_config_file(path)
+    data: dict[str, Any] = {}
+    origin = "defaults"
+    if file is not None:
+        origin = str(file)
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {file}:{where} is not valid YAML") from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc.strerror}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file}: top level must be a mapping")
+        data = loaded
+    overridden = []
+    for var, dotted in ENV_OVERRIDES.items():
+        if env.get(var):
+            _set_dotted(data, dotted, env[var])
+            overridden.append(var)
+    if overridden:
+        origin += " + environment (" + ", ".join(overridden) + ")"
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation(exc, origin)) from None
+    cfg.path = file
+    return cfg

@@ -1,0 +1,269 @@
+"""The token: one exposure's work, as a PiCaS-compatible CouchDB document.
+
+Transitions are pure functions on the document dict, so the pool can apply them
+to whatever revision it just read and save with that ``_rev``. Every transition
+keeps the PiCaS fields (``lock``, ``done``, ``output``, ``hostname``,
+``scrub_count``) consistent with ``state``, so PiCaS's Monitor views and
+``Task.has_error()`` read our tokens right:
+
+    state      lock            done        output
+    todo       0               0           0 (or last code while retrying)
+    locked     claim time      0
+    staging    request time    0
+    archiving  claim time      0
+    done       claim time      finish time 0
+    error      99              99          code  (PiCaS convention)
+"""
+from __future__ import annotations
+
+import re
+import socket
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from GRID_XFER.errors import Code, InvalidToken, code_name
+
+TOKEN_TYPE = "token"
+STATES = ("todo", "locked", "staging", "archiving", "done", "error")
+CLAIMABLE = frozenset({"todo"})
+HELD = frozenset({"locked", "archiving"})
+PICAS_ERROR = 99
+HISTORY_LIMIT = 20
+_ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+State = Literal["todo", "locked", "staging", "archiving", "done", "error"]
+
+
+class FileEntry(BaseModel):
+    """A file of the exposure; ``checksums`` maps algorithm -> expected hex."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1)
+    size: int | None = Field(None, ge=0)
+    checksums: dict[str, str] = Field(default_factory=dict)
+    result: dict[str, Any] | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if v.startswith("/") or ".." in v.split("/") or "\x00" in v:
+            raise ValueError(f"file name {v!r} must be relative, without '..'")
+        return v
+
+    @field_validator("checksums")
+    @classmethod
+    def _hex(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for algo, value in v.items():
+            if not re.fullmatch(r"[0-9a-fA-F]+", value or ""):
+                raise ValueError(f"checksum {algo} must be hex, got {value!r}")
+            out[algo.lower()] = value.lower()
+        return out
+
+
+class ExposureSpec(BaseModel):
+    """What a user (or a source scan) gives to create one token."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exposure: str
+    files: list[FileEntry] = Field(default_factory=list)
+    source: str | None = None
+    destination: str | None = None
+    payload: dict[str, Any] = Field(default_factory=dict)
+    max_attempts: int | None = Field(None, ge=1)
+
+    @field_validator("exposure")
+    @classmethod
+    def _exposure(cls, v: str) -> str:
+        return check_id_part(v, "exposure")
+
+
+class TokenDoc(BaseModel):
+    """Validation of a stored token (workers reject bad ones with code 2)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    id: str = Field(alias="_id")
+    type: Literal["token"]
+    token_set: str
+    exposure: str
+    state: State
+    lock: int
+    done: int
+    output: int
+    attempts: int = Field(ge=0)
+    max_attempts: int = Field(ge=1)
+    files: list[FileEntry]
+    not_before: float = 0
+    scrub_count: int = 0
+
+
+def check_id_part(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _ID_PART.fullmatch(value):
+        raise InvalidToken(f"invalid {what} {value!r}: use 1-128 characters of "
+                           "letters, digits and ._+- (not starting with a symbol)")
+    return value
+
+
+def token_id(night: str, exposure: str) -> str:
+    return f"{night}_{exposure}"
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+
+
+def parse_spec(raw: Any, index: int | None = None) -> ExposureSpec:
+    try:
+        if isinstance(raw, (str, int)):
+            raw = {"exposure": str(raw)}
+        return ExposureSpec.model_validate(raw)
+    except ValidationError as exc:
+        where = f"entry {index}: " if index is not None else ""
+        raise InvalidToken(f"invalid exposure {where}{_first_error(exc)}") from None
+
+
+def new_token(night: str, spec: ExposureSpec, *, source: str | None = None,
+              destination: str | None = None, max_attempts: int = 3,
+              now: float | None = None) -> dict[str, Any]:
+    check_id_part(night, "night")
+    now = time.time() if now is None else now
+    doc: dict[str, Any] = {
+        "_id": token_id(night, spec.exposure),
+        "type": TOKEN_TYPE,
+        "token_set": night,
+        "exposure": spec.exposure,
+        "state": "todo",
+        "lock": 0,
+        "done": 0,
+        "hostname": "",
+        "scrub_count": 0,
+        "output": 0,
+        "exit_code": "",
+        "files": [f.model_dump(exclude_none=True) for f in spec.files],
+        "bytes_total": sum(f.size or 0 for f in spec.files),
+        "source": spec.source or source,
+        "destination": spec.destination or destination,
+        "payload": spec.payload,
+        "attempts": 0,
+        "max_attempts": spec.max_attempts or max_attempts,
+        "not_before": 0,
+        "lease_expires": 0,
+        "worker": None,
+        "error": None,
+        "stage_request": None,
+        "created": now,
+        "updated": now,
+        "history": [],
+    }
+    _event(doc, now, "created")
+    return doc
+
+
+def validate(doc: dict[str, Any]) -> None:
+    """Raise InvalidToken (code 2) naming the first bad field."""
+    try:
+        TokenDoc.model_validate(doc)
+    except ValidationError as exc:
+        raise InvalidToken(f"token {doc.get('_id', '?')}: {_first_error(exc)}") from None
+
+
+# -- transitions -------------------------------------------------------------
+def _event(doc: dict[str, Any], now: float, event: str, **extra: Any) -> None:
+    entry = {"t": round(now, 3), "event": event, "state": doc["state"], **extra}
+    history = doc.setdefault("history", [])
+    history.append(entry)
+    del history[:-HISTORY_LIMIT]
+    doc["updated"] = now
+
+
+def worker_identity(job_id: str | None = None, worker_id: str | None = None) -> dict[str, Any]:
+    import os
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "job_id": job_id,
+            "id": worker_id or f"{socket.gethostname()}:{os.getpid()}"}
+
+
+def claim(doc: dict[str, Any], worker: dict[str, Any], now: float, lease: float) -> None:
+    doc.update(state="locked", lock=int(now), done=0, hostname=worker["host"],
+               worker=worker, lease_expires=now + lease, claimed=now)
+    doc["attempts"] = doc.get("attempts", 0) + 1
+    if worker.get("job_id"):
+        doc["job_id"] = worker["job_id"]
+    _event(doc, now, "claimed", worker=worker["id"], attempt=doc["attempts"])
+
+
+def renew(doc: dict[str, Any], now: float, lease: float) -> None:
+    doc["lease_expires"] = now + lease
+    doc["updated"] = now
+
+
+def finish(doc: dict[str, Any], now: float, **fields: Any) -> None:
+    doc.update(fields)
+    doc.update(state="done", done=int(now), output=0, exit_code=0, error=None,
+               lease_expires=0, not_before=0, finished=now)
+    if not doc.get("lock"):
+        doc["lock"] = int(now)
+    _event(doc, now, "done")
+
+
+def _error_record(code: int, message: str, file: str | None, now: float) -> dict[str, Any]:
+    return {"code": int(code), "name": code_name(code), "message": message[:2000],
+            "file": file, "time": now}
+
+
+def fail(doc: dict[str, Any], code: int, message: str, now: float, *, file: str | None = None,
+         transient: bool = False, backoff_base: float = 30.0, backoff_max: float = 3600.0,
+         count_attempt: bool = True) -> None:
+    """Record a failure; retry later (todo + not_before) or end in error."""
+    if not count_attempt:
+        doc["attempts"] = max(0, doc.get("attempts", 0) - 1)
+    doc["error"] = _error_record(code, message, file, now)
+    doc["output"] = int(code)
+    doc["exit_code"] = int(code)
+    doc["lease_expires"] = 0
+    attempts, limit = doc.get("attempts", 0), doc.get("max_attempts", 1)
+    if transient and attempts < limit:
+        delay = min(backoff_max, backoff_base * 2 ** max(0, attempts - 1))
+        doc.update(state="todo", lock=0, done=0, not_before=now + delay)
+        _event(doc, now, "retry", code=int(code), after=round(delay, 1))
+    else:
+        doc.update(state="error", lock=PICAS_ERROR, done=PICAS_ERROR, not_before=0)
+        _event(doc, now, "error", code=int(code))
+
+
+def release(doc: dict[str, Any], now: float, reason: str) -> None:
+    """Back to todo without counting the attempt (signal, shutdown)."""
+    doc["attempts"] = max(0, doc.get("attempts", 0) - 1)
+    doc.update(state="todo", lock=0, done=0, lease_expires=0, worker=None)
+    _event(doc, now, "released", reason=reason)
+
+
+def expire(doc: dict[str, Any], now: float) -> None:
+    """A lease ran out: the worker was lost. The attempt stays counted."""
+    lost = (doc.get("worker") or {}).get("id", "?")
+    message = f"lease expired: worker {lost} stopped renewing"
+    if doc.get("attempts", 0) >= doc.get("max_attempts", 1):
+        fail(doc, Code.LEASE_EXPIRED, message + f" ({doc.get('attempts')} attempts)", now)
+    else:
+        doc.update(state="todo", lock=0, done=0, lease_expires=0, worker=None)
+        doc["error"] = _error_record(Code.LEASE_EXPIRED, message, None, now)
+        _event(doc, now, "reaped", worker=lost)
+
+
+def reset(doc: dict[str, Any], now: float) -> None:
+    """A user's fresh start: like PiCaS's scrub, plus our retry bookkeeping."""
+    doc["scrub_count"] = doc.get("scrub_count", 0) + 1
+    doc.update(state="todo", lock=0, done=0, output=0, exit_code="", attempts=0,
+               not_before=0, lease_expires=0, worker=None, error=None, stage_request=None)
+    _event(doc, now, "reset")
+
+
+def is_expired(doc: dict[str, Any], now: float) -> bool:
+    return doc.get("state") in HELD and 0 < doc.get("lease_expires", 0) < now

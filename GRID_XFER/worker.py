@@ -1,0 +1,195 @@
+"""The worker loop: claim, run the task under a renewed lease, record, repeat.
+
+Shutdown follows the batch systems: the first SIGTERM/SIGINT cancels the task in
+progress and hands its token back to todo without counting an attempt (the
+work was not at fault); a second signal exits at once, leaving the lease to
+expire and be reaped.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from GRID_XFER.errors import Code, Interrupted, LeaseLost, TaskError
+from GRID_XFER.pool import Lease, Pool
+from GRID_XFER.task import Task, TaskContext
+
+log = logging.getLogger(__name__)
+
+
+def batch_job_id(env: dict[str, str] | None = None) -> str | None:
+    """The batch system's id for this worker (Slurm arrays as JOBID_TASKID)."""
+    env = dict(os.environ) if env is None else env
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    for key in ("SLURM_JOB_ID", "GRIDXFER_JOB_ID", "CONDOR_JOB_ID", "DIRACJOBID",
+                "GLITE_WMS_JOBID", "PBS_JOBID"):
+        if env.get(key):
+            return env[key]
+    return None
+
+
+@dataclass
+class WorkerReport:
+    processed: int = 0
+    done: int = 0
+    failed: int = 0
+    released: int = 0
+    lost: int = 0
+    signal: int | None = None
+    tokens: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "tokens"}
+
+
+class Worker:
+    def __init__(self, pool: Pool, task: Task, *, night: str | None = None,
+                 max_tokens: int | None = None, max_time: float | None = None,
+                 idle_exit: bool = False, idle_sleep: float = 10.0,
+                 heartbeat: float = 60.0, reap_every: float = 60.0) -> None:
+        self.pool = pool
+        self.task = task
+        self.night = night
+        self.max_tokens = max_tokens
+        self.max_time = max_time
+        self.idle_exit = idle_exit
+        self.idle_sleep = idle_sleep
+        self.heartbeat = heartbeat
+        self.reap_every = reap_every
+        self._stop = threading.Event()
+        self._signal: int | None = None
+        self._cancelled = threading.Event()
+        self.report = WorkerReport()
+
+    # -- signals -----------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._signal is not None:
+            os._exit(128 + signum)  # second signal: now, as promised
+        self.stop(signum)
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Ask for a warm shutdown (callable from any thread)."""
+        self._signal = signum
+        self._stop.set()
+        self._cancelled.set()
+        self.task.cancel()
+
+    # -- loop --------------------------------------------------------------
+    def run(self) -> WorkerReport:
+        started = time.monotonic()
+        last_reap = 0.0
+        while not self._stop.is_set():
+            if self.max_tokens is not None and self.report.processed >= self.max_tokens:
+                break
+            if self.max_time is not None and time.monotonic() - started >= self.max_time:
+                log.info("max time %gs reached", self.max_time)
+                break
+            if time.monotonic() - last_reap >= self.reap_every:
+                last_reap = time.monotonic()
+                self.pool.reap(self.night)
+            lease = self.pool.claim(self.night)
+            if lease is None:
+                if self.idle_exit:
+                    log.info("no claimable tokens%s; exiting",
+                             f" for night {self.night}" if self.night else "")
+                    break
+                self._stop.wait(self.idle_sleep)
+                last_reap = 0.0  # idle is a good moment to look for lost workers
+                continue
+            self._process(lease)
+        self.report.signal = self._signal
+        return self.report
+
+    def _process(self, lease: Lease) -> None:
+        self.report.processed += 1
+        self.report.tokens.append(lease.id)
+        buffer = io.StringIO()
+        tlog = logging.getLogger(f"GRID_XFER.token.{lease.id}")
+        handler = logging.StreamHandler(buffer)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        tlog.addHandler(handler)
+        tlog.setLevel(logging.DEBUG)
+        tlog.propagate = False
+        lost = threading.Event()
+        beat_stop = threading.Event()
+
+        def beat() -> None:
+            while not beat_stop.wait(self.heartbeat):
+                try:
+                    lease.heartbeat()
+                except LeaseLost as exc:
+                    log.error("%s; cancelling its task", exc)
+                    lost.set()
+                    self.task.cancel()
+                    return
+                except Exception as exc:  # keep beating through a bad moment
+                    log.warning("heartbeat for %s failed: %s", lease.id, exc)
+
+        beater = threading.Thread(target=beat, name=f"heartbeat-{lease.id}", daemon=True)
+        beater.start()
+        ctx = TaskContext(log=tlog, cancelled=self._cancelled, save_progress=lease.update)
+        outcome: tuple[str, Any] = ("done", None)
+        tlog.info("worker %s claimed %s (attempt %s)", self.pool.worker["id"], lease.id,
+                  lease.doc.get("attempts"))
+        try:
+            outcome = ("done", self.task.run(lease.doc, ctx) or {})
+        except Interrupted as exc:
+            outcome = ("release", f"signal {exc.signum}")
+        except TaskError as exc:
+            outcome = ("fail", exc)
+        except LeaseLost as exc:
+            outcome = ("lost", str(exc))
+        except Exception as exc:
+            log.exception("unexpected error in task for %s", lease.id)
+            outcome = ("fail", TaskError(Code.UNEXPECTED, f"{type(exc).__name__}: {exc}",
+                                         transient=True))
+        finally:
+            beat_stop.set()
+            beater.join()
+            tlog.removeHandler(handler)
+        kind, value = outcome
+        if lost.is_set():
+            kind, value = "lost", "lease lost during the task"
+        elif self._stop.is_set() and kind != "done":
+            kind, value = "release", f"signal {self._signal}"
+        self._record(lease, kind, value, buffer.getvalue())
+
+    def _record(self, lease: Lease, kind: str, value: Any, text: str) -> None:
+        try:
+            if kind == "lost":
+                self.report.lost += 1
+                log.error("%s: %s; result dropped", lease.id, value)
+                return
+            if text:
+                lease.attach(f"worker-{lease.doc.get('attempts', 0)}.log",
+                             text.encode()[-512 * 1024:])
+            if kind == "done":
+                lease.done(**value)
+                self.report.done += 1
+                log.info("%s done", lease.id)
+            elif kind == "release":
+                lease.release(value)
+                self.report.released += 1
+                log.warning("%s released back to todo (%s)", lease.id, value)
+            else:
+                err: TaskError = value
+                lease.fail(err.code, str(err), file=err.file, transient=err.transient)
+                self.report.failed += 1
+                log.warning("%s failed with %d %s: %s (%s)", lease.id, err.code,
+                            Code(err.code).name, err,
+                            "will retry" if lease.doc["state"] == "todo" else "final")
+        except LeaseLost as exc:
+            self.report.lost += 1
+            log.error("%s", exc)

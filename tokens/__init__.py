@@ -1,0 +1,1 @@
+"""Token-set templates and CouchDB view sources (shipped as package data)."""

@@ -1,0 +1,6 @@
+// PiCaS standard: tokens nobody holds and nobody finished.
+function (doc) {
+  if (doc.type == "token" && doc.lock == 0 && doc.done == 0) {
+    emit(doc._id, doc._id);
+  }
+}

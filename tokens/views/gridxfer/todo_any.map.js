@@ -1,0 +1,6 @@
+// Claimable tokens of every night: key not_before.
+function (doc) {
+  if (doc.type == "token" && doc.state == "todo") {
+    emit(doc.not_before || 0, doc.token_set);
+  }
+}
