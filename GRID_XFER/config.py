@@ -124,20 +124,22 @@ ENV_OVERRIDES: dict[str, str] = {
 }
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+def find_config_file(explicit: str | os.PathLike[str] | None = None,
+                     env: dict[str, str] | None = None) -> Path | None:
+    env = dict(os.environ) if env is None else env
     if explicit:
         p = Path(explicit).expanduser()
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         return p
-    env = os.environ.get("GRIDXFER_CONFIG")
-    if env:
-        p = Path(env).expanduser()
+    named = env.get("GRIDXFER_CONFIG")
+    if named:
+        p = Path(named).expanduser()
         if not p.is_file():
             raise ConfigError(f"GRIDXFER_CONFIG points to a missing file: {p}")
         return p
     candidates = [Path("gridxfer.yaml")]
-    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    xdg = env.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     candidates.append(Path(xdg) / "gridxfer" / "config.yaml")
     return next((c for c in candidates if c.is_file()), None)
 
@@ -169,7 +171,7 @@ def load_config(path: str | os.PathLike[str] | None = None,
                 env: dict[str, str] | None = None) -> Config:
     """Read, override and validate; raise ConfigError naming the bad key."""
     env = dict(os.environ) if env is None else env
-    file = find_config_file(path)
+    file = find_config_file(path, env)
     data: dict[str, Any] = {}
     origin = "defaults"
     if file is not None:

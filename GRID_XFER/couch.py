@@ -15,6 +15,7 @@ import logging
 import random
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
@@ -56,7 +57,9 @@ class Couch:
     def _session(self) -> requests.Session:
         with self._lock:
             if self._client is None:
-                from cloudant.client import CouchDB
+                with warnings.catch_warnings():  # cloudant announces its successor
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    from cloudant.client import CouchDB
 
                 user = self.cfg.user
                 password = self.cfg.secret()
@@ -110,7 +113,11 @@ class Couch:
                     problem = f"no answer within {self.cfg.timeout:g}s"
             else:
                 if resp.status_code not in _RETRY_STATUS:
-                    return self._check(resp, shown)
+                    try:
+                        return self._check(resp, shown)
+                    except Conflict as exc:
+                        exc.retried = attempt > 1
+                        raise
                 problem = f"HTTP {resp.status_code}"
             delay = min(30.0, self.cfg.backoff * 2 ** min(attempt - 1, 10)) * random.uniform(0.8, 1.2)
             if deadline is None and attempt > self.cfg.retries or (
@@ -202,16 +209,19 @@ class Couch:
 
     def iter_view(self, ddoc: str, name: str, *, page: int = 1000,
                   **params: Any) -> Iterator[dict[str, Any]]:
-        """All rows of a view range, paged by key so memory stays flat."""
+        """All rows of a view range, paged by key so memory stays flat.
+
+        The view's keys must be unique (pouchdb-server ignores startkey_docid, so
+        equal keys cannot be paged portably).
+        """
         params = dict(params)
         while True:
-            rows = self.view(ddoc, name, limit=page + 1, **params)["rows"]
-            yield from rows[:page]
-            if len(rows) <= page:
+            rows = self.view(ddoc, name, limit=page, **params)["rows"]
+            yield from rows
+            if len(rows) < page:
                 return
-            last = rows[page]
-            params["startkey"] = last["key"]
-            params["startkey_docid"] = last["id"]
+            params["startkey"] = rows[-1]["key"]
+            params["skip"] = 1
 
     def put_attachment(self, doc_id: str, rev: str, name: str, data: bytes,
                        content_type: str) -> str:

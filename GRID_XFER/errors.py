@@ -106,9 +106,14 @@ class ServerError(GridXferError):
 
 
 class Conflict(GridXferError):
-    """A save lost against a newer revision (HTTP 409)."""
+    """A save lost against a newer revision (HTTP 409).
+
+    ``retried`` is set when the request was sent more than once: the 409 may
+    then be our own earlier attempt that succeeded unseen.
+    """
 
     exit_status = 1
+    retried = False
 
 
 class LeaseLost(GridXferError):

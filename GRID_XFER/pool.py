@@ -110,13 +110,24 @@ class Pool:
 
     # -- claiming ----------------------------------------------------------
     def _refill(self, night: str | None, now: float) -> None:
+        # Start at a random point of the fresh tokens, wrapping to the front when
+        # the tail is short: workers then hold mostly disjoint windows.
+        start = round(random.random(), 6)
         if night is None:
-            rows = self.couch.view(DDOC, "todo_any", endkey=now, limit=self.settings.window,
-                                   include_docs=True)["rows"]
+            ranges = [([0, start], [now, {}]), ([0], [now, {}])]
+            name = "todo_any"
         else:
-            rows = self.couch.view(DDOC, "todo", startkey=[night], endkey=[night, now],
-                                   limit=self.settings.window, include_docs=True)["rows"]
-        self._candidates = [r["doc"] for r in rows if r.get("doc")]
+            ranges = [([night, 0, start], [night, now, {}]), ([night], [night, now, {}])]
+            name = "todo"
+        rows: list[dict[str, Any]] = []
+        for startkey, endkey in ranges:
+            rows += self.couch.view(DDOC, name, startkey=startkey, endkey=endkey,
+                                    limit=self.settings.window - len(rows),
+                                    include_docs=True)["rows"]
+            if len(rows) >= self.settings.window:
+                break
+        unique = {r["id"]: r["doc"] for r in rows if r.get("doc")}
+        self._candidates = list(unique.values())
         self._candidates_night = night
 
     def claim(self, night: str | None = None) -> Lease | None:
@@ -140,8 +151,8 @@ class Pool:
             tk.claim(doc, self.worker, now, self.settings.lease)
             try:
                 self.couch.put(doc)
-            except Conflict:
-                if self._won_anyway(doc):
+            except Conflict as exc:
+                if exc.retried and self._won_anyway(doc):
                     return Lease(self, doc)
                 continue
             return Lease(self, doc)
@@ -193,7 +204,7 @@ class Pool:
         out: list[dict[str, Any]] = []
         for state in wanted:
             for row in self.couch.iter_view(DDOC, "by_state", reduce=False, include_docs=True,
-                                            startkey=[night, state], endkey=[night, state]):
+                                            startkey=[night, state], endkey=[night, state, {}]):
                 doc = row.get("doc")
                 if doc and (code_set is None or (doc.get("error") or {}).get("code") in code_set):
                     out.append(doc)
@@ -232,7 +243,7 @@ class Pool:
             params.update(startkey=[night], endkey=[night, {}])
         out: dict[str, dict[str, dict[str, int]]] = {}
         for row in self.couch.view(DDOC, "by_state", **params)["rows"]:
-            n, state = row["key"]
+            n, state = row["key"][:2]
             out.setdefault(n, {})[state] = {"count": int(row["value"]["count"]),
                                             "bytes": int(row["value"]["sum"])}
         return out

@@ -16,6 +16,7 @@ keeps the PiCaS fields (``lock``, ``done``, ``output``, ``hostname``,
 """
 from __future__ import annotations
 
+import random
 import re
 import socket
 import time
@@ -32,6 +33,7 @@ HELD = frozenset({"locked", "archiving"})
 PICAS_ERROR = 99
 HISTORY_LIMIT = 20
 _ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+_ID_RULE = "use 1-128 letters, digits and ._+- (not starting with a symbol)"
 
 State = Literal["todo", "locked", "staging", "archiving", "done", "error"]
 
@@ -79,7 +81,9 @@ class ExposureSpec(BaseModel):
     @field_validator("exposure")
     @classmethod
     def _exposure(cls, v: str) -> str:
-        return check_id_part(v, "exposure")
+        if not _ID_PART.fullmatch(v):
+            raise ValueError(_ID_RULE)
+        return v
 
 
 class TokenDoc(BaseModel):
@@ -104,8 +108,7 @@ class TokenDoc(BaseModel):
 
 def check_id_part(value: str, what: str) -> str:
     if not isinstance(value, str) or not _ID_PART.fullmatch(value):
-        raise InvalidToken(f"invalid {what} {value!r}: use 1-128 characters of "
-                           "letters, digits and ._+- (not starting with a symbol)")
+        raise InvalidToken(f"invalid {what} {value!r}: {_ID_RULE}")
     return value
 
 
@@ -154,6 +157,7 @@ def new_token(night: str, spec: ExposureSpec, *, source: str | None = None,
         "attempts": 0,
         "max_attempts": spec.max_attempts or max_attempts,
         "not_before": 0,
+        "rnd": round(random.random(), 6),  # spreads claiming workers over the todo view
         "lease_expires": 0,
         "worker": None,
         "error": None,

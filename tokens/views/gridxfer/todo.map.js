@@ -1,7 +1,8 @@
-// Claimable tokens of a night, oldest eligible first: key [token_set, not_before].
-// A claim reads the range [night, 0] .. [night, now], so retries wait their backoff.
+// Claimable tokens of a night: key [token_set, not_before, rnd].
+// A claim reads from [night, 0, <random>] up to [night, now, {}]: retries wait their
+// backoff, and workers starting at random points rarely race for the same token.
 function (doc) {
   if (doc.type == "token" && doc.state == "todo") {
-    emit([doc.token_set, doc.not_before || 0], null);
+    emit([doc.token_set, doc.not_before || 0, doc.rnd || 0], null);
   }
 }
