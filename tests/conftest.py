@@ -1,0 +1,116 @@
+"""Shared fixtures: a real pouchdb-server for the session, a fresh database per test.
+
+Nothing here mocks CouchDB: the server is started through the package's own
+EmbeddedServer, exactly as `gridxfer server start` does.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from GRID_XFER import views
+from GRID_XFER.config import CouchDBConfig, ServerConfig
+from GRID_XFER.couch import Couch
+from GRID_XFER.pool import Pool, PoolSettings
+from GRID_XFER.server import EmbeddedServer
+
+pytest_plugins = ["tests.plugins.xrootd"]
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(data_dir: Path, port: int | None = None) -> EmbeddedServer:
+    srv = EmbeddedServer(ServerConfig(port=port or free_port(), data_dir=data_dir))
+    srv.start()
+    return srv
+
+
+@pytest.fixture(scope="session")
+def couchdb_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedServer]:
+    srv = start_server(tmp_path_factory.mktemp("couchdb") / "data")
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@dataclass
+class Database:
+    """A fresh, initialised database and a config file pointing at it."""
+
+    cfg: CouchDBConfig
+    couch: Couch
+    config_file: Path
+    tmp: Path
+
+    def pool(self, **settings: Any) -> Pool:
+        return Pool(Couch(self.cfg), PoolSettings(**settings))
+
+    def write_config(self, **sections: Any) -> Path:
+        data: dict[str, Any] = {"couchdb": {"url": self.cfg.url, "db": self.cfg.db,
+                                            "retries": 2, "backoff": 0.2}}
+        for key, value in sections.items():
+            if isinstance(value, dict):
+                data.setdefault(key, {}).update(value)
+            else:
+                data[key] = value
+        self.config_file.write_text(yaml.safe_dump(data))
+        return self.config_file
+
+
+def make_database(url: str, tmp: Path) -> Database:
+    cfg = CouchDBConfig(url=url, db=f"t{uuid.uuid4().hex[:12]}", retries=2, backoff=0.2)
+    couch = Couch(cfg)
+    couch.create_db()
+    views.install(couch)
+    db = Database(cfg, couch, tmp / "gridxfer.yaml", tmp)
+    db.write_config()
+    return db
+
+
+@pytest.fixture
+def db(couchdb_server: EmbeddedServer, tmp_path: Path) -> Database:
+    return make_database(couchdb_server.url, tmp_path)
+
+
+def cli_env(config_file: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDXFER_")}
+    env["GRIDXFER_CONFIG"] = str(config_file)
+    env.update(extra)
+    return env
+
+
+def gridxfer(*args: str, config: Path, env: dict[str, str] | None = None,
+             check: bool = False, timeout: float = 120,
+             input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a subprocess, as a user would."""
+    proc = subprocess.run([sys.executable, "-m", "GRID_XFER.cli", *args], capture_output=True,
+                          text=True, env=env or cli_env(config), timeout=timeout, input=input)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gridxfer {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def spawn_worker(config: Path, *args: str, env: dict[str, str] | None = None,
+                 stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "GRID_XFER.cli", "worker", *args],
+                            stdout=subprocess.PIPE, stderr=stderr, text=True,
+                            env=env or cli_env(config))
