@@ -1,0 +1,475 @@
+"""All storage access, through gfal2, behind a small interface.
+
+This is the only module that imports gfal2. It exists so the rest of GRID_XFER
+never sees a ``gfal2.GError``: those carry a bare errno (sometimes an XRootD
+protocol code instead) and a free-text message that can embed URLs with
+credentials. Here every failure becomes a :class:`StorageError` with a token
+error code, a ``transient`` flag that decides retry-with-backoff versus error,
+and a one-line message that is safe to store in a token or a log.
+
+gfal2 contexts carry state: a cancelled context stays cancelled. Every transfer
+(``copy``, ``checksum``, ``open_read``) therefore gets a fresh context, tracked
+so :meth:`Storage.cancel` can stop them all; quick metadata calls share one
+context per thread.
+"""
+from __future__ import annotations
+
+import errno as E
+import logging
+import math
+import os
+import re
+import stat as _stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TypeVar
+
+# XrdCl reads its settings once, when the xrootd plugin is loaded, and by
+# default keeps re-trying a refused connection for up to 5 x 120 s before a
+# copy fails. A worker should fail fast and let the token pool retry later.
+# Values already in the environment win.
+os.environ.setdefault("XRD_CONNECTIONRETRY", "1")
+os.environ.setdefault("XRD_CONNECTIONWINDOW", "30")
+
+import gfal2  # after the XrdCl settings above
+
+from GRID_XFER.errors import Code, GridXferError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CHUNK_SIZE = 4 * 1024 * 1024
+_DIR_MODE = 0o755
+
+# --------------------------------------------------------------------------- redaction
+
+# userinfo ends at the last "@" before the path; passwords with a raw "@" stay covered.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
+_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#\s?]+)=(?P<value>[^&;#\s]*)")
+_SECRET_NAME = re.compile(
+    r"token|passw|pwd|secret|auth|sig|credential|key|session|bearer|cert|proxy|macaroon", re.I)
+_BEARER = re.compile(r"(?i)\b(bearer\s+)\S+")
+
+
+def _redact_param(match: re.Match[str]) -> str:
+    if _SECRET_NAME.search(match["name"]):
+        return f"{match['lead']}{match['name']}=***"
+    return match.group(0)
+
+
+def redact(text: str) -> str:
+    """Hide credentials in a URL, or in any text containing URLs.
+
+    Removes userinfo (``user:password@``) and the values of query parameters
+    whose names suggest secrets (``access_token``, ``authz``, ``X-Amz-Signature``,
+    ``password``, ...), so a URL can go into a message, token or log.
+    """
+    text = _USERINFO.sub(r"\g<scheme>***@", text)
+    text = _PARAM.sub(_redact_param, text)
+    return _BEARER.sub(r"\g<1>***", text)
+
+
+def _one_line(text: str) -> str:
+    # gfal2/XrdCl messages carry NULs (raw and as literal "\x00") and newlines.
+    text = text.replace("\\x00", " ").replace("\x00", " ")
+    return " ".join(text.split())
+
+
+# --------------------------------------------------------------------------- errors
+
+class StorageError(GridXferError):
+    """A storage operation failed; ``transient`` says whether retrying later can help.
+
+    ``code`` is a default guess from the errno (e.g. ENOENT -> SOURCE_MISSING);
+    callers who know better (a missing *destination* directory) may reassign it.
+    ``url`` is already redacted.
+    """
+
+    def __init__(self, message: str, *, url: str = "", errno: int = 0, transient: bool = False,
+                 code: Code = Code.TRANSFER_FAILED) -> None:
+        super().__init__(_one_line(redact(message)), code=code)
+        self.url = redact(url)
+        self.errno = errno
+        self.transient = transient
+
+
+class Cancelled(StorageError):
+    """The operation was stopped by :meth:`Storage.cancel` (e.g. on SIGTERM)."""
+
+    def __init__(self, message: str, *, url: str = "", errno: int = E.ECANCELED) -> None:
+        super().__init__(message, url=url, errno=errno, transient=True, code=Code.INTERRUPTED)
+
+
+# The xrootd plugin passes some XRootD protocol codes (kXR_*, 3000..) through
+# as if they were errnos; translate them as XProtocol.hh's toErrno() does.
+_XRD_ERRNO = {
+    3000: E.EINVAL, 3001: E.EINVAL, 3002: E.ENAMETOOLONG, 3003: E.EDEADLK, 3004: E.EBADF,
+    3005: E.ENODEV, 3006: E.EBADRQC, 3007: E.EIO, 3008: E.ENOMEM, 3009: E.ENOSPC,
+    3010: E.EACCES, 3011: E.ENOENT, 3012: E.EFAULT, 3013: E.ENOTSUP, 3014: E.EHOSTUNREACH,
+    3015: E.ENOTBLK, 3016: E.EISDIR, 3017: E.ECANCELED, 3018: E.EEXIST, 3019: E.EDOM,
+    3020: E.EINPROGRESS, 3021: E.EDQUOT, 3022: E.EILSEQ, 3023: E.ERANGE, 3024: E.EUSERS,
+    3025: E.EROFS, 3026: E.EINVAL, 3027: E.ENODATA, 3028: E.EPROTOTYPE, 3029: E.EADDRNOTAVAIL,
+    3030: E.EACCES, 3031: E.EIDRM, 3032: E.ENOTTY, 3033: E.ETOOMANYREFS, 3034: E.ETIMEDOUT,
+}
+
+_TRANSIENT = frozenset({
+    E.ECONNREFUSED, E.ECONNRESET, E.ECONNABORTED, E.EAGAIN, E.EHOSTUNREACH, E.EHOSTDOWN,
+    E.ENETUNREACH, E.ENETDOWN, E.ECOMM, E.EIO, E.EBUSY, E.EUSERS,
+})
+_NO_SPACE = frozenset({E.ENOSPC, E.EDQUOT})
+_UNSUPPORTED = frozenset({E.ENOSYS, E.ENOTSUP, E.EOPNOTSUPP, E.EPROTONOSUPPORT})
+_NO_XATTR = frozenset({E.ENODATA, E.ENOTSUP, E.EOPNOTSUPP, E.ENOSYS})
+
+_CHECKSUM_MISMATCH = re.compile(r"checksum (?:mismatch|error)|do not match", re.I)
+# XrdCl ends copy errors with "(source)" / "(destination)"; gfal2's local copy
+# says "Could not open destination", "DESTINATION CHECKSUM MISMATCH", ...
+_SIDE_SUFFIX = re.compile(r"\((source|destination)\)\s*$")
+_DEST_WORD = re.compile(r"\b(?:destination|target)\b", re.I)
+
+
+def _errno_of(exc: gfal2.GError) -> int:
+    code = int(exc.code)
+    return _XRD_ERRNO.get(code, code)
+
+
+def _errname(errno: int) -> str:
+    return E.errorcode.get(errno, str(errno))
+
+
+def _side(message: str) -> str | None:
+    """Which end of a copy an error message is about, if it says."""
+    suffix = _SIDE_SUFFIX.search(message)
+    if suffix:
+        return suffix.group(1)
+    return "destination" if _DEST_WORD.search(message) else None
+
+
+def _classify(errno: int, message: str, *, copy: bool = False) -> tuple[Code, bool]:
+    """(code, transient) for a failed gfal2 call."""
+    side = _side(message) if copy else None
+    if copy and _CHECKSUM_MISMATCH.search(message):
+        if _SIDE_SUFFIX.search(message) and errno in (E.EILSEQ, E.EDOM):
+            # XrdCl says "CheckSum error: (source)" when that end cannot compute
+            # the algorithm at all; a real mismatch names no side.
+            return Code.CONFIG, False
+        return Code.CHECKSUM_MISMATCH, False
+    if errno in _UNSUPPORTED:
+        return Code.CONFIG, False
+    if errno == E.ETIMEDOUT:
+        return Code.TRANSFER_TIMEOUT, True
+    if errno in _NO_SPACE:
+        return Code.DEST_WRITE_FAILED, True
+    if errno in _TRANSIENT:
+        return Code.TRANSFER_FAILED, True
+    if side == "destination" and errno in (E.ENOENT, E.ENOTDIR, E.EACCES, E.EPERM, E.EEXIST,
+                                           E.EROFS, E.EISDIR):
+        return Code.DEST_WRITE_FAILED, False
+    if errno == E.ENOENT:
+        return Code.SOURCE_MISSING, False
+    if errno == E.EEXIST:
+        return Code.DEST_WRITE_FAILED, False
+    return Code.TRANSFER_FAILED, False
+
+
+def _from_gerror(label: str, url: str, exc: gfal2.GError, *, dst: str | None = None) -> StorageError:
+    """StorageError for a failed call described by ``label`` ("stat <url>");
+    ``dst`` marks a copy, whose errors may concern the destination instead."""
+    errno = _errno_of(exc)
+    reason = _one_line(str(exc.message))
+    message = f"{label} failed: {reason} [{_errname(errno)}]"
+    if dst is not None and _side(reason) == "destination":
+        url = dst
+    if errno == E.ECANCELED:
+        return Cancelled(message, url=url, errno=errno)
+    code, transient = _classify(errno, reason, copy=dst is not None)
+    if code is Code.CONFIG and dst is not None:
+        message = f"{label} failed: not supported by the storage (checksum type or copy mode): " \
+                  f"{reason} [{_errname(errno)}]"
+    return StorageError(message, url=url, errno=errno, transient=transient, code=code)
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass(frozen=True)
+class Stat:
+    size: int
+    is_dir: bool
+    mtime: float
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    bytes: int
+    seconds: float
+
+
+# --------------------------------------------------------------------------- storage
+
+def _new_context() -> gfal2.Gfal2Context:
+    try:
+        return gfal2.creat_context()
+    except gfal2.GError as exc:  # broken gfal2 installation or configuration
+        raise StorageError(f"cannot set up gfal2: {exc.message} [{_errname(int(exc.code))}]",
+                           errno=int(exc.code), code=Code.CONFIG) from None
+
+
+class _Operation:
+    """A fresh gfal2 context for one long call, and the means to stop it.
+
+    gfal2 ignores a cancel that arrives before the call has entered the library,
+    so stopping re-issues ``cancel()`` until the call has returned.
+    """
+
+    RECANCEL_INTERVAL = 0.02
+
+    def __init__(self) -> None:
+        self.ctx = _new_context()
+        self.cancelled = threading.Event()  # Storage.cancel() asked
+        self.expired = threading.Event()  # our timeout ran out
+        self.done = threading.Event()
+        self._stopping = False
+
+    def stop(self, reason: threading.Event) -> None:
+        reason.set()
+        if not self._stopping:  # a duplicate stopper thread would be harmless
+            self._stopping = True
+            threading.Thread(target=self._keep_cancelling, name="gfal2-cancel", daemon=True).start()
+
+    def _keep_cancelling(self) -> None:
+        while not self.done.is_set():
+            self.ctx.cancel()
+            self.done.wait(self.RECANCEL_INTERVAL)
+
+
+class Storage:
+    """gfal2 operations with token-ready errors; safe to share between a few threads.
+
+    Copies get ``timeout = base_timeout + size / min_rate`` seconds (bytes per
+    second), enforced here as well as handed to gfal2, because not every plugin
+    honours gfal2's own transfer timeout.
+    """
+
+    def __init__(self, *, base_timeout: float = 60.0, min_rate: float = 1_000_000.0) -> None:
+        if base_timeout <= 0 or min_rate <= 0:
+            raise ValueError("base_timeout and min_rate must be positive")
+        self.base_timeout = base_timeout
+        self.min_rate = min_rate
+        self._local = threading.local()
+        # RLock: cancel() may run in a signal handler that interrupted a holder.
+        self._lock = threading.RLock()
+        self._active: set[_Operation] = set()
+
+    # ----------------------------------------------------------------- plumbing
+
+    def _meta(self) -> gfal2.Gfal2Context:
+        ctx: gfal2.Gfal2Context | None = getattr(self._local, "ctx", None)
+        if ctx is None:
+            ctx = self._local.ctx = _new_context()
+        return ctx
+
+    @staticmethod
+    def _call(op: str, url: str, fn: Callable[..., T], *args: object, label: str | None = None) -> T:
+        try:
+            return fn(*args)
+        except gfal2.GError as exc:
+            raise _from_gerror(label or f"{op} {redact(url)}", url, exc) from None
+
+    @contextmanager
+    def _operation(self, label: str, url: str) -> Iterator[_Operation]:
+        """Track a fresh context for cancel(); a GError inside becomes StorageError."""
+        op = _Operation()
+        with self._lock:
+            self._active.add(op)
+        try:
+            if op.cancelled.is_set():
+                raise Cancelled(f"{label} cancelled before it started", url=url)
+            yield op
+        except gfal2.GError as exc:
+            if op.cancelled.is_set():
+                raise Cancelled(f"{label} cancelled: {_one_line(str(exc.message))}", url=url) from None
+            raise _from_gerror(label, url, exc) from None
+        finally:
+            op.done.set()
+            with self._lock:
+                self._active.discard(op)
+
+    def cancel(self) -> int:
+        """Stop every copy, checksum and open_read in progress; return how many.
+
+        Callable from any thread or a signal handler. Each affected call raises
+        :class:`Cancelled`; later calls on this Storage work normally. Python
+        runs signal handlers in the main thread, between bytecodes: transfers
+        must run in other threads for a handler to get to interrupt them.
+        """
+        with self._lock:
+            ops = list(self._active)
+        for op in ops:
+            op.stop(op.cancelled)
+        if ops:
+            log.info("cancelling %d storage operation(s)", len(ops))
+        return len(ops)
+
+    # ----------------------------------------------------------------- metadata
+
+    def stat(self, url: str) -> Stat:
+        st = self._call("stat", url, self._meta().stat, url)
+        return Stat(size=int(st.st_size), is_dir=_stat.S_ISDIR(st.st_mode), mtime=float(st.st_mtime))
+
+    def exists(self, url: str) -> bool:
+        try:
+            self.stat(url)
+        except StorageError as err:
+            if err.errno == E.ENOENT:
+                return False
+            raise
+        return True
+
+    def listdir(self, url: str) -> list[str]:
+        """Sorted entry names (no '.' or '..'); plugins differ on whether they list those."""
+        try:
+            names = self._meta().listdir(url)
+        except gfal2.GError as exc:
+            err = _from_gerror(f"listdir {redact(url)}", url, exc)
+            if "not a directory" in str(exc.message).lower():
+                err.errno = E.ENOTDIR  # xrootd reports EILSEQ here
+            raise err from None
+        return sorted(n for n in names if n not in (".", ".."))
+
+    def mkdir(self, url: str, *, parents: bool = True) -> None:
+        """Create a directory; an existing directory is fine, an existing file is not."""
+        ctx = self._meta()
+        if parents:
+            # mkdir_rec reports success when url is an existing *file* (file and xrootd plugins).
+            self._call("mkdir", url, ctx.mkdir_rec, url, _DIR_MODE)
+        else:
+            try:
+                ctx.mkdir(url, _DIR_MODE)
+                return
+            except gfal2.GError as exc:
+                err = _from_gerror(f"mkdir {redact(url)}", url, exc)
+                if err.errno != E.EEXIST:
+                    raise err from None
+        if not self.stat(url).is_dir:
+            raise StorageError(f"mkdir {redact(url)} failed: a file with that name exists [EEXIST]",
+                               url=url, errno=E.EEXIST, code=Code.DEST_WRITE_FAILED)
+
+    def rename(self, src: str, dst: str) -> None:
+        """Rename within one storage. Like POSIX rename, an existing ``dst`` is replaced."""
+        self._call("rename", src, self._meta().rename, src, dst,
+                   label=f"rename {redact(src)} -> {redact(dst)}")
+
+    def unlink(self, url: str, *, missing_ok: bool = False) -> None:
+        try:
+            self._call("unlink", url, self._meta().unlink, url)
+        except StorageError as err:
+            if not (missing_ok and err.errno == E.ENOENT):
+                raise
+
+    def status(self, url: str) -> str:
+        """Locality from ``user.status`` (ONLINE, NEARLINE, ONLINE_AND_NEARLINE, ...).
+
+        Plugins without that attribute (file://) hold everything on disk, so an
+        existing file there is ONLINE.
+        """
+        try:
+            return str(self._meta().getxattr(url, "user.status")).strip()
+        except gfal2.GError as exc:
+            if _errno_of(exc) not in _NO_XATTR:
+                raise _from_gerror(f"status {redact(url)}", url, exc) from None
+        self.stat(url)
+        return "ONLINE"
+
+    # ----------------------------------------------------------------- transfers
+
+    def checksum(self, url: str, algo: str = "ADLER32") -> str:
+        """Checksum computed by the storage (server side for root://), lower-case hex."""
+        label = f"checksum {redact(url)}"
+        with self._operation(label, url) as op:
+            try:
+                value = op.ctx.checksum(url, algo.upper())
+            except gfal2.GError as exc:
+                errno, reason = _errno_of(exc), _one_line(str(exc.message))
+                # file:// says ENOSYS; xrootd says EILSEQ "Got 'adler32' while expecting ..."
+                if not op.cancelled.is_set() and (
+                        errno in _UNSUPPORTED or (errno == E.EILSEQ and "expecting" in reason)):
+                    raise StorageError(
+                        f"{label} failed: {algo.upper()} not supported there: {reason} [{_errname(errno)}]",
+                        url=url, errno=errno, transient=False, code=Code.CONFIG) from None
+                raise
+        return str(value).strip().lower()
+
+    def copy(self, src: str, dst: str, *, size: int | None = None,
+             checksum: tuple[str, str] | None = None, overwrite: bool = False,
+             create_parents: bool = True) -> CopyResult:
+        """Copy one file; with ``checksum=(algo, value)`` both ends are verified.
+
+        ``value`` may be '' to only compare source and destination. A failed copy
+        removes what it wrote unless the destination existed before (then, with
+        ``overwrite=True``, it may be left partly written: copy to a temporary
+        name and rename). ``size`` (else a stat of ``src``) sets the timeout.
+        """
+        label = f"copy {redact(src)} -> {redact(dst)}"
+        # Checked here, not left to gfal2: an xrootd download onto an existing
+        # local file fails with EEXIST *and deletes that file*.
+        existed = self.exists(dst)
+        if existed and not overwrite:
+            raise StorageError(f"{label} failed: destination exists and overwrite is not set [EEXIST]",
+                               url=dst, errno=E.EEXIST, code=Code.DEST_WRITE_FAILED)
+        if size is None:
+            size = self.stat(src).size
+        timeout = self.base_timeout + size / self.min_rate
+        started = time.monotonic()
+        try:
+            with self._operation(label, src) as op:
+                params = op.ctx.transfer_parameters()
+                params.overwrite = overwrite
+                params.create_parent = create_parents
+                params.timeout = max(1, math.ceil(timeout))
+                if checksum is not None:
+                    algo, value = checksum
+                    params.set_checksum(gfal2.checksum_mode.both, algo.upper(), value.strip().lower())
+                watchdog = threading.Timer(timeout, op.stop, args=(op.expired,))
+                watchdog.daemon = True
+                watchdog.start()
+                try:
+                    op.ctx.filecopy(params, src, dst)
+                except gfal2.GError as exc:
+                    if op.expired.is_set() and not op.cancelled.is_set():
+                        raise StorageError(f"{label} failed: not done within {timeout:.0f} s [ETIMEDOUT]",
+                                           url=src, errno=E.ETIMEDOUT, transient=True,
+                                           code=Code.TRANSFER_TIMEOUT) from None
+                    if op.cancelled.is_set():
+                        raise
+                    raise _from_gerror(label, src, exc, dst=dst) from None
+                finally:
+                    watchdog.cancel()
+        except StorageError as err:
+            if not existed and err.errno != E.EEXIST:  # EEXIST: someone else's file appeared
+                self._discard(dst)
+            raise
+        seconds = time.monotonic() - started
+        log.debug("copied %s -> %s: %d bytes in %.2f s", redact(src), redact(dst), size, seconds)
+        return CopyResult(bytes=size, seconds=seconds)
+
+    def _discard(self, url: str) -> None:
+        """Best-effort removal of a partial copy (the file plugin leaves one on cancel)."""
+        try:
+            self.unlink(url, missing_ok=True)
+        except StorageError as err:
+            log.warning("could not remove partial copy: %s", err)
+
+    def open_read(self, url: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        """Stream a file's content in chunks, in constant memory.
+
+        A generator: errors (a missing file included) surface on first iteration.
+        """
+        with self._operation(f"read {redact(url)}", url) as op:
+            handle = op.ctx.open(url, "r")
+            while chunk := handle.read_bytes(chunk_size):
+                if op.cancelled.is_set():
+                    raise Cancelled(f"read {redact(url)} cancelled", url=url)
+                yield chunk
