@@ -183,26 +183,79 @@ def _load_specs(path: Path) -> list[Any]:
 
 @tokens.command("create")
 @click.argument("night")
-@click.option("--from", "from_file", type=click.Path(path_type=Path), required=True,
-              help="YAML/JSON list of exposures (names, or mappings with exposure and files).")
-@click.option("--source", help="Source URL prefix (default: config `source`).")
-@click.option("--dest", "destination", help="Destination URL prefix (default: config).")
+@click.option("--source", help="Source URL: <source>/<NIGHT>/<EXPOSURE>/ is scanned "
+              "(default: template, then config `source`).")
+@click.option("--dest", "destination", help="Destination URL; files go to <dest>/<NIGHT>/... "
+              "(default: template, then config `destination`).")
+@click.option("--template", type=click.Path(path_type=Path), help="Token-set template (tokens/*.yaml).")
+@click.option("--from", "from_file", type=click.Path(path_type=Path),
+              help="YAML/JSON list of exposures instead of scanning a source.")
+@click.option("--surls", type=click.Path(path_type=Path),
+              help="File of URLs, one per line, grouped --group per token (ADLER32 from storage).")
+@click.option("--group", type=click.IntRange(min=1), help="Files per token for --surls.")
+@click.option("--manifest", "manifest_algo", type=click.Choice(["sha256", "adler32"]),
+              help="Manifest kind: checksum-<EXPOSURE>.sha256sum or .adler32.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def tokens_create(app: App, night: str, from_file: Path, source: str | None,
-                  destination: str | None, as_json: bool) -> None:
-    """Create NIGHT's tokens; re-running adds only what is new."""
-    specs = _load_specs(from_file)
+def tokens_create(app: App, night: str, source: str | None, destination: str | None,
+                  template: Path | None, from_file: Path | None, surls: Path | None,
+                  group: int | None, manifest_algo: str | None, as_json: bool) -> None:
+    """Create NIGHT's tokens from its source; re-running catches up, adding only what is new."""
+    from GRID_XFER import scan
+
+    t = scan.load_template(template) if template else scan.Template()
+    tc = app.config.transfer
+    source = source or t.source or app.config.source
+    destination = destination or t.destination or app.config.destination
+    surls = surls or t.surls
+    problems: dict[str, str] = {}
     pool = app.pool()
     pool.couch.require_db()
-    report = pool.create(night, specs, source=source or app.config.source,
-                         destination=destination or app.config.destination)
+    if from_file:
+        specs = _load_specs(from_file)
+        report = pool.create(night, specs, source=source, destination=destination)
+    else:
+        storage = _storage(app)
+        night_dest = scan.join(destination, night) if destination else None
+        if not night_dest:
+            raise ConfigError("no destination: give --dest, a template `destination` "
+                              "or config `destination`")
+        if surls or t.layout == "surl-list":
+            if not surls:
+                raise InvalidInput("a surl-list template needs --surls FILE (or `surls:`)")
+            specs = scan.group_surls(storage, scan.read_surl_list(surls),
+                                     group=group or t.group or tc.group, destination=night_dest,
+                                     threads=tc.scan_threads)
+        else:
+            if not source:
+                raise ConfigError("no source: give --source, a template `source` or config "
+                                  "`source` (or --from FILE / --surls FILE)")
+            found = scan.scan_night(storage, source, night, destination=destination,
+                                    algo=manifest_algo or t.manifest or tc.manifest,
+                                    threads=tc.scan_threads)
+            specs, problems = found.specs, found.manifest_problems
+            for name in found.ignored:
+                log.warning("ignored %s: not an exposure directory", name)
+        if t.max_attempts or t.payload:
+            specs = [s.model_copy(update={"max_attempts": s.max_attempts or t.max_attempts,
+                                          "payload": {**t.payload, **s.payload}}) for s in specs]
+        report = pool.create(night, specs)
+    for exposure, message in sorted(problems.items()):
+        log.warning("%s: %s (the token will fail with 31 unless it is fixed first)",
+                    exposure, message)
     if as_json:
-        emit_json({"night": night, **report.as_dict()})
+        emit_json({"night": night, **report.as_dict(), "manifest_problems": problems})
     else:
         r = report.as_dict()
         click.echo(f"night {night}: {r['created']} created, {r['updated']} updated, "
                    f"{r['unchanged']} unchanged, {r['skipped']} left alone (held or finished)")
+
+
+def _storage(app: App):  # noqa: ANN202
+    from GRID_XFER.storage import Storage
+
+    tc = app.config.transfer
+    return Storage(base_timeout=tc.base_timeout, min_rate=tc.min_rate)
 
 
 @tokens.command("list")
@@ -287,7 +340,7 @@ def build_task(app: App, kind: str | None, command: str | None):  # noqa: ANN201
     from GRID_XFER.task import CommandTask, NoopTask
 
     w = app.config.worker
-    kind = kind or w.task
+    kind = kind or w.task or ("command" if command or w.command else "transfer")
     if kind == "noop":
         return NoopTask()
     if kind == "command":
@@ -295,6 +348,11 @@ def build_task(app: App, kind: str | None, command: str | None):  # noqa: ANN201
         if not cmd:
             raise ConfigError("worker.command is not set (needed by the command task)")
         return CommandTask(cmd, timeout=w.task_timeout)
+    if kind == "transfer":
+        from GRID_XFER.transfer import TransferTask
+
+        tc = app.config.transfer
+        return TransferTask(_storage(app), verify=tc.verify, mismatch_retries=tc.mismatch_retries)
     raise ConfigError(f"worker.task: {kind!r} is not available in this version")
 
 

@@ -88,7 +88,8 @@ class WorkerConfig(_Section):
     idle_sleep: float = Field(10.0, gt=0)
     # How long a worker rides out a database outage before giving up.
     outage_seconds: float = Field(900.0, gt=0)
-    task: Literal["command", "noop", "transfer"] = "command"
+    # Default: "command" when a command is configured, else "transfer".
+    task: Literal["command", "noop", "transfer"] | None = None
     command: list[str] | str | None = None
     task_timeout: float | None = Field(None, gt=0)
 
@@ -97,10 +98,25 @@ class WorkerConfig(_Section):
         return self.heartbeat_seconds or max(1.0, self.lease_seconds / 4)
 
 
+class TransferConfig(_Section):
+    # Where the manifest's SHA-256 is computed: streamed from the source while
+    # gfal2 copies (tied to the copy by end-to-end ADLER32), or read back from
+    # the destination afterwards (slower, trusts only the written bytes).
+    verify: Literal["source", "destination"] = "source"
+    manifest: Literal["sha256", "adler32"] = "sha256"
+    # Copy timeout: base_timeout + size / min_rate (bytes per second).
+    base_timeout: float = Field(60.0, gt=0)
+    min_rate: float = Field(1_000_000.0, gt=0)
+    mismatch_retries: int = Field(1, ge=0)
+    scan_threads: int = Field(16, ge=1, le=256)
+    group: int = Field(10, ge=1)
+
+
 class Config(_Section):
     couchdb: CouchDBConfig = CouchDBConfig()
     server: ServerConfig = ServerConfig()
     worker: WorkerConfig = WorkerConfig()
+    transfer: TransferConfig = TransferConfig()
     source: str | None = None
     destination: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

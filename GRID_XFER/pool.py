@@ -89,12 +89,16 @@ class Pool:
                     to_save.append(doc)
                 elif _same_work(old, doc):
                     report.unchanged.append(doc["_id"])
-                elif old.get("state") != "todo":
+                elif old.get("state") not in ("todo", "error"):
                     report.skipped.append(doc["_id"])
                 else:
+                    # Catch-up: late files or a fixed manifest; an errored token
+                    # gets a fresh start since its inputs changed.
+                    if old.get("state") == "error":
+                        tk.reset(old, now)
                     old.update(files=doc["files"], bytes_total=doc["bytes_total"],
                                source=doc["source"], destination=doc["destination"],
-                               payload=doc["payload"])
+                               payload=doc["payload"], manifest=doc["manifest"])
                     tk._event(old, now, "updated")
                     to_save.append(old)
             for result, doc in zip(self.couch.bulk_docs(to_save), to_save):
@@ -262,6 +266,7 @@ class Pool:
 def _same_work(old: dict[str, Any], new: dict[str, Any]) -> bool:
     strip = lambda files: [{k: v for k, v in f.items() if k != "result"} for f in files]  # noqa: E731
     return (strip(old.get("files", [])) == strip(new["files"])
+            and old.get("manifest") == new.get("manifest")
             and old.get("source") == new["source"]
             and old.get("destination") == new["destination"])
 

@@ -339,6 +339,55 @@ class Storage:
             raise err from None
         return sorted(n for n in names if n not in (".", ".."))
 
+    def scandir(self, url: str) -> list[tuple[str, Stat]]:
+        """Entries with their stat in one listing (``readpp``), not one stat call per file."""
+        label = f"listdir {redact(url)}"
+        out: list[tuple[str, Stat]] = []
+        try:
+            handle = self._meta().opendir(url)
+            while True:
+                entry, st = handle.readpp()
+                if entry is None:
+                    break
+                if entry.d_name in (".", ".."):
+                    continue
+                out.append((entry.d_name, Stat(size=int(st.st_size), is_dir=_stat.S_ISDIR(st.st_mode),
+                                               mtime=float(st.st_mtime))))
+        except gfal2.GError as exc:
+            err = _from_gerror(label, url, exc)
+            if "not a directory" in str(exc.message).lower():
+                err.errno = E.ENOTDIR
+            raise err from None
+        return sorted(out)
+
+    def walk(self, url: str) -> dict[str, Stat]:
+        """Every file under ``url`` (recursively), by path relative to it."""
+        files: dict[str, Stat] = {}
+        pending = [""]
+        while pending:
+            rel = pending.pop()
+            for name, st in self.scandir(f"{url.rstrip('/')}/{rel}" if rel else url):
+                path = f"{rel}/{name}" if rel else name
+                if st.is_dir:
+                    pending.append(path)
+                else:
+                    files[path] = st
+        return files
+
+    def read_text(self, url: str, limit: int = 64 * 1024 * 1024) -> str:
+        """A small text file (a manifest), UTF-8; refuses anything over ``limit`` bytes."""
+        data = bytearray()
+        for chunk in self.open_read(url, 1024 * 1024):
+            data += chunk
+            if len(data) > limit:
+                raise StorageError(f"read {redact(url)}: larger than {limit} bytes", url=url,
+                                   errno=E.EFBIG, code=Code.MANIFEST_MISSING)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StorageError(f"read {redact(url)}: not UTF-8 text (byte {exc.start})", url=url,
+                               errno=E.EILSEQ, code=Code.MANIFEST_MISSING) from None
+
     def mkdir(self, url: str, *, parents: bool = True) -> None:
         """Create a directory; an existing directory is fine, an existing file is not."""
         ctx = self._meta()

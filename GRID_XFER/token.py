@@ -77,6 +77,8 @@ class ExposureSpec(BaseModel):
     destination: str | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
     max_attempts: int | None = Field(None, ge=1)
+    # Where the expected checksums came from: {name, algo, error?}; None for SURL lists.
+    manifest: dict[str, Any] | None = None
 
     @field_validator("exposure")
     @classmethod
@@ -154,6 +156,7 @@ def new_token(night: str, spec: ExposureSpec, *, source: str | None = None,
         "source": spec.source or source,
         "destination": spec.destination or destination,
         "payload": spec.payload,
+        "manifest": spec.manifest,
         "attempts": 0,
         "max_attempts": spec.max_attempts or max_attempts,
         "not_before": 0,
