@@ -140,6 +140,11 @@ class Couch:
         if resp.status_code == 409:
             raise Conflict(f"{shown}: conflict (document changed meanwhile)")
         if resp.status_code == 404:
+            if "/_view/" in shown or "/_design/" in shown:
+                if reason in ("no_db_file", "Database does not exist.", "missing", "missing_named_view",
+                              "deleted"):
+                    raise NotFound(f"{shown}: not found ({reason}); run `gridxfer init` to create "
+                                   "the database and its views")
             raise NotFound(f"{shown}: not found ({reason})")
         if resp.status_code in (401, 403):
             raise DatabaseError(f"{shown}: not authorised (HTTP {resp.status_code}: {reason})")

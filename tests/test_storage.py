@@ -104,6 +104,32 @@ def test_listdir_returns_sorted_names_without_dot_entries(storage: Storage, side
     assert storage.listdir(side.url("night")) == ["a.fits", "b.fits", "sub"]
 
 
+def test_walk_lists_nested_files_with_sizes_in_one_listing_per_directory(storage: Storage,
+                                                                          side: Side) -> None:
+    for name, size in [("a.fits", 3), ("sub dir/é b.fits", 5), ("sub dir/deeper/z", 0)]:
+        side.put(f"exp/{name}", b"x" * size)
+    found = storage.walk(side.url("exp"))
+    assert {k: v.size for k, v in found.items()} == {"a.fits": 3, "sub dir/é b.fits": 5,
+                                                      "sub dir/deeper/z": 0}
+    assert [n for n, st in storage.scandir(side.url("exp"))] == ["a.fits", "sub dir"]
+
+
+def test_walk_of_a_missing_directory_is_source_missing(storage: Storage, side: Side) -> None:
+    side.put("present", b"")
+    with pytest.raises(StorageError) as info:
+        storage.walk(side.url("gone"))
+    assert info.value.code == Code.SOURCE_MISSING
+
+
+def test_read_text_refuses_non_utf8_as_a_manifest_problem(storage: Storage, side: Side) -> None:
+    side.put("ok.txt", "caf\u00e9\n".encode())
+    side.put("bad.txt", b"\xff\xfe\x00garbage")
+    assert storage.read_text(side.url("ok.txt")) == "caf\u00e9\n"
+    with pytest.raises(StorageError) as info:
+        storage.read_text(side.url("bad.txt"))
+    assert info.value.code == Code.MANIFEST_MISSING and "UTF-8" in str(info.value)
+
+
 def test_listdir_of_a_file_is_not_a_directory_error(storage: Storage, side: Side) -> None:
     side.put("f", b"1")
     with pytest.raises(StorageError) as info:
