@@ -123,7 +123,7 @@ class Couch:
             if deadline is None and attempt > self.cfg.retries or (
                     deadline is not None and time.monotonic() + delay > deadline):
                 raise DatabaseUnavailable(f"database server {self.url} unavailable ({problem}) "
-                                          f"after {attempt} attempts")
+                                          f"after {attempt} attempt{'s' if attempt > 1 else ''}")
             log.warning("database server %s unavailable (%s); retry %d in %.1fs",
                         self.url, problem, attempt, delay)
             time.sleep(delay)

@@ -57,7 +57,7 @@ class GridXferError(Exception):
     """Root of every exception GRID_XFER raises on purpose."""
 
     code: Code = Code.UNEXPECTED
-    # CLI exit status; see docs/exit-codes.md.
+    # CLI exit status; see docs/cli.md (exit status).
     exit_status: int = 1
 
     def __init__(self, message: str, *, code: Code | None = None) -> None:

@@ -6,6 +6,7 @@ started and stop only that process: never anything found by name.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -35,9 +36,18 @@ class ServerState:
 
 
 def _port_in_use(host: str, port: int) -> bool:
+    """Someone listens there, or holds it bound (a bind would fail)."""
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+        if s.connect_ex((host, port)) == 0:
+            return True
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as node does: TIME_WAIT is free
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
 
 
 def _pid_is_ours(pid: int) -> bool:
@@ -93,7 +103,17 @@ class EmbeddedServer:
                            log=str(self.log_file))
 
     def start(self) -> tuple[ServerState, bool]:
-        """Start and wait until it answers; returns (state, started_now)."""
+        """Start and wait until it answers; returns (state, started_now).
+
+        Serialised by a lock file, so two starts at once agree on one server
+        instead of both spawning and one recording a PID that lost the port.
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.run_dir / f"pouchdb-{self.cfg.port}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._start()
+
+    def _start(self) -> tuple[ServerState, bool]:
         current = self.status()
         if current.running:
             return current, False
