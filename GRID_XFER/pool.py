@@ -33,6 +33,8 @@ class CreateReport:
     updated: list[str] = field(default_factory=list)
     unchanged: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # held or finished: left alone
+    # Done, but the source changed since (late files): left alone until a reset.
+    outdated: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {k: len(v) for k, v in self.__dict__.items()}
@@ -91,6 +93,8 @@ class Pool:
                     report.unchanged.append(doc["_id"])
                 elif old.get("state") not in ("todo", "error"):
                     report.skipped.append(doc["_id"])
+                    if old.get("state") == "done":
+                        report.outdated.append(doc["_id"])
                 else:
                     # Catch-up: late files or a fixed manifest; an errored token
                     # gets a fresh start since its inputs changed.
@@ -263,9 +267,17 @@ class Pool:
             raise NotFound(f"unknown night {night!r}: no tokens in database {self.couch.db!r}")
 
 
+def _work(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Files as the scan would write them (results and empty fields aside), for comparing."""
+    out = []
+    for f in files:
+        entry = {k: v for k, v in f.items() if k != "result" and v not in (None, {}, [])}
+        out.append(entry)
+    return out
+
+
 def _same_work(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    strip = lambda files: [{k: v for k, v in f.items() if k != "result"} for f in files]  # noqa: E731
-    return (strip(old.get("files", [])) == strip(new["files"])
+    return (_work(old.get("files", [])) == _work(new["files"])
             and old.get("manifest") == new.get("manifest")
             and old.get("source") == new["source"]
             and old.get("destination") == new["destination"])

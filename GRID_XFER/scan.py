@@ -41,7 +41,11 @@ class ScanReport:
 
 
 def join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
+    """``base/part/...``; a base ending in '/' (``file:///``, ``root://host//``) keeps it."""
+    rest = "/".join(p.strip("/") for p in parts if p.strip("/"))
+    if not rest:
+        return base
+    return base + rest if base.endswith("/") else f"{base}/{rest}"
 
 
 def read_manifest(storage: Storage, exposure_url: str, exposure: str,

@@ -13,7 +13,9 @@ a token after a crash only moves what is missing.
 """
 from __future__ import annotations
 
+import errno
 import logging
+import re
 import threading
 import time
 import uuid
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 1024 * 1024  # gfal2 reads of 1 MiB stream faster than 4 MiB here
 Verify = Literal["source", "destination"]
+PART_MARK = ".gridxfer-part-"  # temporary copies: <final name>.gridxfer-part-<8 hex>
 
 
 class _Mismatch(Exception):
@@ -76,6 +79,7 @@ class TransferTask:
             files = self._check_source(src, token.get("exposure", ""), token["manifest"], files)
         ctx.log.info("%d file(s), %d bytes: %s -> %s", len(files),
                      sum(f.get("size") or 0 for f in files), redact(src or "(urls)"), redact(dst))
+        self._remove_stale_parts(token, files, dst, ctx)
         last_save = time.monotonic()
         moved = 0
         try:
@@ -95,6 +99,42 @@ class TransferTask:
                     ctx.log.warning("could not save per-file results: %s", exc)
             raise
         return {"files": files, "bytes_done": moved, "exit_code": 0}
+
+    def _remove_stale_parts(self, token: dict[str, Any], files: list[dict[str, Any]], dst: str,
+                            ctx: TaskContext) -> None:
+        """Delete temporary copies an earlier attempt left when its worker died mid-copy.
+
+        A SIGKILLed worker (lost node, batch system hard kill) cannot clean up, and
+        nothing else ever would: each retry writes a fresh temporary name, so every
+        loss would leave a partial file (possibly hundreds of MB, possibly archived
+        to tape) beside the final one. Only after an earlier claim of this token,
+        and only names derived from this token's own files, which no other token
+        writes. Best effort: a failure here is logged, never fatal.
+        """
+        claims = sum(1 for h in token.get("history") or [] if h.get("event") == "claimed")
+        if claims < 2:
+            return
+        wanted: dict[str, set[str]] = {}
+        for f in files:
+            parent, _, base = f["name"].rpartition("/")
+            wanted.setdefault(parent, set()).add(base)
+        for parent, bases in wanted.items():
+            url = join(dst, parent)
+            try:
+                names = self.storage.listdir(url)
+            except StorageError as err:
+                if err.errno not in (errno.ENOENT, errno.ENOTDIR):
+                    ctx.log.warning("could not look for stale temporary copies in %s: %s",
+                                    redact(url), err)
+                continue
+            for name in names:
+                base, mark, tail = name.rpartition(PART_MARK)
+                if mark and base in bases and re.fullmatch(r"[0-9a-f]{8}", tail):
+                    try:
+                        self.storage.unlink(join(url, name), missing_ok=True)
+                        ctx.log.info("removed %s, left by an earlier attempt", name)
+                    except StorageError as err:
+                        ctx.log.warning("could not remove stale %s: %s", name, err)
 
     def _check_source(self, src: str, exposure: str, manifest: dict[str, Any],
                       files: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -131,7 +171,10 @@ class TransferTask:
             if old.get("checksums") == entry["checksums"] and "result" in old:
                 entry["result"] = old["result"]
             out.append(entry)
-        out.append({"name": mname, "size": present[mname].size, "role": "manifest"})
+        # Same shape as the scan's entry (FileEntry dumps an empty ``checksums``), so
+        # the next `tokens create` finds this token's work unchanged, not "different".
+        out.append({"name": mname, "size": present[mname].size, "checksums": {},
+                    "role": "manifest"})
         return out
 
     # ------------------------------------------------------------------ file
@@ -144,13 +187,22 @@ class TransferTask:
         try:
             if self.storage.exists(dst):
                 same, detail = self._same_content(src, dst, f)
-                if not same:
+                if same:
+                    ctx.log.info("%s: already at the destination with the same content; skipped",
+                                 name)
+                    return {"status": "skipped", "bytes": 0,
+                            "seconds": round(time.monotonic() - started, 3),
+                            **{k: v for k, v in f.get("checksums", {}).items()}}
+                if f.get("role") != "manifest":
                     raise TaskError(Code.DEST_EXISTS_DIFFERENT, f"{name}: destination "
                                     f"{redact(dst)} exists with different content ({detail})",
                                     file=name, transient=False)
-                ctx.log.info("%s: already at the destination with the same content; skipped", name)
-                return {"status": "skipped", "bytes": 0, "seconds": round(time.monotonic() - started, 3),
-                        **{k: v for k, v in f.get("checksums", {}).items()}}
+                # The manifest goes last, so every file it lists is verified at the
+                # destination by now; the one there is an older manifest of this
+                # exposure (late files, then `tokens reset` of the done token).
+                # Refusing it (41) would leave no way to complete the catch-up.
+                ctx.log.info("%s: replacing the older manifest at the destination (%s)",
+                             name, detail)
             for attempt in range(self.mismatch_retries + 1):
                 try:
                     result = self._copy_verified(src, dst, f, ctx)
@@ -171,7 +223,7 @@ class TransferTask:
         name = f["name"]
         sums = f.get("checksums", {})
         want_sha, want_adler = sums.get("sha256"), sums.get("adler32")
-        tmp = f"{dst}.gridxfer-part-{uuid.uuid4().hex[:8]}"
+        tmp = f"{dst}{PART_MARK}{uuid.uuid4().hex[:8]}"
         outcome: dict[str, Any] = {}
         started = time.monotonic()
 
@@ -204,9 +256,8 @@ class TransferTask:
                 outcome.clear()
                 copy(None)
                 err, verify = outcome.get("error"), "destination"
-                if want_sha is None:
-                    raise TaskError(Code.CONFIG, f"{name}: no checksum can be verified: {err}",
-                                    file=name, transient=False)
+                if want_sha is None and err is None:  # no manifest value: the source is the reference
+                    want_sha = hash_chunks(self.storage.open_read(src, READ_CHUNK), "sha256")
             if isinstance(err, StorageError) and err.code == Code.CHECKSUM_MISMATCH:
                 raise _Mismatch(f"{name}: ADLER32 differs between source and destination copy")
             if err is not None:
