@@ -3,7 +3,7 @@
 All output meant for programs goes to stdout (``--json``); messages for people go
 to stderr through logging, which only this module configures. Any
 :class:`GridXferError` becomes one line on stderr and its documented exit status
-(docs/exit-codes.md); ``--debug`` adds the traceback.
+(docs/cli.md, exit status); ``--debug`` adds the traceback.
 """
 from __future__ import annotations
 
@@ -163,13 +163,23 @@ def tokens() -> None:
     """Create, inspect and repair a night's tokens."""
 
 
+class _NamesLoader(yaml.SafeLoader):
+    """YAML without implicit numbers: ``- 00012345`` stays that exposure, not octal 5349."""
+
+
+_NamesLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers
+            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
 def _load_specs(path: Path) -> list[Any]:
     try:
         text = path.read_text()
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        data = json.loads(text) if path.suffix == ".json" else yaml.load(text, _NamesLoader)
     except (ValueError, yaml.YAMLError) as exc:
         raise InvalidInput(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}:"
                            f" {str(exc).splitlines()[0]}") from None
@@ -240,6 +250,10 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
             specs = [s.model_copy(update={"max_attempts": s.max_attempts or t.max_attempts,
                                           "payload": {**t.payload, **s.payload}}) for s in specs]
         report = pool.create(night, specs)
+    if report.outdated:
+        log.warning("%d done token(s) have new or changed files at the source (e.g. %s); "
+                    "they are left alone: `gridxfer tokens reset %s --state done` moves them again",
+                    len(report.outdated), report.outdated[0], night)
     for exposure, message in sorted(problems.items()):
         log.warning("%s: %s (the token will fail with 31 unless it is fixed first)",
                     exposure, message)
@@ -394,26 +408,55 @@ def worker(app: App, night: str | None, max_tokens: int | None, max_time: float 
 # -- status -------------------------------------------------------------------
 @cli.command()
 @click.argument("night", required=False)
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--watch", is_flag=True, help="Keep a live display with progress bars until Ctrl-C.")
+@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
+              help="Seconds between refreshes with --watch.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON (docs/status.md).")
 @pass_app
-def status(app: App, night: str | None, as_json: bool) -> None:
-    """Token counts per night and state."""
-    pool = app.pool()
-    counts = pool.counts(night)
-    if night and night not in counts:
-        raise NotFound(f"unknown night {night!r}: no tokens in database {pool.couch.db!r}")
-    nights = []
-    for n, states in sorted(counts.items()):
-        nights.append({"night": n,
-                       "states": {s: states.get(s, {}).get("count", 0) for s in STATES},
-                       "bytes_done": states.get("done", {}).get("bytes", 0),
-                       "bytes_total": sum(v["bytes"] for v in states.values())})
+def status(app: App, night: str | None, watch: bool, interval: float, as_json: bool) -> None:
+    """Progress per night from the views: counts, bytes, rate and ETA.
+
+    With NIGHT: that night's error codes (name, count, a sample message) and the
+    workers holding leases. The same numbers: /<db>/_design/gridxfer/status.html.
+    """
+    from GRID_XFER import status as st
+
+    if watch and as_json:
+        raise click.UsageError("--watch and --json do not go together")
+    couch = app.couch()
+    report = st.gather(couch, night)
     if as_json:
-        emit_json({"nights": nights})
+        emit_json(report.as_dict())
         return
-    click.echo(f"{'night':<16}" + "".join(f"{s:>10}" for s in STATES))
-    for n in nights:
-        click.echo(f"{n['night']:<16}" + "".join(f"{n['states'][s]:>10}" for s in STATES))
+    import time
+
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console() if sys.stdout.isatty() else Console(width=160)
+    if not watch:
+        console.print(st.render(report))
+        return
+    rows = max(3, console.size.height - 14)
+    try:
+        with Live(st.render(report, bars=True, limit=rows), console=console,
+                  auto_refresh=False) as live:
+            took = 0.0
+            while True:
+                # A slow answer (pouchdb-server reads a row per token) spaces the
+                # refreshes out, so a watch takes a small share of the server.
+                time.sleep(max(interval, st.SHARE * took))
+                problem = None
+                started = time.monotonic()
+                try:
+                    report = st.gather(couch, night)
+                except GridXferError as exc:  # keep showing the last report
+                    problem = f"{exc} (retrying)"
+                took = time.monotonic() - started
+                live.update(st.render(report, bars=True, limit=rows, problem=problem),
+                            refresh=True)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C ends a watch; Live has restored the terminal
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -32,8 +32,9 @@ _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def _quote_id(doc_id: str) -> str:
-    if doc_id.startswith("_design/"):
-        return "_design/" + quote(doc_id[len("_design/"):], safe="")
+    for prefix in ("_design/", "_local/"):
+        if doc_id.startswith(prefix):
+            return prefix + quote(doc_id[len(prefix):], safe="")
     return quote(doc_id, safe="")
 
 

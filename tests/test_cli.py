@@ -425,7 +425,7 @@ def test_tokens_list_json_is_an_array_of_token_documents(db: Database) -> None:
 
 def test_status_json_shape(db: Database) -> None:
     assert json.loads(gridxfer("status", "--json", config=db.config_file,
-                               check=True).stdout) == {"nights": []}
+                               check=True).stdout)["nights"] == []
     for night, sizes in (("n1", [100, 50, 7]), ("n2", [1])):
         spec = db.tmp / f"{night}.yaml"
         spec.write_text(yaml.safe_dump([{"exposure": f"e{i}", "files": [{"name": "f", "size": s}]}
@@ -438,10 +438,12 @@ def test_status_json_shape(db: Database) -> None:
     lease.done()
 
     data = json.loads(gridxfer("status", "--json", config=db.config_file, check=True).stdout)
-    assert set(data) == {"nights"}
+    # The stable core (docs/status.md); later versions may add keys.
+    core = ("night", "states", "errors", "bytes_done", "bytes_total")
+    assert "nights" in data
     assert [n["night"] for n in data["nights"]] == ["n1", "n2"]
     for n in data["nights"]:
-        assert set(n) == {"night", "states", "bytes_done", "bytes_total"}
+        assert set(core) <= set(n) and n["errors"] == {}
         assert set(n["states"]) == set(STATES)
     n1, n2 = data["nights"]
     assert n1["states"]["todo"] == 2 and n1["states"]["done"] == 1
@@ -451,4 +453,4 @@ def test_status_json_shape(db: Database) -> None:
 
     one = json.loads(gridxfer("status", "n2", "--json", config=db.config_file,
                               check=True).stdout)
-    assert one == {"nights": [n2]}
+    assert [{k: n[k] for k in core} for n in one["nights"]] == [{k: n2[k] for k in core}]
