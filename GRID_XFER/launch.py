@@ -51,10 +51,10 @@ SUBMIT_TIMEOUT = 120.0
 
 
 class LaunchError(GridXferError):
-    """The batch system refused or failed to take the job (exit status 8)."""
+    """The batch system refused or failed to take the job (exit status 12)."""
 
     code = Code.CONFIG
-    exit_status = 8
+    exit_status = 12
 
 
 # --------------------------------------------------------------------------- spec
