@@ -112,11 +112,51 @@ class TransferConfig(_Section):
     group: int = Field(10, ge=1)
 
 
+class StagingConfig(_Section):
+    """Tape: recall of sources before copying, confirmation of archiving after it."""
+
+    # Ask the source for each claimed token's locality (user.status) and stage
+    # NEARLINE files first. file:// sources are never asked (always on disk).
+    check: bool = True
+    method: Literal["gfal2", "stager"] = "gfal2"
+    pin_seconds: int = Field(86400, ge=0)
+    # A recall not finished this long after the request: error 23.
+    timeout_seconds: float = Field(86400.0, gt=0)
+    poll_interval: float = Field(60.0, gt=0)
+    # Files per bring_online / bring_online_poll call (XRootD answers at most ~10).
+    batch: int = Field(10, ge=1, le=10)
+    # Parallel locality queries (state-all, the staging check).
+    threads: int = Field(16, ge=1, le=256)
+    # state-all over many files of a slow storage: this many processes (1: threads only).
+    processes: int = Field(16, ge=1, le=64)
+    # The LTA-style XML-RPC stager; credentials never go here (docs/staging.md).
+    stager_url: str = "https://webportal.astron.nl/service-public/xmlrpc"
+    stager_timeout: float = Field(60.0, gt=0)
+    stager_retries: int = Field(3, ge=0)
+    # Release the pins of staged files once their token's transfer is done.
+    release_pins: bool = True
+    # The destination is tape-backed: done only once every file is on tape.
+    tape_destination: bool = False
+    archive_timeout: float = Field(86400.0, gt=0)
+
+    @field_validator("stager_url")
+    @classmethod
+    def _stager_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; use ~/.stagingrc or "
+                             "GRIDXFER_STAGER_USER / GRIDXFER_STAGER_PASSWORD")
+        return v
+
+
 class Config(_Section):
     couchdb: CouchDBConfig = CouchDBConfig()
     server: ServerConfig = ServerConfig()
     worker: WorkerConfig = WorkerConfig()
     transfer: TransferConfig = TransferConfig()
+    staging: StagingConfig = StagingConfig()
     source: str | None = None
     destination: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -137,6 +177,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "GRIDXFER_MAX_ATTEMPTS": "worker.max_attempts",
     "GRIDXFER_SOURCE": "source",
     "GRIDXFER_DESTINATION": "destination",
+    "GRIDXFER_STAGING_METHOD": "staging.method",
+    "GRIDXFER_STAGER_URL": "staging.stager_url",
 }
 
 

@@ -256,6 +256,34 @@ class Pool:
                                             "bytes": int(row["value"]["sum"])}
         return out
 
+    # -- tape: tokens nobody holds while they wait ---------------------------
+    def staging(self, night: str | None = None) -> list[dict[str, Any]]:
+        """Tokens waiting for a tape recall (the ``staging`` view)."""
+        params: dict[str, Any] = {"include_docs": True}
+        if night is not None:
+            params.update(startkey=[night], endkey=[night, {}])
+        # Not paged: keys repeat (tokens share a request), which paging by key cannot do.
+        return [r["doc"] for r in self.couch.view(DDOC, "staging", **params)["rows"]
+                if r.get("doc") and r["doc"].get("state") == "staging"]
+
+    def archiving(self, night: str | None = None) -> list[dict[str, Any]]:
+        """Tokens copied to a tape-backed destination, waiting for migration."""
+        nights = [n for n, states in self.counts(night).items() if states.get("archiving")]
+        return [d for n in nights for d in self.select(n, ["archiving"])]
+
+    def waiting(self, night: str | None = None) -> int:
+        """How many tokens are staging or archiving (work that will come back)."""
+        return sum(states.get(s, {}).get("count", 0) for states in self.counts(night).values()
+                   for s in ("staging", "archiving"))
+
+    def save(self, doc: dict[str, Any]) -> bool:
+        """Save a token changed by a poll; False if someone else changed it first (409)."""
+        try:
+            self.couch.put(doc)
+        except Conflict:
+            return False
+        return True
+
     def get(self, token_id: str) -> dict[str, Any]:
         try:
             return self.couch.get(token_id)
@@ -347,6 +375,14 @@ class Lease:
             tk.fail(d, code, message, self.pool.clock(), file=file, transient=transient,
                     backoff_base=s.backoff_base, backoff_max=s.backoff_max)
         self._save(change, finishing=True)
+
+    def stage(self, request: dict[str, Any]) -> None:
+        """Hand the token to the staging poll (state ``staging``) and give up the lease."""
+        self._save(lambda d: tk.to_staging(d, request, self.pool.clock()))
+
+    def archive(self, hold: float, **fields: Any) -> None:
+        """Copied; wait for the tape-backed destination to migrate the files."""
+        self._save(lambda d: tk.to_archiving(d, self.pool.clock(), hold, **fields), finishing=True)
 
     def release(self, reason: str) -> None:
         self._save(lambda d: tk.release(d, self.pool.clock(), reason))

@@ -432,6 +432,55 @@ class Storage:
         self.stat(url)
         return "ONLINE"
 
+    # ----------------------------------------------------------------- tape
+
+    def bring_online(self, urls: list[str], *, pin: int, timeout: int) -> tuple[str, list[StorageError | None]]:
+        """Ask the storage to recall ``urls`` from tape, asynchronously.
+
+        Returns the request token and, per URL, None or the error the storage
+        reported at once (a missing file, for example).
+        """
+        label = f"bring_online {redact(urls[0])} (+{len(urls) - 1})"
+        with self._operation(label, urls[0]) as op:
+            errors, token = op.ctx.bring_online(list(urls), int(pin), int(timeout), True)
+        return str(token or ""), [self._file_error("bring_online", u, e) for u, e in zip(urls, errors)]
+
+    def bring_online_poll(self, urls: list[str], token: str) -> list[StorageError | None]:
+        """Per URL: None once online, else the storage's answer (EAGAIN while recalling).
+
+        Storages answer only a few files per call (about 10 over XRootD): callers batch.
+        """
+        label = f"bring_online_poll {redact(urls[0])} (+{len(urls) - 1})"
+        with self._operation(label, urls[0]) as op:
+            errors = op.ctx.bring_online_poll(list(urls), token)
+        return [self._file_error("bring_online_poll", u, e) for u, e in zip(urls, errors)]
+
+    def release(self, urls: list[str], token: str = "") -> list[StorageError | None]:
+        """Release pins (a tape-backed disk buffer may then evict the disk copies)."""
+        out: list[StorageError | None] = []
+        for url in urls:
+            try:
+                self._meta().release(url, token)
+                out.append(None)
+            except gfal2.GError as exc:
+                out.append(_from_gerror(f"release {redact(url)}", url, exc))
+        return out
+
+    def abort_bring_online(self, urls: list[str], token: str) -> None:
+        """Best effort: tell the storage we no longer want these recalls."""
+        try:
+            self._meta().abort_bring_online(list(urls), token)
+        except gfal2.GError as exc:
+            log.debug("abort_bring_online %s: %s", redact(urls[0]), _one_line(str(exc.message)))
+
+    @staticmethod
+    def _file_error(op: str, url: str, exc: object) -> StorageError | None:
+        if exc is None:
+            return None
+        if isinstance(exc, gfal2.GError):
+            return _from_gerror(f"{op} {redact(url)}", url, exc)
+        return StorageError(f"{op} {redact(url)} failed: {exc}", url=url)
+
     # ----------------------------------------------------------------- transfers
 
     def checksum(self, url: str, algo: str = "ADLER32") -> str:

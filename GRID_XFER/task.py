@@ -20,7 +20,8 @@ from typing import Any, Protocol
 
 from GRID_XFER.errors import Code, TaskError
 
-SECRET_ENV = ("GRIDXFER_COUCHDB_PASSWORD",)
+SIGNAL_GRACE = 2.0  # seconds a signalled command waits for the worker's own signal
+SECRET_ENV = ("GRIDXFER_COUCHDB_PASSWORD", "GRIDXFER_STAGER_PASSWORD")
 
 
 @dataclass
@@ -113,6 +114,11 @@ class CommandTask:
         status = proc.returncode
         if status == 0:
             return {"exit_code": 0}
+        if status < 0 and not ctx.cancelled.is_set():
+            # A batch system's scancel signals the whole job at once: the command
+            # may die before the worker's own handler has run. Give it a moment,
+            # so the token is handed back rather than failed.
+            ctx.cancelled.wait(SIGNAL_GRACE)
         if ctx.cancelled.is_set():
             raise TaskError(Code.INTERRUPTED, "command stopped by cancel")
         last = text.strip().splitlines()[-1][:300] if text.strip() else "no output"

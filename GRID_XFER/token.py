@@ -269,7 +269,57 @@ def reset(doc: dict[str, Any], now: float) -> None:
     doc["scrub_count"] = doc.get("scrub_count", 0) + 1
     doc.update(state="todo", lock=0, done=0, output=0, exit_code="", attempts=0,
                not_before=0, lease_expires=0, worker=None, error=None, stage_request=None)
+    doc.pop("stage_rounds", None)
     _event(doc, now, "reset")
+
+
+def to_staging(doc: dict[str, Any], request: dict[str, Any], now: float) -> None:
+    """Wait for a tape recall without a lease: no worker sits idle meanwhile.
+
+    The claim that found the files on tape gives its attempt back (nothing failed).
+    """
+    if doc.get("state") == "locked":
+        doc["attempts"] = max(0, doc.get("attempts", 0) - 1)
+    doc.update(state="staging", lock=int(now), done=0, lease_expires=0, worker=None,
+               not_before=0, stage_request=dict(request))
+    doc["stage_rounds"] = doc.get("stage_rounds", 0) + 1
+    _event(doc, now, "staging", request=request.get("id"), method=request.get("method"),
+           files=request.get("files"))
+
+
+def staged(doc: dict[str, Any], now: float) -> None:
+    """Every file is online: claimable again."""
+    request = dict(doc.get("stage_request") or {})
+    request["online"] = now
+    doc.update(state="todo", lock=0, done=0, not_before=0, stage_request=request)
+    _event(doc, now, "staged", request=request.get("id"))
+
+
+def staging_failed(doc: dict[str, Any], code: int, message: str, now: float, *,
+                   file: str | None = None) -> None:
+    """22 (recall failed, file missing on tape) or 23 (timeout): error until a reset."""
+    fail(doc, code, message, now, file=file, transient=False)
+
+
+def to_archiving(doc: dict[str, Any], now: float, hold: float, **fields: Any) -> None:
+    """Copied to a tape-backed destination; done once the files are on tape.
+
+    Still held (by the worker that copied), for ``hold`` seconds, so the reaper
+    only steps in when nobody confirmed the archive or timed it out by then.
+    """
+    doc.update(fields)
+    doc.update(state="archiving", lease_expires=now + hold, archiving_since=now)
+    _event(doc, now, "archiving")
+
+
+def archived(doc: dict[str, Any], now: float) -> None:
+    finish(doc, now, archived=now)
+
+
+def archive_failed(doc: dict[str, Any], code: int, message: str, now: float, *,
+                   file: str | None = None) -> None:
+    """50 (a file lost or refused by tape) or 51 (not on tape in time)."""
+    fail(doc, code, message, now, file=file, transient=False)
 
 
 def is_expired(doc: dict[str, Any], now: float) -> bool:

@@ -15,11 +15,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from GRID_XFER.errors import Code, Interrupted, LeaseLost, TaskError
 from GRID_XFER.pool import Lease, Pool
 from GRID_XFER.task import Task, TaskContext
+
+if TYPE_CHECKING:
+    from GRID_XFER.archive import Archive
+    from GRID_XFER.staging import Staging
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ class WorkerReport:
     failed: int = 0
     released: int = 0
     lost: int = 0
+    staging: int = 0  # handed to the staging poll
+    archiving: int = 0  # copied, waiting for tape migration
     signal: int | None = None
     tokens: list[str] = field(default_factory=list)
 
@@ -54,7 +60,9 @@ class Worker:
     def __init__(self, pool: Pool, task: Task, *, night: str | None = None,
                  max_tokens: int | None = None, max_time: float | None = None,
                  idle_exit: bool = False, idle_sleep: float = 10.0,
-                 heartbeat: float = 60.0, reap_every: float = 60.0) -> None:
+                 heartbeat: float = 60.0, reap_every: float = 60.0,
+                 staging: Staging | None = None, archive: Archive | None = None,
+                 poll_every: float = 60.0) -> None:
         self.pool = pool
         self.task = task
         self.night = night
@@ -64,6 +72,9 @@ class Worker:
         self.idle_sleep = idle_sleep
         self.heartbeat = heartbeat
         self.reap_every = reap_every
+        self.staging = staging
+        self.archive = archive if archive is not None and archive.enabled else None
+        self.poll_every = poll_every
         self._stop = threading.Event()
         self._signal: int | None = None
         self._cancelled = threading.Event()
@@ -90,6 +101,7 @@ class Worker:
     def run(self) -> WorkerReport:
         started = time.monotonic()
         last_reap = 0.0
+        last_poll = 0.0
         while not self._stop.is_set():
             if self.max_tokens is not None and self.report.processed >= self.max_tokens:
                 break
@@ -99,18 +111,40 @@ class Worker:
             if time.monotonic() - last_reap >= self.reap_every:
                 last_reap = time.monotonic()
                 self.pool.reap(self.night)
+            if self._tape and time.monotonic() - last_poll >= self.poll_every:
+                last_poll = time.monotonic()
+                self._poll_tape()
             lease = self.pool.claim(self.night)
             if lease is None:
-                if self.idle_exit:
+                waiting = self._tape and self.pool.waiting(self.night)
+                if self.idle_exit and not waiting:
                     log.info("no claimable tokens%s; exiting",
                              f" for night {self.night}" if self.night else "")
                     break
-                self._stop.wait(self.idle_sleep)
+                # Tokens on their way back from tape: look again at the poll's pace.
+                self._stop.wait(min(self.idle_sleep, self.poll_every) if waiting
+                                else self.idle_sleep)
                 last_reap = 0.0  # idle is a good moment to look for lost workers
                 continue
             self._process(lease)
         self.report.signal = self._signal
         return self.report
+
+    @property
+    def _tape(self) -> bool:
+        return self.staging is not None or self.archive is not None
+
+    def _poll_tape(self) -> None:
+        """Between claims: move staging and archiving tokens on (any worker may)."""
+        for what, poller in (("staging", self.staging), ("archive", self.archive)):
+            if poller is None:
+                continue
+            try:
+                report = poller.poll(self.pool, self.night)
+                if any(report.as_dict().values()):
+                    log.info("%s poll: %s", what, report.as_dict())
+            except Exception as exc:  # a poll never stops the worker
+                log.warning("%s poll failed: %s", what, exc)
 
     def _process(self, lease: Lease) -> None:
         self.report.processed += 1
@@ -144,7 +178,11 @@ class Worker:
         tlog.info("worker %s claimed %s (attempt %s)", self.pool.worker["id"], lease.id,
                   lease.doc.get("attempts"))
         try:
-            outcome = ("done", self.task.run(lease.doc, ctx) or {})
+            request = self.staging.prepare(lease.doc, tlog) if self.staging is not None else None
+            if request is not None:
+                outcome = ("staging", request)
+            else:
+                outcome = ("done", self.task.run(lease.doc, ctx) or {})
         except Interrupted as exc:
             outcome = ("release", f"signal {exc.signum}")
         except TaskError as exc:
@@ -175,10 +213,22 @@ class Worker:
             if text:
                 lease.attach(f"worker-{lease.doc.get('attempts', 0)}.log",
                              text.encode()[-512 * 1024:])
-            if kind == "done":
-                lease.done(**value)
-                self.report.done += 1
-                log.info("%s done", lease.id)
+            if kind == "staging":
+                lease.stage(value)
+                self.report.staging += 1
+                log.info("%s waits for staging request %s", lease.id, value["id"])
+            elif kind == "done":
+                if self.staging is not None:
+                    self.staging.release(lease.doc)
+                if self.archive is not None:
+                    lease.archive(self.archive.hold(self.pool.settings.lease),
+                                  **value, **self.archive.fields())
+                    self.report.archiving += 1
+                    log.info("%s copied; waiting for the archive to tape", lease.id)
+                else:
+                    lease.done(**value)
+                    self.report.done += 1
+                    log.info("%s done", lease.id)
             elif kind == "release":
                 lease.release(value)
                 self.report.released += 1

@@ -24,7 +24,7 @@ from GRID_XFER.couch import Couch
 from GRID_XFER.pool import Pool, PoolSettings
 from GRID_XFER.server import EmbeddedServer
 
-pytest_plugins = ["tests.plugins.xrootd", "tests.plugins.slurm"]
+pytest_plugins = ["tests.plugins.xrootd", "tests.plugins.slurm", "tests.plugins.tape"]
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
