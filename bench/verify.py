@@ -34,6 +34,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sizes import human, parse_size  # noqa: E402
 from typing import Any
 
 MIB = 1 << 20
@@ -92,26 +95,6 @@ def _child(method: str, files: list[str]) -> None:
 # ---------------------------------------------------------------------------
 # Parent
 # ---------------------------------------------------------------------------
-def parse_size(text: str) -> int:
-    """256M, 2G, 512K or plain bytes; K/M/G are binary (KiB, MiB, GiB)."""
-    t = text.strip().lower().removesuffix("ib").removesuffix("b")
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(t)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 256M, 2G)") from None
-
-
-def human(n: int) -> str:
-    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            v = n / size
-            return f"{v:.0f} {unit}" if v == int(v) else f"{v:.1f} {unit}"
-    return f"{n} B"
-
-
 def write_file(path: Path, size: int, seed: int) -> None:
     """Pseudo-random content: one random MiB, its first 16 bytes changed per MiB."""
     block = bytearray(os.urandom(min(size, MIB)))

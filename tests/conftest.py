@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -114,3 +115,15 @@ def spawn_worker(config: Path, *args: str, env: dict[str, str] | None = None,
     return subprocess.Popen([sys.executable, "-m", "GRID_XFER.cli", "worker", *args],
                             stdout=subprocess.PIPE, stderr=stderr, text=True,
                             env=env or cli_env(config))
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.1,  # noqa: ANN001, ANN201
+             what: str = "condition"):
+    """Poll ``predicate`` until it returns something true, and return that."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"{what} not met within {timeout}s")

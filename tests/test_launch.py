@@ -22,20 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from GRID_XFER.token import parse_spec
-from tests.conftest import REPO, Database, cli_env, gridxfer
+from tests.conftest import REPO, Database, cli_env, gridxfer, wait_for
 from tests.plugins.slurm import SlurmCluster
 
 SECRET = "Launch-Pa55-w0rd-never-shown"
 
-
-def wait_for(predicate, timeout: float = 60.0, every: float = 0.2, what: str = "condition"):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"{what} not met within {timeout}s")
 
 
 def launch(db: Database, *args: str, env: dict[str, str], timeout: float = 120) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from GRID_XFER.errors import Code
-from tests.conftest import Database, gridxfer, make_database, spawn_worker
+from tests.conftest import Database, gridxfer, make_database, spawn_worker, wait_for
 from tests.nightgen import flip_byte, make_night, manifest_name, tree, write_exposure
 from tests.plugins.xrootd import XRootDServer
 
@@ -55,14 +55,6 @@ def part_files(root: Path) -> list[str]:
         return []
     return sorted(str(p) for p in root.rglob("*") if PART in p.name)
 
-
-def wait_for(predicate, timeout: float = 60.0, every: float = 0.02) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
 
 
 @dataclass
@@ -408,7 +400,7 @@ def test_sigkilled_worker_leaves_no_final_file_and_reaped_token_completes(
 
     w = spawn_worker(cfg, "--night", NIGHT, stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: copying(remote.path))
+        wait_for(lambda: copying(remote.path), every=0.02)
         assert not final.exists()
         os.kill(w.pid, signal.SIGKILL)
         w.wait(timeout=30)
@@ -449,7 +441,7 @@ def test_sigterm_mid_copy_releases_token_uncounted_and_leaves_no_final_file(
 
     w = spawn_worker(cfg, "--night", NIGHT)
     try:
-        wait_for(lambda: copying(remote.path))
+        wait_for(lambda: copying(remote.path), every=0.02)
         t0 = time.monotonic()
         w.send_signal(signal.SIGTERM)
         _, err = w.communicate(timeout=60)

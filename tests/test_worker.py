@@ -13,17 +13,9 @@ import pytest
 from GRID_XFER.errors import Code
 from GRID_XFER.token import parse_spec
 from GRID_XFER.worker import batch_job_id
-from tests.conftest import Database, cli_env, free_port, gridxfer, make_database, spawn_worker, \
+from tests.conftest import Database, wait_for, cli_env, free_port, gridxfer, make_database, spawn_worker, \
     start_server
 
-
-def wait_for(predicate, timeout: float = 30.0, every: float = 0.1) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(every)
-    raise AssertionError("condition not met in time")
 
 
 def recording_command(out: Path, sleep: float = 0) -> str:
@@ -65,7 +57,7 @@ def test_sigkilled_worker_token_is_reaped_and_completed_then_errors_90(
 
     def kill_while_holding() -> None:
         w = spawn_worker(slow, "--night", "n1")
-        wait_for(lambda: db.pool().get("n1_only")["state"] == "locked")
+        wait_for(lambda: db.pool().get("n1_only")["state"] == "locked", timeout=30)
         os.kill(w.pid, signal.SIGKILL)  # the node dies; its `sleep` child is orphaned
         w.wait()
 
@@ -98,7 +90,7 @@ def test_signal_during_task_releases_token_without_attempt(db: Database, signum:
     db.pool().create("n1", [parse_spec("a")])
     cfg = db.write_config(worker={"command": "sleep 60", "lease_seconds": 30})
     w = spawn_worker(cfg, "--night", "n1")
-    wait_for(lambda: db.pool().get("n1_a")["state"] == "locked")
+    wait_for(lambda: db.pool().get("n1_a")["state"] == "locked", timeout=30)
     t0 = time.monotonic()
     w.send_signal(signum)
     _, err = w.communicate(timeout=30)
@@ -136,7 +128,7 @@ def test_worker_rides_out_a_server_restart_and_loses_nothing(tmp_path: Path) -> 
                                       "lease_seconds": 120, "outage_seconds": 120})
         logs = [open(tmp_path / f"w{i}.err", "w") for i in range(2)]
         workers = [spawn_worker(cfg, "--night", "n1", "--idle-exit", stderr=f) for f in logs]
-        wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 20)
+        wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 20, timeout=30)
         srv.stop()
         time.sleep(3)
         assert all(w.poll() is None for w in workers)  # still waiting, not dead
