@@ -20,6 +20,16 @@ from GRID_XFER.errors import ConfigError
 DEFAULT_PORT = 5984
 
 
+def _http_url(v: str, credentials_from: str) -> str:
+    """An http(s) URL with a host and no credentials in it (they would reach logs)."""
+    parts = urlsplit(v)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    if parts.username or parts.password:
+        raise ValueError(f"must not carry credentials; use {credentials_from}")
+    return v
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -38,13 +48,8 @@ class CouchDBConfig(_Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials; use couchdb.user and "
-                             "GRIDXFER_COUCHDB_PASSWORD or couchdb.password_file")
-        return v.rstrip("/")
+        return _http_url(v, "couchdb.user and GRIDXFER_COUCHDB_PASSWORD or "
+                            "couchdb.password_file").rstrip("/")
 
     @field_validator("db")
     @classmethod
@@ -142,13 +147,7 @@ class StagingConfig(_Section):
     @field_validator("stager_url")
     @classmethod
     def _stager_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials; use ~/.stagingrc or "
-                             "GRIDXFER_STAGER_USER / GRIDXFER_STAGER_PASSWORD")
-        return v
+        return _http_url(v, "~/.stagingrc or GRIDXFER_STAGER_USER / GRIDXFER_STAGER_PASSWORD")
 
 
 class Config(_Section):
