@@ -13,6 +13,7 @@ night of a thousand exposures is a few seconds even over root://.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,8 +50,9 @@ def join(base: str, *parts: str) -> str:
 
 
 def read_manifest(storage: Storage, exposure_url: str, exposure: str,
-                  algo: str) -> tuple[str, dict[str, str]]:
-    """(manifest file name, name -> checksum); ManifestError (31) if absent or unreadable."""
+                  algo: str) -> tuple[str, dict[str, str], str]:
+    """(manifest file name, name -> checksum, sha256 of its bytes); ManifestError (31)
+    if absent or unreadable."""
     name = manifest_name(exposure, algo)
     url = join(exposure_url, name)
     try:
@@ -61,7 +63,7 @@ def read_manifest(storage: Storage, exposure_url: str, exposure: str,
         if err.transient:
             raise
         raise ManifestError(f"manifest {name} unreadable: {err}") from None
-    return name, parse_manifest(text, algo, source=name)
+    return name, parse_manifest(text, algo, source=name), hashlib.sha256(text.encode()).hexdigest()
 
 
 def scan_exposure(storage: Storage, night_url: str, exposure: str, *, algo: str = "sha256",
@@ -73,7 +75,7 @@ def scan_exposure(storage: Storage, night_url: str, exposure: str, *, algo: str 
     manifest: dict[str, Any] = {"name": manifest_name(exposure, algo), "algo": algo}
     expected: dict[str, str] = {}
     try:
-        _, expected = read_manifest(storage, url, exposure, algo)
+        _, expected, _ = read_manifest(storage, url, exposure, algo)
     except ManifestError as err:
         manifest["error"] = str(err)
     files: list[dict[str, Any]] = []
@@ -178,7 +180,11 @@ def group_surls(storage: Storage, urls: Iterable[str], *, group: int = 10,
         entries = list(ex.map(lambda u: _surl_entry(storage, u), urls))
     specs = []
     for i in range(0, len(entries), group):
-        specs.append(tk.ExposureSpec(exposure=f"{prefix}{i // group:05d}", files=entries[i:i + group],
+        chunk = entries[i:i + group]
+        # The id names the chunk's content, not only its place: a different or
+        # edited list makes new tokens instead of rewriting pending ones.
+        digest = hashlib.sha256("\n".join(e["url"] for e in chunk).encode()).hexdigest()[:8]
+        specs.append(tk.ExposureSpec(exposure=f"{prefix}{i // group:05d}-{digest}", files=chunk,
                                      destination=destination))
     return specs
 

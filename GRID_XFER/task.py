@@ -96,6 +96,8 @@ class CommandTask:
                 except OSError as exc:
                     raise TaskError(Code.CONFIG, f"cannot run {self.argv[0]!r}: "
                                     f"{exc.strerror}", transient=False) from None
+            if ctx.cancelled.is_set():  # a stop that waited for the lock above
+                self.cancel()
             proc = self._proc
             try:
                 out, _ = proc.communicate(timeout=self.timeout)

@@ -21,7 +21,7 @@ import time
 import uuid
 from typing import Any, Literal
 
-from GRID_XFER.checksum import ManifestError, hash_chunks
+from GRID_XFER.checksum import Hasher, ManifestError, hash_chunks
 from GRID_XFER.errors import Code, TaskError
 from GRID_XFER.scan import join, read_manifest
 from GRID_XFER.storage import Cancelled, Storage, StorageError, redact
@@ -73,6 +73,7 @@ class TransferTask:
         if not dst:
             raise TaskError(Code.CONFIG, "token has no destination URL", transient=False)
         files = [dict(f) for f in token.get("files", [])]
+        self._manifest: tuple[str, str] | None = None  # (name, sha256 of the bytes checked)
         if token.get("manifest"):
             if not src:
                 raise TaskError(Code.CONFIG, "token has no source URL", transient=False)
@@ -148,7 +149,7 @@ class TransferTask:
             raise _task_error(err, exposure) from None
         algo = manifest.get("algo", "sha256")
         try:
-            mname, expected = read_manifest(self.storage, src, exposure, algo)
+            mname, expected, digest = read_manifest(self.storage, src, exposure, algo)
         except ManifestError as err:
             raise TaskError(Code.MANIFEST_MISSING, str(err), file=manifest.get("name"),
                             transient=False) from None
@@ -175,6 +176,7 @@ class TransferTask:
         # the next `tokens create` finds this token's work unchanged, not "different".
         out.append({"name": mname, "size": present[mname].size, "checksums": {},
                     "role": "manifest"})
+        self._manifest = (mname, digest)
         return out
 
     # ------------------------------------------------------------------ file
@@ -193,7 +195,7 @@ class TransferTask:
                     return {"status": "skipped", "bytes": 0,
                             "seconds": round(time.monotonic() - started, 3),
                             **{k: v for k, v in f.get("checksums", {}).items()}}
-                if f.get("role") != "manifest":
+                if not self._is_manifest(f):
                     raise TaskError(Code.DEST_EXISTS_DIFFERENT, f"{name}: destination "
                                     f"{redact(dst)} exists with different content ({detail})",
                                     file=name, transient=False)
@@ -218,11 +220,18 @@ class TransferTask:
             raise _task_error(err, name) from None
         raise AssertionError("unreachable")
 
+    def _is_manifest(self, f: dict[str, Any]) -> bool:
+        """The manifest this task read and checked, never a file merely labelled so."""
+        return self._manifest is not None and f["name"] == self._manifest[0]
+
     def _copy_verified(self, src: str, dst: str, f: dict[str, Any],
                        ctx: TaskContext) -> dict[str, Any]:
         name = f["name"]
         sums = f.get("checksums", {})
         want_sha, want_adler = sums.get("sha256"), sums.get("adler32")
+        manifest = self._is_manifest(f)
+        if manifest and self._manifest:
+            want_sha = self._manifest[1]  # the very bytes _check_source verified the files by
         tmp = f"{dst}{PART_MARK}{uuid.uuid4().hex[:8]}"
         outcome: dict[str, Any] = {}
         started = time.monotonic()
@@ -234,7 +243,7 @@ class TransferTask:
             except BaseException as exc:  # handed to the waiting thread
                 outcome["error"] = exc
 
-        # gfal2 blocks in C; in a thread, so the main thread stays free for signals.
+        # The copy runs in a thread while this one hashes the source beside it.
         thread = threading.Thread(target=copy, args=(("ADLER32", want_adler or ""),),
                                   name=f"copy-{name}", daemon=True)
         verify = self.verify
@@ -256,17 +265,38 @@ class TransferTask:
                 outcome.clear()
                 copy(None)
                 err, verify = outcome.get("error"), "destination"
-                if want_sha is None and err is None:  # no manifest value: the source is the reference
+                if want_sha is None and want_adler is None and err is None:
+                    # Nothing expected (a file outside any manifest): the source is the reference.
                     want_sha = hash_chunks(self.storage.open_read(src, READ_CHUNK), "sha256")
             if isinstance(err, StorageError) and err.code == Code.CHECKSUM_MISMATCH:
                 raise _Mismatch(f"{name}: ADLER32 differs between source and destination copy")
             if err is not None:
                 raise err
-            if want_sha and verify == "destination":
-                sha = hash_chunks(self.storage.open_read(tmp, READ_CHUNK), "sha256")
+            if verify == "destination":
+                sha256, adler = Hasher("sha256"), Hasher("adler32")
+                for chunk in self.storage.open_read(tmp, READ_CHUNK):
+                    sha256.update(chunk)
+                    adler.update(chunk)
+                sha = sha256.hexdigest()
+                if want_adler and adler.hexdigest() != want_adler:
+                    raise _Mismatch(f"{name}: adler32 {adler.hexdigest()} of the copy does not "
+                                    f"match the expected {want_adler}")
             if want_sha and sha != want_sha:
+                if manifest:
+                    raise TaskError(Code.TRANSFER_FAILED, f"{name}: the manifest changed at the "
+                                    "source during the transfer; will retry", file=name,
+                                    transient=True)
                 raise _Mismatch(f"{name}: sha256 {sha} does not match the manifest's {want_sha}")
-            self.storage.rename(tmp, dst)
+            if not manifest and self.storage.exists(dst):
+                # Someone wrote the final name while we copied: never replace it blindly.
+                same, detail = self._same_content(src, dst, f)
+                if not same:
+                    raise TaskError(Code.DEST_EXISTS_DIFFERENT, f"{name}: destination "
+                                    f"{redact(dst)} appeared during the copy with different "
+                                    f"content ({detail})", file=name, transient=False)
+                self.storage.unlink(tmp, missing_ok=True)
+            else:
+                self.storage.rename(tmp, dst)
         except BaseException:
             try:
                 self.storage.unlink(tmp, missing_ok=True)
@@ -275,7 +305,7 @@ class TransferTask:
             raise
         result: dict[str, Any] = {"status": "copied", "bytes": outcome["copy"].bytes,
                                   "seconds": round(time.monotonic() - started, 3)}
-        if sha:
+        if sha and not manifest:
             result["sha256"] = sha
         if want_adler:
             result["adler32"] = want_adler

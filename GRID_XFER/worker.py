@@ -82,13 +82,32 @@ class Worker:
 
     # -- signals -----------------------------------------------------------
     def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT reach a relay thread at once, through the wakeup fd.
+
+        Python runs handlers in the main thread between bytecodes: not while it
+        blocks in a gfal2 call, and possibly while it holds a lock stop() needs.
+        The C-level handler writes the signal number to a pipe whatever the main
+        thread is doing, and the relay thread does the stopping.
+        """
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+
+        def relay() -> None:
+            while data := os.read(read_end, 64):
+                for signum in data:
+                    if signum not in (signal.SIGTERM, signal.SIGINT):
+                        continue
+                    if self._signal is not None:
+                        os._exit(128 + signum)  # second signal: now, as promised
+                    self.stop(signum)
+
+        threading.Thread(target=relay, name="signal-relay", daemon=True).start()
+        signal.set_wakeup_fd(write_end)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        if self._signal is not None:
-            os._exit(128 + signum)  # second signal: now, as promised
-        self.stop(signum)
+        """Nothing to do here: the relay thread got the signal through the wakeup fd."""
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
         """Ask for a warm shutdown (callable from any thread)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import zlib
 from pathlib import Path
 
@@ -193,7 +194,11 @@ def test_surl_list_groups_files_per_token_with_adler32_from_the_storage(
                     "--dest", file_url(tmp_path / "dst"))
     assert report["created"] == math.ceil(len(data) / 2) == 3
     docs = tokens(db, "L123456")
-    assert sorted(docs) == ["chunk00000", "chunk00001", "chunk00002"]
+    assert [re.sub(r"-[0-9a-f]{8}$", "", e) for e in sorted(docs)] == [
+        "chunk00000", "chunk00001", "chunk00002"]
+    again = create(db.config_file, "L123456", "--surls", str(listing), "--group", "2",
+                   "--dest", file_url(tmp_path / "dst"))
+    assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 3)
     seen = []
     for exp in sorted(docs):
         doc = docs[exp]
@@ -258,9 +263,27 @@ def test_lofar_template_groups_a_surl_list_by_its_group_size(
     create(db.config_file, "L123456", "--template", str(REPO / "tokens" / "lofar-surls.yaml"),
            "--surls", str(listing), "--dest", file_url(tmp_path / "dst"))
     docs = tokens(db, "L123456")
-    assert list(docs) == ["chunk00000"]  # group: 10
-    assert len(docs["chunk00000"]["files"]) == len(data)
-    assert docs["chunk00000"]["max_attempts"] == 5
+    assert len(docs) == 1 and next(iter(docs)).startswith("chunk00000-")  # group: 10
+    (doc,) = docs.values()
+    assert len(doc["files"]) == len(data)
+    assert doc["max_attempts"] == 5
+
+
+def test_an_edited_surl_list_adds_tokens_and_never_rewrites_pending_ones(
+        db: Database, tmp_path: Path, surls: tuple[Path, dict[str, bytes]]) -> None:
+    listing, _ = surls
+    args = ("--group", "2", "--dest", file_url(tmp_path / "dst"))
+    create(db.config_file, "L123456", "--surls", str(listing), *args)
+    before = {e: d["files"] for e, d in tokens(db, "L123456").items()}
+    lines = listing.read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if "://" in line)
+    edited = tmp_path / "srm2.txt"
+    edited.write_text("\n".join(lines[:first] + lines[first + 1:]) + "\n")  # one URL dropped
+    report = create(db.config_file, "L123456", "--surls", str(edited), *args)
+    assert report["updated"] == 0 and report["created"] >= 1
+    after = tokens(db, "L123456")
+    for exposure, files in before.items():
+        assert after[exposure]["files"] == files  # the first list's work is all still there
 
 
 def test_template_with_an_unknown_key_exits_6_naming_the_key(db: Database, tmp_path: Path) -> None:
