@@ -212,12 +212,16 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
                   group: int | None, manifest_algo: str | None, as_json: bool) -> None:
     """Create NIGHT's tokens from its source; re-running catches up, adding only what is new."""
     from GRID_XFER import scan
+    from GRID_XFER.storage import check_plain_url
 
     t = scan.load_template(template) if template else scan.Template()
     tc = app.config.transfer
     source = source or t.source or app.config.source
     destination = destination or t.destination or app.config.destination
     surls = surls or t.surls
+    for what, url in (("source", source), ("destination", destination)):
+        if url:
+            check_plain_url(url, what)
     problems: dict[str, str] = {}
     pool = app.pool()
     pool.couch.require_db()
@@ -807,8 +811,10 @@ def _stage_request(app: App, staging: Any, target: str, as_json: bool) -> None:
     req = out["request"]
     click.echo(f"staging request {req['id']} ({req['method']}): {len(urls)} file(s)"
                + (f", {len(out['tokens'])} token(s) now staging" if docs is not None else ""))
+    from GRID_XFER.storage import redact
+
     for url, reason in list(out["refused"].items())[:10]:
-        log.warning("refused: %s: %s", url, reason)
+        log.warning("refused: %s: %s", redact(url), reason)
 
 
 def _stage_status(app: App, staging: Any, request_id: str, method: str | None,

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from GRID_XFER.errors import Code, Conflict, GridXferError, Interrupted
+from GRID_XFER.errors import Code, Conflict, GridXferError, Interrupted, InvalidInput
 
 if TYPE_CHECKING:
     from GRID_XFER.couch import Couch
@@ -217,11 +217,12 @@ def record_id(night: str | None) -> str:
 
 
 def _check_plain_url(url: str) -> None:
-    from GRID_XFER.storage import redact
+    from GRID_XFER.storage import check_plain_url
 
-    if redact(url) != url:
-        raise SandboxBuildError("the sandbox URL must not carry credentials (user:password@ or "
-                                "a token parameter); workers must reach it with their own")
+    try:
+        check_plain_url(url, "the sandbox URL")
+    except InvalidInput as exc:
+        raise SandboxBuildError(str(exc)) from None
 
 
 def lookup(couch: Couch, night: str | None) -> dict[str, Any] | None:

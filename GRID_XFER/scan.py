@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from GRID_XFER import token as tk
 from GRID_XFER.checksum import ManifestError, manifest_name, normalise_algo, parse_manifest
 from GRID_XFER.errors import Code, InvalidInput, InvalidToken, NotFound
-from GRID_XFER.storage import Storage, StorageError, redact
+from GRID_XFER.storage import Storage, StorageError, check_plain_url, redact
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ def read_surl_list(path: Path) -> list[str]:
             continue
         if "://" not in line:
             raise InvalidInput(f"{path} line {n}: not a URL: {line[:80]!r}")
+        check_plain_url(line, f"{path} line {n}: URL")
         urls.append(line)
     if not urls:
         raise InvalidInput(f"{path}: no URLs")

@@ -36,7 +36,7 @@ os.environ.setdefault("XRD_CONNECTIONWINDOW", "30")
 
 import gfal2  # after the XrdCl settings above
 
-from GRID_XFER.errors import Code, GridXferError
+from GRID_XFER.errors import Code, GridXferError, InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,15 @@ def redact(text: str) -> str:
     text = _USERINFO.sub(r"\g<scheme>***@", text)
     text = _PARAM.sub(_redact_param, text)
     return _BEARER.sub(r"\g<1>***", text)
+
+
+def check_plain_url(url: str, what: str) -> str:
+    """Refuse a URL carrying credentials: it would be stored in tokens, job files and logs."""
+    if redact(url) != url:
+        raise InvalidInput(f"{what} {redact(url)} must not carry credentials (user:password@ or "
+                           "a token parameter); use the storage's own authentication (proxy, "
+                           "token file)")
+    return url
 
 
 def _one_line(text: str) -> str:

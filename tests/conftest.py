@@ -23,6 +23,7 @@ from GRID_XFER import views
 from GRID_XFER.config import CouchDBConfig, ServerConfig
 from GRID_XFER.couch import Couch
 from GRID_XFER.pool import Pool, PoolSettings
+from GRID_XFER.errors import ServerError
 from GRID_XFER.server import EmbeddedServer
 
 pytest_plugins = ["tests.plugins.xrootd", "tests.plugins.slurm", "tests.plugins.tape"]
@@ -38,9 +39,16 @@ def free_port() -> int:
 
 
 def start_server(data_dir: Path, port: int | None = None) -> EmbeddedServer:
-    srv = EmbeddedServer(ServerConfig(port=port or free_port(), data_dir=data_dir))
-    srv.start()
-    return srv
+    """Start pouchdb-server; a probed free port can be taken meanwhile, so try a few."""
+    for attempt in range(3):
+        srv = EmbeddedServer(ServerConfig(port=port or free_port(), data_dir=data_dir))
+        try:
+            srv.start()
+            return srv
+        except ServerError:
+            if port is not None or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="session")

@@ -171,14 +171,9 @@ def test_server_start_refused_when_port_taken(srv: ServerSetup, listening: bool)
 
 
 def test_concurrent_starts_agree_on_one_live_server(srv: ServerSetup) -> None:
-    # BUG (GRID_XFER/server.py, EmbeddedServer.start, the wait loop at
-    # "if _port_in_use(...) and self._answers():"): two `gridxfer server start`
-    # racing on one config both spawn pouchdb-server; the loser's process dies
-    # on EADDRINUSE, but if the winner answers first the loser still reports
-    # started_now=true with ITS (dying) PID and overwrites the state file with
-    # it. Then `status` says "not running" while a server runs, and `stop`
-    # cannot stop it. Expected: exactly one live PID reported and recorded;
-    # the other start either says "already running" with that PID or exits 7.
+    # Two `server start` racing on one config must agree on one live server:
+    # exactly one live PID reported and recorded; the other start says
+    # "already running" with that PID, or exits 7 (server.py serialises starts).
     for _ in range(3):
         cmd = [sys.executable, "-m", "GRID_XFER.cli", "server", "start", "--json"]
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -296,3 +296,17 @@ def test_template_with_an_unknown_key_exits_6_naming_the_key(db: Database, tmp_p
     assert proc.returncode == 6, proc.stderr
     assert "destinaton" in proc.stderr and "unknown key" in proc.stderr
     assert db.pool().counts(NIGHT) == {}  # nothing was created
+
+
+def test_urls_carrying_credentials_are_refused_and_never_shown(db: Database, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    write_exposure(src / NIGHT / "e1", {"a.fits": b"a"})
+    listing = tmp_path / "srm.txt"
+    listing.write_text("root://host//data/a.MS?authz=S3cr3tT0ken\n")
+    for args in (("--source", file_url(src), "--dest", "davs://alice:S3cr3tT0ken@host/x"),
+                 ("--source", file_url(src), "--dest", "davs://host/x?access_token=S3cr3tT0ken"),
+                 ("--surls", str(listing), "--dest", file_url(tmp_path / "dst"))):
+        proc = gridxfer("tokens", "create", NIGHT, *args, config=db.config_file)
+        assert proc.returncode == 6, proc.stderr
+        assert "credentials" in proc.stderr and "S3cr3tT0ken" not in proc.stderr + proc.stdout
+    assert db.pool().counts() == {}
