@@ -297,13 +297,10 @@ def test_create_bad_night_or_missing_file_exits_6(db: Database) -> None:
 
 
 def test_create_keeps_zero_padded_numeric_exposure_names(db: Database) -> None:
-    # BUG (GRID_XFER/cli.py, _load_specs: yaml.safe_load, then token.parse_spec:
-    # `str(raw)` for ints): YAML 1.1 reads an unquoted zero-padded exposure
-    # number such as 00012345 as OCTAL (-> 5349) and 00000100 as 64, so the CLI
-    # silently creates tokens for the wrong exposures (n1_5349, n1_64), while
-    # 00012389 (digits 8/9) stays a string. DESI-style exposure ids are exactly
-    # such zero-padded numbers. Expected: the names as written, or exit 6
-    # asking to quote them -- never a different exposure.
+    # YAML 1.1 would read an unquoted zero-padded exposure number such as
+    # 00012345 as octal (5349); DESI-style exposure ids are exactly such numbers.
+    # Expected: the names as written, or exit 6 asking to quote them -- never a
+    # different exposure.
     spec = db.tmp / "numeric.yaml"
     spec.write_text("- 00012345\n- 00000100\n")
     proc = gridxfer("tokens", "create", "n1", "--from", str(spec), "--json",
