@@ -196,6 +196,7 @@ class Pool:
         docs = [d for d in docs if tk.is_expired(d, now)]
         for d in docs:
             tk.expire(d, now)
+        docs += self._overdue_staging(night, now)
         for chunk in chunked(docs, BATCH):
             for result, doc in zip(self.couch.bulk_docs(chunk), chunk):
                 if not result.get("error"):
@@ -203,6 +204,24 @@ class Pool:
                     log.warning("reaped %s (lease of %s expired) -> %s", doc["_id"],
                                 doc["history"][-1].get("worker", "?"), doc["state"])
         return reaped
+
+    def _overdue_staging(self, night: str | None, now: float) -> list[dict[str, Any]]:
+        """Staging tokens a lease past their deadline: no poller ran (no transfer
+        workers left, no `stage --poll`), so time them out here (23) rather than
+        let them wait forever; pollers normally do this first, and abort the request."""
+        span = {} if night is None else {"startkey": [night], "endkey": [night, {}]}
+        rows = self.couch.view(DDOC, "staging", include_docs=True, **span)["rows"]
+        out = []
+        for r in rows:
+            d = r.get("doc")
+            deadline = ((d or {}).get("stage_request") or {}).get("deadline")
+            if d and d.get("state") == "staging" and deadline and now > deadline + self.settings.lease:
+                tk.staging_failed(d, Code.STAGING_TIMEOUT, f"staging request "
+                                  f"{d['stage_request'].get('id')} not online "
+                                  f"{now - deadline:.0f} s after its deadline, and no poller "
+                                  "settled it", now)
+                out.append(d)
+        return out
 
     def select(self, night: str, states: Iterable[str] | None = None,
                codes: Iterable[int] | None = None) -> list[dict[str, Any]]:

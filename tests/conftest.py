@@ -69,8 +69,10 @@ class Database:
     config_file: Path
     tmp: Path
 
-    def pool(self, **settings: Any) -> Pool:
-        return Pool(Couch(self.cfg), PoolSettings(**settings))
+    def pool(self, *, clock: Any = None, **settings: Any) -> Pool:
+        if clock is None:
+            return Pool(Couch(self.cfg), PoolSettings(**settings))
+        return Pool(Couch(self.cfg), PoolSettings(**settings), clock=clock)
 
     def write_config(self, **sections: Any) -> Path:
         data: dict[str, Any] = {"couchdb": {"url": self.cfg.url, "db": self.cfg.db,

@@ -128,16 +128,30 @@ def test_heartbeat_survives_own_concurrent_update(db: Database) -> None:
     assert pool.get(lease.id)["progress"] == 1
 
 
+class FakeClock:
+    """Time that moves only when the test says so: no race with a loaded machine."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 def test_transient_failure_backs_off_then_errors_after_max_attempts(db: Database) -> None:
-    pool = db.pool(max_attempts=2, backoff_base=0.5)
+    clock = FakeClock()
+    pool = db.pool(max_attempts=2, backoff_base=0.5, clock=clock)
     pool.create("n1", specs(1))
     lease = pool.claim("n1")
     assert lease is not None
     lease.fail(Code.TRANSFER_FAILED, "connection reset", file="a.fits", transient=True)
     doc = pool.get(lease.id)
-    assert doc["state"] == "todo" and doc["not_before"] > time.time()
+    assert doc["state"] == "todo" and doc["not_before"] > clock()
     assert pool.claim("n1") is None  # still backing off
-    time.sleep(0.6)
+    clock.advance(0.6)
     lease = pool.claim("n1")
     assert lease is not None and lease.doc["attempts"] == 2
     lease.fail(Code.TRANSFER_FAILED, "connection reset again", transient=True)
@@ -167,15 +181,16 @@ def test_release_does_not_count_an_attempt(db: Database) -> None:
 
 
 def test_reap_returns_expired_lease_then_errors_with_90(db: Database) -> None:
-    pool = db.pool(lease=0.3, max_attempts=2)
+    clock = FakeClock()
+    pool = db.pool(lease=0.3, max_attempts=2, clock=clock)
     pool.create("n1", specs(1))
     assert pool.claim("n1") is not None
     assert pool.reap() == []  # not expired yet
-    time.sleep(0.4)
+    clock.advance(0.4)
     (reaped,) = pool.reap()
     assert pool.get(reaped)["state"] == "todo"
     assert pool.claim("n1") is not None
-    time.sleep(0.4)
+    clock.advance(0.4)
     assert pool.reap() == [reaped]
     doc = pool.get(reaped)
     assert doc["state"] == "error" and doc["error"]["code"] == Code.LEASE_EXPIRED
@@ -224,3 +239,23 @@ def test_delete_night_removes_only_that_night(db: Database) -> None:
     pool.create("n2", specs(2))
     assert len(pool.delete("n1")) == 5
     assert set(pool.counts()) == {"n2"}
+
+
+def test_reap_times_out_staging_tokens_nobody_polls(db: Database) -> None:
+    clock = FakeClock()
+    pool = db.pool(lease=10, clock=clock)
+    pool.create("n1", specs(2))
+    for _ in range(2):
+        lease = pool.claim("n1")
+        assert lease is not None
+        lease.stage({"method": "gfal2", "id": "req-1", "parts": [],
+                          "requested": clock(), "deadline": clock() + 60})
+    clock.advance(65)  # past the deadline, but a poller still has a lease's time to act
+    assert pool.reap() == []
+    clock.advance(10)
+    reaped = pool.reap("n1")
+    assert len(reaped) == 2
+    for token_id in reaped:
+        doc = pool.get(token_id)
+        assert doc["state"] == "error" and doc["error"]["code"] == Code.STAGING_TIMEOUT
+        assert "req-1" in doc["error"]["message"]
