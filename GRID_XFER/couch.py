@@ -51,6 +51,8 @@ class Couch:
         self.url = cfg.url
         self.db = cfg.db
         self.outage_seconds = outage_seconds
+        # When a call last got through after failing: an outage just ended.
+        self.recovered_at: float | None = None
         self._client: Any = None
         self._lock = threading.Lock()
 
@@ -114,6 +116,8 @@ class Couch:
                     problem = f"no answer within {self.cfg.timeout:g}s"
             else:
                 if resp.status_code not in _RETRY_STATUS:
+                    if attempt > 1:
+                        self.recovered_at = time.monotonic()  # see Pool.reap
                     try:
                         return self._check(resp, shown)
                     except Conflict as exc:

@@ -186,7 +186,17 @@ class Pool:
 
     # -- maintenance -------------------------------------------------------
     def reap(self, night: str | None = None) -> list[str]:
-        """Return tokens whose lease expired to todo (or to error 90 after max_attempts)."""
+        """Return tokens whose lease expired to todo (or to error 90 after max_attempts).
+
+        Not within a lease of this process riding out a database outage: live
+        workers cut off by the same outage could not renew meanwhile, and need
+        that long to heartbeat again before their tokens count as lost.
+        """
+        recovered = self.couch.recovered_at
+        if recovered is not None and time.monotonic() - recovered < self.settings.lease:
+            log.info("not reaping yet: the database was unreachable until %.0f s ago",
+                     time.monotonic() - recovered)
+            return []
         now = self.clock()
         reaped: list[str] = []
         rows = self.couch.view(DDOC, "leases", startkey=0.000001, endkey=now,

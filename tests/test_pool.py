@@ -259,3 +259,15 @@ def test_reap_times_out_staging_tokens_nobody_polls(db: Database) -> None:
         doc = pool.get(token_id)
         assert doc["state"] == "error" and doc["error"]["code"] == Code.STAGING_TIMEOUT
         assert "req-1" in doc["error"]["message"]
+
+
+def test_no_reaping_within_a_lease_of_riding_out_an_outage(db: Database) -> None:
+    clock = FakeClock()
+    pool = db.pool(lease=10, clock=clock)
+    pool.create("n1", specs(1))
+    assert pool.claim("n1") is not None
+    clock.advance(11)  # expired: its worker was cut off by the same outage, say
+    pool.couch.recovered_at = time.monotonic()  # as Couch records after a retried call
+    assert pool.reap() == []
+    pool.couch.recovered_at = time.monotonic() - 11  # a lease later: it really is lost
+    assert len(pool.reap()) == 1
