@@ -315,14 +315,15 @@ def tokens_show(app: App, token_id: str, as_json: bool) -> None:
 @click.option("--state", "states", multiple=True, type=click.Choice(STATES),
               help="States to reset (default: error).")
 @click.option("--code", "codes", multiple=True, type=int, help="Only tokens with this error code.")
+@click.option("--force", is_flag=True, help="Also tokens that live workers hold.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def tokens_reset(app: App, night: str, states: tuple[str, ...], codes: tuple[int, ...],
-                 as_json: bool) -> None:
+                 force: bool, as_json: bool) -> None:
     """Send tokens back to todo with a fresh attempt count."""
     pool = app.pool()
     pool.require_night(night)
-    ids = pool.reset(night, states or None, codes or None)
+    ids = pool.reset(night, states or None, codes or None, force=force)
     emit_json({"reset": ids}) if as_json else click.echo(f"{len(ids)} tokens reset")
 
 

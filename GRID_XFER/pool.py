@@ -248,11 +248,20 @@ class Pool:
         return out
 
     def reset(self, night: str, states: Iterable[str] | None = None,
-              codes: Iterable[int] | None = None) -> list[str]:
-        """Give tokens a fresh start. Default: every errored token of the night."""
+              codes: Iterable[int] | None = None, *, force: bool = False) -> list[str]:
+        """Give tokens a fresh start. Default: every errored token of the night.
+
+        A token a live worker holds (lease not expired) is left alone unless
+        ``force``: resetting it would let a second worker run it alongside.
+        """
         states = list(states) if states else (["error"] if not codes else ["error", "todo"])
         now = self.clock()
         docs = self.select(night, states, codes)
+        live = [d["_id"] for d in docs if d.get("state") in tk.HELD and not tk.is_expired(d, now)]
+        if live and not force:
+            log.warning("left %d token(s) alone that live workers hold (e.g. %s); "
+                        "--force resets them anyway", len(live), live[0])
+            docs = [d for d in docs if d["_id"] not in live]
         for d in docs:
             tk.reset(d, now)
         return self._bulk_save(docs)

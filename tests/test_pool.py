@@ -271,3 +271,19 @@ def test_no_reaping_within_a_lease_of_riding_out_an_outage(db: Database) -> None
     assert pool.reap() == []
     pool.couch.recovered_at = time.monotonic() - 11  # a lease later: it really is lost
     assert len(pool.reap()) == 1
+
+
+def test_reset_leaves_live_leases_alone_unless_forced(db: Database) -> None:
+    clock = FakeClock()
+    pool = db.pool(lease=10, clock=clock)
+    pool.create("n1", specs(2))
+    held = pool.claim("n1")
+    assert held is not None
+    assert pool.reset("n1", states=["locked", "todo"]) == sorted(
+        set(d["_id"] for d in pool.select("n1")) - {held.id})
+    assert pool.get(held.id)["state"] == "locked"          # its worker still runs it
+    clock.advance(11)                                       # lease expired: fair game
+    assert held.id in pool.reset("n1", states=["locked"])
+    again = pool.claim("n1")
+    assert again is not None
+    assert pool.reset("n1", states=["locked"], force=True) == [again.id]
