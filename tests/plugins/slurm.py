@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -20,15 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.plugins.xrootd import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "slurm"
 ACTIVE = ("PENDING", "RUNNING", "COMPLETING", "CONFIGURING", "SUSPENDED", "REQUEUED")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -119,8 +114,8 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     try:
         for _ in range(3):  # a port may be taken between the probe and the bind
             env = {**os.environ, "GRIDXFER_SLURM_LIFETIME": "1h",
-                   "GRIDXFER_SLURMCTLD_PORT": str(_free_port()),
-                   "GRIDXFER_SLURMD_PORT": str(_free_port())}
+                   "GRIDXFER_SLURMCTLD_PORT": str(free_port()),
+                   "GRIDXFER_SLURMD_PORT": str(free_port())}
             result = _script(env, "start", str(base))
             if result.returncode == 0:
                 cluster = SlurmCluster(base, {**env, "SLURM_CONF": str(base / "etc" / "slurm.conf")})
