@@ -23,10 +23,16 @@ DEFAULT_PORT = 5984
 def _http_url(v: str, credentials_from: str) -> str:
     """An http(s) URL with a host and no credentials in it (they would reach logs)."""
     parts = urlsplit(v)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
         raise ValueError("must be an http:// or https:// URL")
     if parts.username or parts.password:
         raise ValueError(f"must not carry credentials; use {credentials_from}")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query string or fragment (they would reach logs)")
     return v
 
 
@@ -35,7 +41,9 @@ class _Section(BaseModel):
 
 
 class CouchDBConfig(_Section):
-    url: str = f"http://127.0.0.1:{DEFAULT_PORT}"
+    # One coordinator URL (a load balancer counts as one), or several: a list, or
+    # comma-separated in GRIDXFER_COUCHDB_URL. Requests fail over between them.
+    url: list[str] = [f"http://127.0.0.1:{DEFAULT_PORT}"]
     db: str = "gridxfer"
     user: str | None = None
     password: SecretStr | None = None
@@ -44,12 +52,31 @@ class CouchDBConfig(_Section):
     timeout: float = Field(30.0, gt=0)
     retries: int = Field(4, ge=0)
     backoff: float = Field(0.5, gt=0)
+    # Who else may use the database (CouchDB's _security members, set by `gridxfer
+    # init` run with admin credentials): workers and status need no more.
+    member_names: list[str] = []
+    member_roles: list[str] = []
 
-    @field_validator("url")
+    @field_validator("url", mode="before")
     @classmethod
-    def _url(cls, v: str) -> str:
-        return _http_url(v, "couchdb.user and GRIDXFER_COUCHDB_PASSWORD or "
-                            "couchdb.password_file").rstrip("/")
+    def _url(cls, v: Any) -> list[str]:
+        items = v.split(",") if isinstance(v, str) else v
+        if not isinstance(items, list) or not items:
+            raise ValueError("must be a URL or a list of URLs")
+        urls = []
+        for item in items:
+            if not isinstance(item, str):
+                raise ValueError("must be a URL or a list of URLs")
+            urls.append(_http_url(item.strip(), "couchdb.user and GRIDXFER_COUCHDB_PASSWORD or "
+                                               "couchdb.password_file").rstrip("/"))
+        if len(set(urls)) != len(urls):
+            raise ValueError("lists the same URL twice")
+        return urls
+
+    @property
+    def primary(self) -> str:
+        """The first coordinator URL: the one shown to people."""
+        return self.url[0]
 
     @field_validator("db")
     @classmethod

@@ -17,13 +17,15 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import requests
 
 from GRID_XFER.config import CouchDBConfig
-from GRID_XFER.errors import Conflict, DatabaseError, DatabaseUnavailable, NotFound
+from GRID_XFER.errors import (Conflict, DatabaseError, DatabaseUnavailable, NotFound,
+                              Rejected)
 
 log = logging.getLogger(__name__)
 
@@ -38,61 +40,84 @@ def _quote_id(doc_id: str) -> str:
     return quote(doc_id, safe="")
 
 
+@dataclass(frozen=True)
+class Write:
+    """What a server said about one document write.
+
+    ``quorum`` is True for ``201 Created``: a majority of the copies took it (the
+    only copy on a single node). ``202 Accepted`` means fewer did: on a cluster
+    that is not a won race, only a branch that may survive as a conflict.
+    """
+
+    rev: str
+    quorum: bool = True
+
+
 class Couch:
     """A database on a CouchDB-API server, with retries that ride out outages.
 
-    ``outage_seconds`` bounds how long one call keeps retrying on connection
-    errors and 5xx answers; when None, ``cfg.retries`` attempts are made. Workers
-    pass a long outage so that a restarted server costs no tokens.
+    ``cfg.url`` may list several coordinators of one cluster: a request that
+    cannot reach one (refused, timed out, 502-504) goes to the next at once, and
+    only when all failed does it back off. ``outage_seconds`` bounds how long one
+    call keeps retrying; when None, ``cfg.retries`` rounds are made. Workers pass
+    a long outage so that a restarted server costs no tokens.
     """
 
     def __init__(self, cfg: CouchDBConfig, *, outage_seconds: float | None = None) -> None:
         self.cfg = cfg
-        self.url = cfg.url
+        self.urls = list(cfg.url)
         self.db = cfg.db
         self.outage_seconds = outage_seconds
-        # When a call last got through after failing: an outage just ended.
+        # When a call last got through after a whole round of coordinators failed:
+        # an outage just ended (see Pool.reap).
         self.recovered_at: float | None = None
-        self._client: Any = None
+        # Workers start at a random coordinator, so that they spread over the cluster.
+        self._current = random.randrange(len(self.urls))
+        self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._cluster: dict[str, int] | None = None
+
+    @property
+    def url(self) -> str:
+        """The coordinator in use."""
+        return self.urls[self._current]
 
     # -- plumbing ---------------------------------------------------------
-    def _session(self) -> requests.Session:
+    def _session(self, url: str) -> requests.Session:
         with self._lock:
-            if self._client is None:
+            client = self._clients.get(url)
+            if client is None:
                 with warnings.catch_warnings():  # cloudant announces its successor
                     warnings.simplefilter("ignore", DeprecationWarning)
                     from cloudant.client import CouchDB
 
                 user = self.cfg.user
                 password = self.cfg.secret()
+                timeout = (min(5.0, self.cfg.timeout), self.cfg.timeout)
                 if user:
-                    client = CouchDB(user, password, url=self.url, connect=False,
+                    client = CouchDB(user, password, url=url, connect=False,
                                      auto_renew=True, use_basic_auth=self.cfg.auth == "basic",
-                                     timeout=self.cfg.timeout)
+                                     timeout=timeout)
                 else:
-                    client = CouchDB(None, None, url=self.url, admin_party=True,
-                                     connect=False, timeout=self.cfg.timeout)
+                    client = CouchDB(None, None, url=url, admin_party=True,
+                                     connect=False, timeout=timeout)
                 try:
                     client.connect()
                 except requests.HTTPError as exc:
                     status = exc.response.status_code if exc.response is not None else "?"
-                    raise DatabaseError(f"login to {self.url} as {user!r} refused "
+                    raise DatabaseError(f"login to {url} as {user!r} refused "
                                         f"(HTTP {status})") from None
-                self._client = client
-            return self._client.r_session
+                self._clients[url] = client
+            return client.r_session
 
-    def _reset_session(self) -> None:
+    def _reset_session(self, url: str) -> None:
         with self._lock:
-            self._client = None
+            self._clients.pop(url, None)
 
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                 body: Any = None, data: bytes | None = None,
                 headers: dict[str, str] | None = None, db: bool = True) -> requests.Response:
-        """One HTTP call, retried on connection errors and 5xx; raises our errors."""
-        url = f"{self.url}/{self.db}/{path}" if db else f"{self.url}/{path}"
-        url = url.rstrip("/") if not path else url
-        shown = f"{method} {url}"
+        """One HTTP call, failed over and retried on connection errors and 5xx."""
         if params:
             params = {k: json.dumps(v) if k in _JSON_PARAMS or isinstance(v, bool) else v
                       for k, v in params.items()}
@@ -103,20 +128,26 @@ class Couch:
         elif data is not None:
             kwargs["data"] = data
         deadline = time.monotonic() + self.outage_seconds if self.outage_seconds else None
-        attempt = 0
+        attempt = 0  # requests sent
+        rounds = 0  # full rounds of coordinators that all failed
+        failed_in_round = 0
         while True:
             attempt += 1
+            base = self.url
+            url = f"{base}/{self.db}/{path}" if db else f"{base}/{path}"
+            url = url.rstrip("/") if not path else url
+            shown = f"{method} {url}"
             problem: str
             try:
-                resp = self._session().request(method, url, **kwargs)
+                resp = self._session(base).request(method, url, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                self._reset_session()
+                self._reset_session(base)
                 problem = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
                 if isinstance(exc, requests.Timeout):
                     problem = f"no answer within {self.cfg.timeout:g}s"
             else:
                 if resp.status_code not in _RETRY_STATUS:
-                    if attempt > 1:
+                    if rounds:
                         self.recovered_at = time.monotonic()  # see Pool.reap
                     try:
                         return self._check(resp, shown)
@@ -124,13 +155,26 @@ class Couch:
                         exc.retried = attempt > 1
                         raise
                 problem = f"HTTP {resp.status_code}"
-            delay = min(30.0, self.cfg.backoff * 2 ** min(attempt - 1, 10)) * random.uniform(0.8, 1.2)
-            if deadline is None and attempt > self.cfg.retries or (
+            failed_in_round += 1
+            if failed_in_round < len(self.urls):
+                # Another coordinator of the same cluster: at once, no backoff.
+                with self._lock:
+                    self._current = (self._current + 1) % len(self.urls)
+                log.warning("database coordinator %s unavailable (%s); failing over to %s",
+                            base, problem, self.url)
+                continue
+            failed_in_round = 0
+            rounds += 1
+            with self._lock:
+                self._current = (self._current + 1) % len(self.urls)
+            delay = min(30.0, self.cfg.backoff * 2 ** min(rounds - 1, 10)) * random.uniform(0.8, 1.2)
+            where = base if len(self.urls) == 1 else f"{len(self.urls)} coordinators, last {base}"
+            if deadline is None and rounds > self.cfg.retries or (
                     deadline is not None and time.monotonic() + delay > deadline):
-                raise DatabaseUnavailable(f"database server {self.url} unavailable ({problem}) "
+                raise DatabaseUnavailable(f"database server {where} unavailable ({problem}) "
                                           f"after {attempt} attempt{'s' if attempt > 1 else ''}")
             log.warning("database server %s unavailable (%s); retry %d in %.1fs",
-                        self.url, problem, attempt, delay)
+                        where, problem, rounds, delay)
             time.sleep(delay)
 
     @staticmethod
@@ -151,6 +195,8 @@ class Couch:
                     raise NotFound(f"{shown}: not found ({reason}); run `gridxfer init` to create "
                                    "the database and its views")
             raise NotFound(f"{shown}: not found ({reason})")
+        if resp.status_code == 403 and reason.startswith("invalid token"):
+            raise Rejected(f"{shown}: refused by the database's write check: {reason}")
         if resp.status_code in (401, 403):
             raise DatabaseError(f"{shown}: not authorised (HTTP {resp.status_code}: {reason})")
         raise DatabaseError(f"{shown}: HTTP {resp.status_code}: {reason}")
@@ -191,14 +237,60 @@ class Couch:
         except NotFound:
             return None
 
-    def put(self, doc: dict[str, Any]) -> str:
-        """Save with the doc's ``_rev``; sets and returns the new rev; Conflict on 409."""
-        rev = self.request("PUT", _quote_id(doc["_id"]), body=doc).json()["rev"]
-        doc["_rev"] = rev
-        return rev
+    def put(self, doc: dict[str, Any]) -> Write:
+        """Save with the doc's ``_rev``; sets its new rev; Conflict on 409."""
+        resp = self.request("PUT", _quote_id(doc["_id"]), body=doc)
+        doc["_rev"] = resp.json()["rev"]
+        return Write(doc["_rev"], quorum=resp.status_code != 202)
 
-    def delete(self, doc_id: str, rev: str) -> None:
-        self.request("DELETE", _quote_id(doc_id), params={"rev": rev})
+    def delete(self, doc_id: str, rev: str) -> Write:
+        """Delete one leaf revision (a whole document when it has no conflicts)."""
+        resp = self.request("DELETE", _quote_id(doc_id), params={"rev": rev})
+        return Write(resp.json()["rev"], quorum=resp.status_code != 202)
+
+    # -- a cluster's copies ---------------------------------------------------
+    def cluster(self) -> dict[str, int]:
+        """``{"n": copies, "q": shards, "w": .., "r": ..}``; n = 1 on a single node."""
+        if self._cluster is None:
+            info = self.request("GET", "").json()
+            self._cluster = {k: int(v) for k, v in (info.get("cluster") or {"n": 1}).items()}
+        return self._cluster
+
+    @property
+    def replicated(self) -> bool:
+        """More than one copy of each document: writes can branch (docs/tokens.md)."""
+        return self.cluster().get("n", 1) > 1
+
+    def leaves(self, doc_id: str) -> list[dict[str, Any]]:
+        """Every leaf revision, live and deleted, from every reachable copy.
+
+        ``open_revs=all`` with ``r`` = the number of copies makes the coordinator
+        wait for each live copy and merge their revision trees, so a branch that
+        any reachable copy holds is in the answer. Each leaf has ``_revisions``.
+        """
+        params = {"open_revs": "all", "revs": "true", "latest": "true",
+                  "r": str(self.cluster().get("n", 1))}
+        try:
+            rows = self.request("GET", _quote_id(doc_id), params=params,
+                                headers={"Accept": "application/json"}).json()
+        except NotFound:
+            return []
+        return [r["ok"] for r in rows if isinstance(r, dict) and "ok" in r]
+
+    def docs(self, ids: list[str], *, conflicts: bool = False) -> dict[str, dict[str, Any] | None]:
+        """The current revision of each id, read from a quorum of copies.
+
+        ``_all_docs`` with ``keys`` opens every document like a GET (quorum read),
+        unlike a view, which answers from one copy per shard range.
+        """
+        out: dict[str, dict[str, Any] | None] = {}
+        for chunk in chunked(ids, 500):
+            params: dict[str, Any] = {"include_docs": True}
+            if conflicts:
+                params["conflicts"] = True
+            for row in self.all_docs(keys=chunk, **params):
+                out[row["key"]] = row.get("doc") or None
+        return out
 
     def bulk_docs(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """POST _bulk_docs; per-doc results (``error: conflict`` for losers)."""

@@ -94,6 +94,10 @@ class InvalidToken(GridXferError):
     exit_status = 6
 
 
+class Rejected(InvalidToken):
+    """The database's write check (``validate_doc_update``) refused a token."""
+
+
 class InvalidInput(GridXferError):
     exit_status = 6
 

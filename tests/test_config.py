@@ -12,7 +12,7 @@ from GRID_XFER.errors import ConfigError
 def test_defaults_point_at_the_embedded_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     cfg = load_config(env={"XDG_CONFIG_HOME": str(tmp_path)})
-    assert cfg.couchdb.url == "http://127.0.0.1:5984" and cfg.server.port == 5984
+    assert cfg.couchdb.url == ["http://127.0.0.1:5984"] and cfg.server.port == 5984
     assert cfg.path is None
 
 
@@ -22,7 +22,7 @@ def test_file_then_environment_overrides(tmp_path: Path) -> None:
     cfg = load_config(f, env={"GRIDXFER_COUCHDB_DB": "other", "GRIDXFER_COUCHDB_USER": "dm",
                               "GRIDXFER_COUCHDB_PASSWORD": "pw"})
     assert (cfg.couchdb.url, cfg.couchdb.db, cfg.worker.max_attempts) == (
-        "http://db.example:5984", "other", 7)
+        ["http://db.example:5984"], "other", 7)
     assert cfg.couchdb.secret() == "pw"
     assert "pw" not in repr(cfg) and "pw" not in cfg.model_dump_json()
 
@@ -51,6 +51,11 @@ def test_password_file_is_read_when_needed(tmp_path: Path) -> None:
     ("worker: {leese_seconds: 5}", "worker.leese_seconds: unknown key"),
     ("couchdb: {url: 'ftp://x'}", "couchdb.url: must be an http:// or https:// URL"),
     ("couchdb: {url: 'http://u:pw@host:5984'}", "couchdb.url: must not carry credentials"),
+    ("couchdb: {url: ['http://a:5984', 'http://u:pw@b:5984']}", "couchdb.url: must not carry credentials"),
+    ("couchdb: {url: 'http://a:5984/?password=x'}", "couchdb.url: must not carry a query string"),
+    ("couchdb: {url: 'http://a:99999'}", "couchdb.url: has an invalid port"),
+    ("couchdb: {url: ['http://a:5984', 'http://a:5984']}", "couchdb.url: lists the same URL twice"),
+    ("couchdb: {url: []}", "couchdb.url: must be a URL or a list of URLs"),
     ("couchdb: {db: 'Bad Name'}", "couchdb.db: must start with a lower-case letter"),
     ("server: {port: 70000}", "server.port: Input should be less than or equal to 65535"),
     ("- a list", "top level must be a mapping"),
@@ -73,3 +78,12 @@ def test_bad_environment_override_is_named(tmp_path: Path) -> None:
 def test_missing_explicit_config_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.yaml", env={})
+
+
+def test_several_coordinator_urls_from_file_or_environment(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("couchdb: {url: ['http://a:5984/', 'http://b:5984']}\n")
+    assert load_config(f, env={}).couchdb.url == ["http://a:5984", "http://b:5984"]
+    cfg = load_config(f, env={"GRIDXFER_COUCHDB_URL": "http://c:5984, http://d:5984"})
+    assert cfg.couchdb.url == ["http://c:5984", "http://d:5984"]
+    assert cfg.couchdb.primary == "http://c:5984"
