@@ -13,18 +13,23 @@ import random
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from GRID_XFER import branches
 from GRID_XFER import token as tk
 from GRID_XFER.couch import Couch, chunked
-from GRID_XFER.errors import Code, Conflict, InvalidToken, LeaseLost, NotFound
+from GRID_XFER.errors import Code, Conflict, GridXferError, InvalidToken, NotFound
+from GRID_XFER.lease import Lease, adopt
 from GRID_XFER.views import DDOC
 
 log = logging.getLogger(__name__)
 
 BATCH = 500
+# How long a claimant on a cluster waits for lower claims of the same token to step aside.
+CONFIRM_SECONDS = 5.0
 
 
 @dataclass
@@ -48,6 +53,12 @@ class PoolSettings:
     backoff_max: float = 3600.0
     window: int = 64
 
+    @property
+    def grace(self) -> float:
+        """Slack between clocks: a holder renews this long before its lease runs
+        out, and the reaper waits this long after it."""
+        return min(30.0, self.lease / 10)
+
 
 class Pool:
     def __init__(self, couch: Couch, settings: PoolSettings | None = None, *,
@@ -60,6 +71,8 @@ class Pool:
         self.worker = base
         self._candidates: list[dict[str, Any]] = []
         self._candidates_night: str | None = None
+        # How claims went on a cluster (201, 202, lost, gave up, strays): for tests and benchmarks.
+        self.stats: Counter[str] = Counter()
 
     # -- creating ----------------------------------------------------------
     def create(self, night: str, specs: Iterable[tk.ExposureSpec], *, source: str | None = None,
@@ -157,23 +170,104 @@ class Pool:
                 self._reject(doc, str(exc), now)
                 continue
             tk.claim(doc, self.worker, now, self.settings.lease)
-            try:
-                self.couch.put(doc)
-            except Conflict as exc:
-                if exc.retried and self._won_anyway(doc):
-                    return Lease(self, doc)
-                continue
-            return Lease(self, doc)
+            if self._take(doc):
+                return Lease(self, doc)
+
+    def _take(self, doc: dict[str, Any]) -> bool:
+        """Save a claim and make sure it is ours alone (docs/tokens.md, claiming).
+
+        One copy: its ``_rev`` check decides; a 409 after a resent PUT may be our
+        own unseen success, so look. A cluster: no answer settles it (a 201 can
+        race a claim from another branch, a 202 or even a 409 can leave our claim
+        on some copies), so every claim is judged from every reachable copy's
+        branches (:func:`branches.judge_claim`).
+        """
+        try:
+            write = self.couch.put(doc)
+        except Conflict as exc:
+            if not self.couch.replicated:
+                return exc.retried and self._won_anyway(doc)
+            self.stats["claims_409"] += 1
+            log.debug("claim %s of %s: 409%s", doc["claim"], doc["_id"],
+                      " after a resent PUT" if exc.retried else "")
+            # Others are taking our candidates: on a cluster a lost race costs a look
+            # at the branches too, so read a fresh window rather than race on.
+            self._candidates = []
+        else:
+            if not self.couch.replicated:
+                return True
+            self.stats["claims_201" if write.quorum else "claims_202"] += 1
+            log.debug("claim %s of %s: %s %s", doc["claim"], doc["_id"],
+                      201 if write.quorum else 202, write.rev)
+        return self._confirm(doc)
+
+    def claimable_now(self, night: str | None = None) -> list[dict[str, Any]]:
+        """Todo tokens a quorum read finds claimable, for a worker about to go idle.
+
+        On a cluster the todo view answers from one copy per shard range, which can
+        lag: a token released or retried a moment ago may be missing there. The
+        view still lists it (as todo or locked) on some copy; its current state
+        comes from the copies' quorum. These become the next claim candidates.
+        """
+        nights = [night] if night is not None else sorted(self.counts())
+        ids: list[str] = []
+        for n in nights:
+            for state in ("todo", "locked"):
+                ids += [r["id"] for r in self.couch.iter_view(
+                    DDOC, "by_state", reduce=False, startkey=[n, state], endkey=[n, state, {}])]
+        now = self.clock()
+        found = [d for d in self.couch.docs(ids).values() if d and d.get("state") in tk.CLAIMABLE
+                 and d.get("not_before", 0) <= now]
+        if found:
+            self._candidates, self._candidates_night = found, night
+        return found
 
     def _won_anyway(self, doc: dict[str, Any]) -> bool:
-        # A PUT retried after a lost answer sees its own success as a 409.
         current = self.couch.get_or_none(doc["_id"])
-        if current and (current.get("worker") or {}).get("id") == self.worker["id"] \
-                and current.get("state") == "locked" and current.get("claimed") == doc["claimed"]:
+        if current and current.get("claim") == doc["claim"] and current.get("state") == "locked":
             doc.clear()
             doc.update(current)
             return True
         return False
+
+    def _confirm(self, doc: dict[str, Any]) -> bool:
+        """Look at every branch until ours is the only live one, or we step aside."""
+        delay, waited = 0.05, 0.0
+        while True:
+            verdict = branches.judge_claim(self.couch.leaves(doc["_id"]), doc["claim"],
+                                           self.clock())
+            clean = self._delete_leaves(doc["_id"], verdict.delete)
+            log.debug("claim %s of %s: %s, deleted %s%s", doc["claim"], doc["_id"],
+                      verdict.outcome, verdict.delete, "" if clean else " (not all)")
+            if verdict.outcome == "own" and clean:
+                assert verdict.current is not None
+                doc.clear()
+                doc.update(adopt(verdict.current))
+                return True
+            if verdict.outcome == "lost":
+                self.stats["claims_lost"] += 1
+                return False
+            if waited >= CONFIRM_SECONDS:
+                # A lower live claim never stepped aside: an owner that went ahead
+                # first. Our branch stays (deleting it could race that owner's
+                # cleanup); the owner or the sweeper removes it.
+                self.stats["claims_gave_up"] += 1
+                log.info("claim of %s not confirmed within %.0fs; leaving it", doc["_id"],
+                         CONFIRM_SECONDS)
+                return False
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 0.8)
+
+    def _delete_leaves(self, doc_id: str, revs: list[str]) -> bool:
+        """Delete leaf revisions; False if one of them changed meanwhile."""
+        clean = True
+        for rev in revs:
+            try:
+                self.couch.delete(doc_id, rev)
+            except (Conflict, NotFound):
+                clean = False
+        return clean
 
     def _reject(self, doc: dict[str, Any], message: str, now: float) -> None:
         doc.setdefault("attempts", 0)
@@ -198,15 +292,19 @@ class Pool:
                      time.monotonic() - recovered)
             return []
         now = self.clock()
-        reaped: list[str] = []
-        rows = self.couch.view(DDOC, "leases", startkey=0.000001, endkey=now,
-                               include_docs=True)["rows"]
-        docs = [r["doc"] for r in rows if r.get("doc")
-                and (night is None or r["doc"].get("token_set") == night)]
-        docs = [d for d in docs if tk.is_expired(d, now)]
+        grace = self.settings.grace
+        rows = self.couch.view(DDOC, "leases", startkey=0.000001, endkey=now - grace)["rows"]
+        ids = [r["id"] for r in rows if night is None or (r.get("value") or [None])[0] == night]
+        # The view answers from one copy per shard range, which can lag: act on what a
+        # quorum of copies says. Conflicted tokens are the sweeper's (sweep) first.
+        current = self.couch.docs(ids, conflicts=True) if ids else {}
+        docs = [d for d in current.values() if d and tk.is_expired(d, now, grace)
+                and not d.get("_conflicts")]
+        docs = [adopt(d) for d in docs]
         for d in docs:
             tk.expire(d, now)
         docs += self._overdue_staging(night, now)
+        reaped = []
         for chunk in chunked(docs, BATCH):
             for result, doc in zip(self.couch.bulk_docs(chunk), chunk):
                 if not result.get("error"):
@@ -214,6 +312,25 @@ class Pool:
                     log.warning("reaped %s (lease of %s expired) -> %s", doc["_id"],
                                 doc["history"][-1].get("worker", "?"), doc["state"])
         return reaped
+
+    def sweep(self, night: str | None = None) -> list[str]:
+        """Settle conflicted tokens that no claimant or owner is settling.
+
+        Only a cluster makes conflicts (docs/tokens.md); CouchDB's winner stays,
+        other branches are deleted by :func:`branches.judge_conflict`'s rule.
+        """
+        span = {} if night is None else {"startkey": [night], "endkey": [night, {}]}
+        rows = self.couch.view(DDOC, "conflicts", **span)["rows"]
+        swept = []
+        for doc_id in sorted({r["id"] for r in rows}):
+            verdict = branches.judge_conflict(self.couch.leaves(doc_id), self.clock())
+            if verdict.outcome == "skip" or not verdict.delete:
+                continue
+            if self._delete_leaves(doc_id, verdict.delete):
+                swept.append(doc_id)
+                log.info("settled conflicted token %s: kept %s, deleted %d branch(es)", doc_id,
+                         verdict.current["_rev"] if verdict.current else "?", len(verdict.delete))
+        return swept
 
     def _overdue_staging(self, night: str | None, now: float) -> list[dict[str, Any]]:
         """Staging tokens a lease past their deadline: no poller ran (no transfer
@@ -235,17 +352,25 @@ class Pool:
 
     def select(self, night: str, states: Iterable[str] | None = None,
                codes: Iterable[int] | None = None) -> list[dict[str, Any]]:
-        """The night's token documents, optionally filtered by state and error code."""
-        wanted = list(states) if states else list(tk.STATES)
+        """The night's token documents, optionally filtered by state and error code.
+
+        On a cluster the view (one copy per shard range, possibly behind) only
+        says which tokens the night has; their states come from a quorum read.
+        """
+        wanted = set(states) if states else set(tk.STATES)
         code_set = {int(c) for c in codes} if codes else None
-        out: list[dict[str, Any]] = []
-        for state in wanted:
-            for row in self.couch.iter_view(DDOC, "by_state", reduce=False, include_docs=True,
+        replicated = self.couch.replicated
+        docs: list[dict[str, Any]] = []
+        for state in tk.STATES if replicated else sorted(wanted, key=tk.STATES.index):
+            for row in self.couch.iter_view(DDOC, "by_state", reduce=False,
+                                            include_docs=not replicated,
                                             startkey=[night, state], endkey=[night, state, {}]):
-                doc = row.get("doc")
-                if doc and (code_set is None or (doc.get("error") or {}).get("code") in code_set):
-                    out.append(doc)
-        return out
+                docs.append(row.get("doc") or {"_id": row["id"]})
+        if replicated:
+            current = self.couch.docs([d["_id"] for d in docs])
+            docs = [d for d in (current.get(d["_id"]) for d in docs) if d]
+        return [d for d in docs if d.get("state") in wanted
+                and (code_set is None or (d.get("error") or {}).get("code") in code_set)]
 
     def reset(self, night: str, states: Iterable[str] | None = None,
               codes: Iterable[int] | None = None, *, force: bool = False) -> list[str]:
@@ -347,91 +472,3 @@ def _same_work(old: dict[str, Any], new: dict[str, Any]) -> bool:
             and old.get("manifest") == new.get("manifest")
             and old.get("source") == new["source"]
             and old.get("destination") == new["destination"])
-
-
-class Lease:
-    """A claimed token. Every save re-checks that the token is still ours."""
-
-    def __init__(self, pool: Pool, doc: dict[str, Any]) -> None:
-        self.pool = pool
-        self.doc = doc
-        self.lock = threading.RLock()
-
-    @property
-    def id(self) -> str:
-        return self.doc["_id"]
-
-    def _ours(self, current: dict[str, Any]) -> bool:
-        return ((current.get("worker") or {}).get("id") == self.pool.worker["id"]
-                and current.get("state") in tk.HELD)
-
-    def _save(self, change: Callable[[dict[str, Any]], None], *, finishing: bool = False) -> None:
-        """Apply ``change`` and save; on 409 re-read and re-apply if still ours.
-
-        A finishing save (done/fail) also lands when the token was reaped back to
-        todo meanwhile and nobody took it: the work is done, so keep it.
-        """
-        with self.lock:
-            doc = dict(self.doc)
-            change(doc)
-            for _ in range(5):
-                try:
-                    self.pool.couch.put(doc)
-                    self.doc = doc
-                    return
-                except Conflict:
-                    current = self.pool.couch.get_or_none(self.id)
-                    if current is None:
-                        raise LeaseLost(f"token {self.id} was deleted") from None
-                    free = finishing and current.get("state") == "todo"
-                    if not (self._ours(current) or free):
-                        raise LeaseLost(f"token {self.id} is no longer ours "
-                                        f"(now {current.get('state')})") from None
-                    doc = current
-                    change(doc)
-            raise LeaseLost(f"token {self.id}: too many concurrent updates")
-
-    def heartbeat(self) -> None:
-        self._save(lambda d: tk.renew(d, self.pool.clock(), self.pool.settings.lease))
-
-    def update(self, **fields: Any) -> None:
-        """Save progress (per-file results) and renew the lease with it."""
-        def change(d: dict[str, Any]) -> None:
-            d.update(fields)
-            tk.renew(d, self.pool.clock(), self.pool.settings.lease)
-        self._save(change)
-
-    def done(self, **fields: Any) -> None:
-        self._save(lambda d: tk.finish(d, self.pool.clock(), **fields), finishing=True)
-
-    def fail(self, code: int, message: str, *, file: str | None = None,
-             transient: bool = False, **fields: Any) -> None:
-        s = self.pool.settings
-
-        def change(d: dict[str, Any]) -> None:
-            d.update(fields)
-            tk.fail(d, code, message, self.pool.clock(), file=file, transient=transient,
-                    backoff_base=s.backoff_base, backoff_max=s.backoff_max)
-        self._save(change, finishing=True)
-
-    def stage(self, request: dict[str, Any]) -> None:
-        """Hand the token to the staging poll (state ``staging``) and give up the lease."""
-        self._save(lambda d: tk.to_staging(d, request, self.pool.clock()))
-
-    def archive(self, hold: float, **fields: Any) -> None:
-        """Copied; wait for the tape-backed destination to migrate the files."""
-        self._save(lambda d: tk.to_archiving(d, self.pool.clock(), hold, **fields), finishing=True)
-
-    def release(self, reason: str) -> None:
-        self._save(lambda d: tk.release(d, self.pool.clock(), reason))
-
-    def attach(self, name: str, data: bytes, content_type: str = "text/plain") -> None:
-        """Store a log as an attachment (best effort: a log never costs a result)."""
-        with self.lock:
-            try:
-                self.pool.couch.put_attachment(self.id, self.doc["_rev"], name, data,
-                                               content_type)
-                # Re-read: later saves must carry the stub as the server wrote it.
-                self.doc = self.pool.couch.get(self.id)
-            except Conflict:
-                log.warning("could not attach %s to %s: token changed meanwhile", name, self.id)

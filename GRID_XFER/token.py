@@ -20,6 +20,7 @@ import random
 import re
 import socket
 import time
+import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -198,8 +199,14 @@ def worker_identity(job_id: str | None = None, worker_id: str | None = None) -> 
 
 
 def claim(doc: dict[str, Any], worker: dict[str, Any], now: float, lease: float) -> None:
+    # ``claim`` names this claim alone: on a cluster it tells the claimant's branch
+    # from every other (GRID_XFER/branches.py).
+    # ``claimed_from`` is the generation claimed from: a branch that grew past
+    # generation claimed_from + 1 was worked on after its claim.
+    parent = str(doc.get("_rev") or "0-").split("-")[0]
     doc.update(state="locked", lock=int(now), done=0, hostname=worker["host"],
-               worker=worker, lease_expires=now + lease, claimed=now)
+               worker=worker, lease_expires=now + lease, claimed=now, claim=uuid.uuid4().hex,
+               claimed_from=int(parent) if parent.isdigit() else 0)
     doc["attempts"] = doc.get("attempts", 0) + 1
     if worker.get("job_id"):
         doc["job_id"] = worker["job_id"]
@@ -248,18 +255,19 @@ def fail(doc: dict[str, Any], code: int, message: str, now: float, *, file: str 
 def release(doc: dict[str, Any], now: float, reason: str) -> None:
     """Back to todo without counting the attempt (signal, shutdown)."""
     doc["attempts"] = max(0, doc.get("attempts", 0) - 1)
-    doc.update(state="todo", lock=0, done=0, lease_expires=0, worker=None)
+    doc.update(state="todo", lock=0, done=0, lease_expires=0, worker=None, claim=None)
     _event(doc, now, "released", reason=reason)
 
 
 def expire(doc: dict[str, Any], now: float) -> None:
     """A lease ran out: the worker was lost. The attempt stays counted."""
     lost = (doc.get("worker") or {}).get("id", "?")
+    doc["claim"] = None
     message = f"lease expired: worker {lost} stopped renewing"
     if doc.get("attempts", 0) >= doc.get("max_attempts", 1):
         fail(doc, Code.LEASE_EXPIRED, message + f" ({doc.get('attempts')} attempts)", now)
     else:
-        doc.update(state="todo", lock=0, done=0, lease_expires=0, worker=None)
+        doc.update(state="todo", lock=0, done=0, lease_expires=0, worker=None, claim=None)
         doc["error"] = _error_record(Code.LEASE_EXPIRED, message, None, now)
         _event(doc, now, "reaped", worker=lost)
 
@@ -268,7 +276,8 @@ def reset(doc: dict[str, Any], now: float) -> None:
     """A user's fresh start: like PiCaS's scrub, plus our retry bookkeeping."""
     doc["scrub_count"] = doc.get("scrub_count", 0) + 1
     doc.update(state="todo", lock=0, done=0, output=0, exit_code="", attempts=0,
-               not_before=0, lease_expires=0, worker=None, error=None, stage_request=None)
+               not_before=0, lease_expires=0, worker=None, error=None, stage_request=None,
+               claim=None)
     doc.pop("stage_rounds", None)
     _event(doc, now, "reset")
 
@@ -281,7 +290,7 @@ def to_staging(doc: dict[str, Any], request: dict[str, Any], now: float) -> None
     if doc.get("state") == "locked":
         doc["attempts"] = max(0, doc.get("attempts", 0) - 1)
     doc.update(state="staging", lock=int(now), done=0, lease_expires=0, worker=None,
-               not_before=0, stage_request=dict(request))
+               not_before=0, stage_request=dict(request), claim=None)
     doc["stage_rounds"] = doc.get("stage_rounds", 0) + 1
     _event(doc, now, "staging", request=request.get("id"), method=request.get("method"),
            files=request.get("files"))
@@ -322,5 +331,6 @@ def archive_failed(doc: dict[str, Any], code: int, message: str, now: float, *,
     fail(doc, code, message, now, file=file, transient=False)
 
 
-def is_expired(doc: dict[str, Any], now: float) -> bool:
-    return doc.get("state") in HELD and 0 < doc.get("lease_expires", 0) < now
+def is_expired(doc: dict[str, Any], now: float, grace: float = 0.0) -> bool:
+    """Held, and the lease ran out more than ``grace`` seconds ago (clock slack)."""
+    return doc.get("state") in HELD and 0 < doc.get("lease_expires", 0) < now - grace

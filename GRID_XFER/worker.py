@@ -18,7 +18,8 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from GRID_XFER.errors import Code, Interrupted, LeaseLost, TaskError
-from GRID_XFER.pool import Lease, Pool
+from GRID_XFER.lease import Lease
+from GRID_XFER.pool import Pool
 from GRID_XFER.task import Task, TaskContext
 
 if TYPE_CHECKING:
@@ -129,13 +130,16 @@ class Worker:
                 break
             if time.monotonic() - last_reap >= self.reap_every:
                 last_reap = time.monotonic()
-                self.pool.reap(self.night)
+                self._maintain()
             if self._tape and time.monotonic() - last_poll >= self.poll_every:
                 last_poll = time.monotonic()
                 self._poll_tape()
             lease = self.pool.claim(self.night)
             if lease is None:
                 waiting = self._tape and self.pool.waiting(self.night)
+                if self.idle_exit and not waiting and self.pool.couch.replicated \
+                        and self.pool.claimable_now(self.night):
+                    continue  # the view lagged behind: claim what the quorum says is there
                 if self.idle_exit and not waiting:
                     log.info("no claimable tokens%s; exiting",
                              f" for night {self.night}" if self.night else "")
@@ -148,6 +152,12 @@ class Worker:
             self._process(lease)
         self.report.signal = self._signal
         return self.report
+
+    def _maintain(self) -> None:
+        """Settle conflicted tokens (clusters only make them), then reap lost leases."""
+        if self.pool.couch.replicated:
+            self.pool.sweep(self.night)
+        self.pool.reap(self.night)
 
     @property
     def _tape(self) -> bool:
@@ -228,6 +238,7 @@ class Worker:
             if kind == "lost":
                 self.report.lost += 1
                 log.error("%s: %s; result dropped", lease.id, value)
+                lease.abandon()
                 return
             if text:
                 lease.attach(f"worker-{lease.doc.get('attempts', 0)}.log",
@@ -262,3 +273,4 @@ class Worker:
         except LeaseLost as exc:
             self.report.lost += 1
             log.error("%s", exc)
+            lease.abandon()

@@ -1,0 +1,158 @@
+"""Exactly-once claims on a real 3-node Apache CouchDB 3 cluster, with nodes failing.
+
+Workers are real `gridxfer worker` processes spread over the three coordinators;
+their command task appends the token id to a shared file, so a token run twice
+shows there twice. A node is stopped (SIGTERM) or killed (SIGKILL) in the middle.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from GRID_XFER.token import parse_spec
+from tests.conftest import Database, cli_env, gridxfer, make_database, spawn_worker, wait_for
+from tests.plugins.couchdb import CouchDB3
+
+NIGHT = "20261201"
+
+
+@pytest.fixture
+def cluster_db(couchdb_cluster: CouchDB3, tmp_path: Path) -> Database:
+    return make_database(couchdb_cluster.urls, tmp_path, couchdb_cluster)
+
+
+def _record_command(record: Path) -> str:
+    return f"sh -c 'echo $GRIDXFER_TOKEN_ID >> {record}'"
+
+
+def _workers(db: Database, n: int, record: Path, *extra: str,
+             lease: float = 60) -> list[subprocess.Popen[str]]:
+    cfg = db.write_config(worker={"command": _record_command(record), "lease_seconds": lease,
+                                  "idle_sleep": 0.5, "outage_seconds": 120},
+                          couchdb={"timeout": 10})
+    return [spawn_worker(cfg, "--night", NIGHT, "--idle-exit", *extra,
+                         stderr=subprocess.DEVNULL, env=cli_env(cfg)) for _ in range(n)]
+
+
+def _done(db: Database) -> int:
+    return db.pool().counts(NIGHT).get(NIGHT, {}).get("done", {}).get("count", 0)
+
+
+def _finish(db: Database, procs: list[subprocess.Popen[str]], timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.wait(timeout=max(1, deadline - time.monotonic()))
+        assert p.returncode == 0, f"worker exited {p.returncode}"
+
+
+def _conflicted(db: Database) -> list[str]:
+    ids = [d["_id"] for d in db.pool().select(NIGHT)]
+    docs = db.couch.docs(ids, conflicts=True)
+    return [i for i, d in docs.items() if d and d.get("_conflicts")]
+
+
+def _settle(db: Database, timeout: float = 90) -> list[str]:
+    """Sweep until no token has a second live branch (claims younger than
+    branches.SETTLE_AGE are left to their claimants, so this can take that long)."""
+    def clean() -> bool:
+        gridxfer("tokens", "reap", "--night", NIGHT, config=db.config_file, check=True)
+        return not _conflicted(db)
+    try:
+        wait_for(clean, timeout=timeout, every=3, what="no conflicted tokens")
+    except AssertionError:
+        pass
+    return _conflicted(db)
+
+
+def _check_exactly_once(db: Database, record: Path, count: int) -> None:
+    runs = Counter(record.read_text().split())
+    twice = sorted(t for t, n in runs.items() if n > 1)
+    assert twice == [], f"{len(twice)} tokens ran more than once: {twice[:10]}"
+    assert len(runs) == count
+    states = Counter(d["state"] for d in db.pool().select(NIGHT))
+    assert states == {"done": count}, states
+
+
+def test_a_node_stopped_and_restarted_costs_no_double_run(couchdb_cluster: CouchDB3,
+                                                           cluster_db: Database, tmp_path: Path) -> None:
+    count = 1500
+    cluster_db.pool().create(NIGHT, [parse_spec(f"e{i:05d}") for i in range(count)])
+    record = tmp_path / "runs.txt"
+    record.touch()
+    procs = _workers(cluster_db, 8, record)
+    try:
+        wait_for(lambda: _done(cluster_db) >= 200, timeout=300, every=1, what="200 tokens done")
+        couchdb_cluster.node_stop(2)
+        time.sleep(20)
+        couchdb_cluster.node_start(2)
+        _finish(cluster_db, procs)
+    finally:
+        couchdb_cluster.node_start(2)
+        for p in procs:
+            p.kill()
+    _check_exactly_once(cluster_db, record, count)
+    _check_status_never_final_when_stale(cluster_db, count)
+    assert _settle(cluster_db) == []
+
+
+def _check_status_never_final_when_stale(db: Database, count: int) -> None:
+    """Right after a run, with a node just back, views can lag: status either has
+    the true counts or says it is not settled."""
+    def report() -> dict[str, Any]:
+        out = gridxfer("status", NIGHT, "--json", config=db.config_file, check=True)
+        return json.loads(out.stdout)
+    seen_settled = False
+    for _ in range(5):
+        r = report()
+        if r["settled"]:
+            seen_settled = True
+            assert r["nights"][0]["states"]["done"] == count, r["nights"][0]["states"]
+    if not seen_settled:
+        r = wait_for(lambda: (x := report())["settled"] and x, timeout=120, every=2,
+                     what="status settled")
+        assert r["nights"][0]["states"]["done"] == count
+
+
+def test_a_node_killed_for_good_workers_fail_over(couchdb_cluster: CouchDB3,
+                                                  cluster_db: Database, tmp_path: Path) -> None:
+    count = 1500
+    cluster_db.pool().create(NIGHT, [parse_spec(f"e{i:05d}") for i in range(count)])
+    record = tmp_path / "runs.txt"
+    record.touch()
+    procs = _workers(cluster_db, 8, record)
+    try:
+        wait_for(lambda: _done(cluster_db) >= 200, timeout=300, every=1, what="200 tokens done")
+        couchdb_cluster.node_kill(3)
+        _finish(cluster_db, procs)
+    finally:
+        for p in procs:
+            p.kill()
+        couchdb_cluster.node_start(3)
+    _check_exactly_once(cluster_db, record, count)
+    assert _settle(cluster_db) == []
+
+
+def test_a_hot_set_over_many_rounds_runs_each_token_once(couchdb_cluster: CouchDB3,
+                                                         cluster_db: Database, tmp_path: Path) -> None:
+    """Small nights drained by 8 workers at once: the races that make 202s and conflicts."""
+    record = tmp_path / "runs.txt"
+    record.touch()
+    total = 0
+    for round_ in range(6):
+        night = f"{NIGHT}{round_}"
+        cluster_db.pool().create(night, [parse_spec(f"h{i:03d}") for i in range(50)])
+        cfg = cluster_db.write_config(worker={"command": _record_command(record), "lease_seconds": 60,
+                                              "idle_sleep": 0.5, "claim_window": 4})
+        procs = [spawn_worker(cfg, "--night", night, "--idle-exit", stderr=subprocess.DEVNULL)
+                 for _ in range(8)]
+        _finish(cluster_db, procs, timeout=300)
+        total += 50
+    runs = Counter(record.read_text().split())
+    twice = sorted(t for t, n in runs.items() if n > 1)
+    assert twice == [] and len(runs) == total, f"{len(twice)} tokens ran more than once: {twice[:10]}"
