@@ -149,12 +149,18 @@ def init(app: App, as_json: bool) -> None:
     couch = app.couch()
     created = couch.create_db()
     outcome = views.install(couch)
+    c = app.config.couchdb
+    secured = bool(c.member_names or c.member_roles) and views.secure(
+        couch, c.member_names, c.member_roles)
     if as_json:
-        emit_json({"database": couch.db, "created": created, "design_docs": outcome})
+        emit_json({"database": couch.db, "created": created, "design_docs": outcome,
+                   "members_updated": secured})
     else:
         click.echo(f"database {couch.db} {'created' if created else 'exists'} at {couch.url}")
         for name, what in outcome.items():
             click.echo(f"  _design/{name}: {what}")
+        if secured:
+            click.echo(f"  _security: members {c.member_names or []} roles {c.member_roles or []}")
 
 
 # -- tokens -------------------------------------------------------------------
@@ -332,9 +338,14 @@ def tokens_reset(app: App, night: str, states: tuple[str, ...], codes: tuple[int
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def tokens_reap(app: App, night: str | None, as_json: bool) -> None:
-    """Return tokens of lost workers (expired leases) to todo, or error 90."""
-    ids = app.pool().reap(night)
-    emit_json({"reaped": ids}) if as_json else click.echo(f"{len(ids)} expired leases reaped")
+    """Return tokens of lost workers (expired leases) to todo, or error 90; settle conflicts."""
+    pool = app.pool()
+    swept = pool.sweep(night)
+    ids = pool.reap(night)
+    if as_json:
+        emit_json({"reaped": ids, "conflicts_settled": swept})
+    else:
+        click.echo(f"{len(ids)} expired leases reaped, {len(swept)} conflicted tokens settled")
 
 
 @tokens.command("delete")
@@ -418,18 +429,30 @@ def worker(app: App, night: str | None, max_tokens: int | None, max_time: float 
 @click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
               help="Seconds between refreshes with --watch.")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (docs/status.md).")
+@click.option("--serve", is_flag=True, help="Serve the status page from a local web server "
+              "that reads the views with your credentials (works under CouchDB 3's CSP).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address for --serve.")
+@click.option("--port", type=click.IntRange(0, 65535), default=8484, show_default=True,
+              help="Port for --serve (0: any free port).")
+@click.option("--html", "html_file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write a static snapshot of the page (no script) to this file.")
 @pass_app
-def status(app: App, night: str | None, watch: bool, interval: float, as_json: bool) -> None:
+def status(app: App, night: str | None, watch: bool, interval: float, as_json: bool,
+           serve: bool, host: str, port: int, html_file: Path | None) -> None:
     """Progress per night from the views: counts, bytes, rate and ETA.
 
     With NIGHT: that night's error codes (name, count, a sample message) and the
-    workers holding leases. The same numbers: /<db>/_design/gridxfer/status.html.
+    workers holding leases. The same numbers as a page: --serve, --html FILE, or
+    /<db>/_design/gridxfer/status.html where the server lets its script run.
     """
     from GRID_XFER import status as st
 
-    if watch and as_json:
-        raise click.UsageError("--watch and --json do not go together")
+    if sum((watch, as_json, serve, html_file is not None)) > 1:
+        raise click.UsageError("--watch, --json, --serve and --html do not go together")
     couch = app.couch()
+    if serve or html_file:
+        _status_page(couch, serve, host, port, html_file)
+        return
     report = st.gather(couch, night)
     if as_json:
         emit_json(report.as_dict())
@@ -463,6 +486,36 @@ def status(app: App, night: str | None, watch: bool, interval: float, as_json: b
                             refresh=True)
     except KeyboardInterrupt:
         pass  # Ctrl-C ends a watch; Live has restored the terminal
+
+
+def _status_page(couch: Couch, serve: bool, host: str, port: int, html_file: Path | None) -> None:
+    from GRID_XFER import page
+
+    couch.require_db()
+    if html_file is not None:
+        try:
+            html_file.write_text(page.snapshot(couch))
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {html_file}: {exc.strerror}") from None
+        click.echo(f"wrote {html_file}")
+        return
+    try:
+        server = page.PageServer(couch, host, port)
+    except OSError as exc:
+        raise InvalidInput(f"cannot serve on {host}:{port}: {exc.strerror}") from None
+    click.echo(server.start(), nl=True)
+    sys.stdout.flush()
+    log.info("serving the status page at %s; Ctrl-C to stop", server.url)
+    import signal
+    import threading
+
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        pass
+    server.stop()
 
 
 # -- sandbox and launch ---------------------------------------------------------
