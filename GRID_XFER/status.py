@@ -40,6 +40,11 @@ CACHE_ID = "_local/gridxfer-status"
 CACHE_VERSION = 1
 CHANGES_LIMIT = 20000  # more changes than this since the cache: recount everything
 HELD_STATES = ("locked", "staging", "archiving")
+# On a cluster: how often and how far apart the open tokens are checked against a
+# quorum read before a report says its counts are not settled, and how many.
+SETTLE_TRIES = 4
+SETTLE_WAIT = 1.0
+VERIFY_MAX = 5000
 OPEN_STATES = ("todo", *HELD_STATES)
 
 
@@ -164,6 +169,9 @@ class StatusReport:
     generated: float
     window: float
     nights: list[NightStatus]
+    # On a cluster: how many open tokens a quorum read found in another state than
+    # the views said (0: the counts are settled; see gather).
+    unsettled: int = 0
 
     def night(self, name: str) -> NightStatus:
         for n in self.nights:
@@ -174,6 +182,7 @@ class StatusReport:
     def as_dict(self) -> dict[str, Any]:
         """The documented ``gridxfer status --json`` shape (docs/status.md)."""
         return {"generated": round(self.generated, 3), "window_s": self.window,
+                "settled": not self.unsettled, "unsettled": self.unsettled,
                 "nights": [n.as_dict() for n in self.nights]}
 
 
@@ -185,8 +194,41 @@ def gather(couch: Couch, night: str | None = None, *, now: float | None = None,
            window: float = WINDOW) -> StatusReport:
     """Every night's progress, or one night's with its error codes and lease holders.
 
+    On a cluster a view answers from one copy per shard range, which can lag the
+    others for a moment (for long after a node rejoins). The open tokens the
+    views count (todo, locked, staging, archiving) are then read from a quorum
+    of copies; while some differ the report is gathered again, and if they still
+    differ it says so (``unsettled``) rather than pass a stale count as final.
     Raises NotFound for a night without tokens.
     """
+    report = _gather(couch, night, now=now, window=window)
+    if not couch.replicated:
+        return report
+    for attempt in range(SETTLE_TRIES):
+        report.unsettled = _unsettled(couch, report)
+        if not report.unsettled or attempt == SETTLE_TRIES - 1:
+            return report
+        time.sleep(SETTLE_WAIT)
+        report = _gather(couch, night, now=None if now is None else now, window=window)
+    return report
+
+
+def _unsettled(couch: Couch, report: StatusReport) -> int:
+    """Open tokens whose state a quorum read does not confirm (at most VERIFY_MAX looked at)."""
+    listed: dict[str, str] = {}
+    for ns in report.nights:
+        for state in OPEN_STATES:
+            if not ns.states.get(state) or len(listed) >= VERIFY_MAX:
+                continue
+            for row in couch.iter_view(DDOC, "by_state", reduce=False,
+                                       startkey=[ns.night, state], endkey=[ns.night, state, {}]):
+                listed[row["id"]] = state
+    current = couch.docs(list(listed)[:VERIFY_MAX]) if listed else {}
+    return sum(1 for i, d in current.items() if d is None or d.get("state") != listed[i])
+
+
+def _gather(couch: Couch, night: str | None, *, now: float | None,
+            window: float) -> StatusReport:
     now = time.time() if now is None else now
     nights: dict[str, NightStatus] = {}
     counts = (state_counts(couch) if night is None else
@@ -257,6 +299,8 @@ def state_counts(couch: Couch) -> dict[str, dict[str, list[int]]]:
     then names the tokens (hence the nights: ids are ``<night>_<exposure>``)
     that moved, and only those nights are queried again.
     """
+    if couch.replicated:  # CouchDB stores reductions; and a lagging view copy must not be kept
+        return _by_state(couch.view(DDOC, "by_state", group_level=2)["rows"])
     cache = couch.get_or_none(CACHE_ID)
     if cache is not None and cache.get("version") == CACHE_VERSION:
         feed = couch.request("GET", "_changes", params={"since": str(cache["seq"]),
@@ -416,6 +460,10 @@ def render(report: StatusReport, *, bars: bool = False, limit: int | None = None
         parts.append(nights_table(report, bars=bars, limit=limit))
     if len(report.nights) == 1 and report.nights[0].error_codes is not None:
         parts.append(night_detail(report.nights[0], report.generated))
+    if report.unsettled:
+        parts.append(Text(f"not settled: {report.unsettled} open token(s) have moved on since "
+                          "the cluster's view copies were read; the counts are catching up",
+                          style="bold yellow"))
     if bars:
         stamp = time.strftime("%H:%M:%S", time.localtime(report.generated))
         parts.append(Text(f"updated {stamp}; rate over the last {human_duration(report.window)}"

@@ -41,7 +41,8 @@ def test_json_counts_match_the_tokens(seeded: Database) -> None:
     want = status_seed.expected(seeded.couch)
     data = status_json(seeded)
     assert [n["night"] for n in data["nights"]] == sorted(status_seed.SIZES)
-    assert set(data) == {"generated", "window_s", "nights"}
+    assert set(data) == {"generated", "window_s", "settled", "unsettled", "nights"}
+    assert data["settled"] is True and data["unsettled"] == 0  # one copy: views are current
     for n in data["nights"]:
         e = want[n["night"]]
         assert set(n["states"]) == set(STATES)
@@ -181,17 +182,18 @@ def test_init_installs_the_page_and_updates_it_only_when_changed(db: Database) -
 
 def test_unchanged_when_the_server_digests_differently(db: Database) -> None:
     # CouchDB may report the digest of the compressed bytes it stores: what we
-    # recorded at upload time then tells that the attachment is ours.
+    # recorded at upload time (our MD5, the revision that wrote it) tells that the
+    # attachment is ours; a later revision of it is someone else's.
     ddoc = db.couch.get("_design/gridxfer")
     files = views.status_files()
     fake = {n: "md5-" + base64.b64encode(b"compressed-" + n.encode()).decode()[:22] + "=="
             for n in files}
     for n in files:
         ddoc["_attachments"][n]["digest"] = fake[n]
-    ddoc[views._DIGESTS] = {n: {"md5": views._md5(data), "stored": fake[n]}
+    ddoc[views._DIGESTS] = {n: {"md5": views._md5(data), "revpos": ddoc["_attachments"][n]["revpos"]}
                             for n, (data, _) in files.items()}
     assert views._changed_files(ddoc, files) == []
-    ddoc[views._DIGESTS]["status.js"]["md5"] = "md5-other"
+    ddoc["_attachments"]["status.js"]["revpos"] += 1
     assert views._changed_files(ddoc, files) == ["status.js"]
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from GRID_XFER.errors import code_name
 from GRID_XFER.token import STATES, parse_spec
 from tests import status_seed
-from tests.conftest import ARTIFACTS, Database
+from tests.conftest import ARTIFACTS, Database, cli_env, gridxfer, make_database
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -56,7 +58,7 @@ def browser() -> Iterator[Any]:
 
 
 def page_url(db: Database, query: str = "?interval=1") -> str:
-    return f"{db.cfg.url}/{db.cfg.db}/_design/gridxfer/status.html{query}"
+    return f"{db.cfg.primary}/{db.cfg.db}/_design/gridxfer/status.html{query}"
 
 
 def wait(driver: Any, what: str, predicate: Any, timeout: float = 30) -> Any:
@@ -196,7 +198,7 @@ class _CSPProxy:
 def test_page_under_a_content_security_policy(db: Database, browser: Any, policy: str) -> None:
     pool = db.pool()
     pool.create("n1", [parse_spec(x) for x in "abc"])
-    proxy = _CSPProxy(db.cfg.url, policy)
+    proxy = _CSPProxy(db.cfg.primary, policy)
     try:
         browser.get(f"{proxy.url}/{db.cfg.db}/_design/gridxfer/status.html?interval=1")
         if policy == "sandbox":
@@ -209,3 +211,52 @@ def test_page_under_a_content_security_policy(db: Database, browser: Any, policy
                 **dict.fromkeys(STATES, 0), "todo": 3})
     finally:
         proxy.close()
+
+
+# -- Apache CouchDB 3 with its default configuration -----------------------------------
+@pytest.fixture
+def couch3_db(couchdb3: Any, tmp_path: Path) -> Database:
+    return make_database(couchdb3.url, tmp_path, couchdb3)
+
+
+def test_couchdb3_blocks_the_page_script_but_serve_and_html_show_the_numbers(
+        couch3_db: Database, browser: Any, tmp_path: Path) -> None:
+    db = couch3_db
+    status_seed.seed(db.pool())
+    want = status_seed.expected(db.couch)
+    # What CouchDB 3 does by default with an attachment: no script may run in it.
+    page = db.couch.request("GET", "_design/gridxfer/status.html")
+    assert "sandbox" in page.headers.get("Content-Security-Policy", "")
+
+    # `status --serve`: the same page from a local server that holds the credentials.
+    proc = subprocess.Popen([sys.executable, "-m", "GRID_XFER.cli", "status", "--serve", "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(db.config_file))
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/status.html"), url
+        browser.get(url + "?interval=1")
+        for night, e in want.items():
+            wait(browser, f"the counts of {night}", lambda d, n=night, s=e["states"]:
+                 row_counts(d, n) == s)
+        assert browser.find_element(By.ID, "db").text == db.cfg.db
+        shot(browser, "status-page-served.png")
+        assert db.cfg.secret() not in browser.page_source
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+    # `status --html FILE`: a snapshot with no script at all.
+    out = tmp_path / "status.html"
+    gridxfer("status", "--html", str(out), config=db.config_file, check=True)
+    browser.get(out.as_uri())
+    for night, e in want.items():
+        assert row_counts(browser, night) == e["states"]
+    night = "20261125"
+    section = browser.find_element(By.CSS_SELECTOR, f'section[data-night="{night}"]')
+    for code, count in want[night]["errors"].items():
+        row = section.find_element(By.CSS_SELECTOR, f'tr[data-code="{code}"]')
+        assert row.find_element(By.CSS_SELECTOR, ".count").text == str(count)
+    assert "<script" not in out.read_text()
+    shot(browser, "status-page-snapshot.png")
