@@ -87,6 +87,11 @@ def preference(leaf: Leaf, now: float) -> tuple[int, tuple[int, str]]:
     return (level, rank(leaf["_rev"]))
 
 
+def preferred(leaves: list[Leaf], now: float) -> Leaf | None:
+    """The live leaf that is the token (what the sweeper keeps), or None if none is live."""
+    return max(live(leaves), key=lambda leaf: preference(leaf, now), default=None)
+
+
 @dataclass
 class Verdict:
     """What to do: ``outcome`` and the leaf revisions to delete first."""
@@ -166,9 +171,9 @@ def judge_conflict(leaves: list[Leaf], now: float) -> Verdict:
     branch stays: one of them may be an owner at work.
     """
     alive = live(leaves)
-    if len(alive) < 2:
-        return Verdict("own", [], current=alive[0] if alive else None)
-    keep = max(alive, key=lambda leaf: preference(leaf, now))
+    keep = preferred(alive, now)
+    if keep is None or len(alive) < 2:
+        return Verdict("own", [], current=keep)
     others = [leaf for leaf in alive if leaf is not keep and not _young(leaf, now)]
     if not final(keep) and any(held(leaf, now) for leaf in others):
         return Verdict("skip", current=keep)

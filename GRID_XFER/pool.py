@@ -366,9 +366,8 @@ class Pool:
                                             include_docs=not replicated,
                                             startkey=[night, state], endkey=[night, state, {}]):
                 docs.append(row.get("doc") or {"_id": row["id"]})
-        if replicated:
-            current = self.couch.docs([d["_id"] for d in docs])
-            docs = [d for d in (current.get(d["_id"]) for d in docs) if d]
+        if replicated:  # copies can list a token under two states: one read each
+            docs = list(current_tokens(self.couch, [d["_id"] for d in docs], self.clock()).values())
         return [d for d in docs if d.get("state") in wanted
                 and (code_set is None or (d.get("error") or {}).get("code") in code_set)]
 
@@ -448,6 +447,12 @@ class Pool:
         return True
 
     def get(self, token_id: str) -> dict[str, Any]:
+        """One token; on a cluster, the branch that is the token if it has several."""
+        if self.couch.replicated:
+            doc = current_tokens(self.couch, [token_id], self.clock()).get(token_id)
+            if doc is None:
+                raise NotFound(f"no token {token_id!r}")
+            return doc
         try:
             return self.couch.get(token_id)
         except NotFound:
@@ -456,6 +461,18 @@ class Pool:
     def require_night(self, night: str) -> None:
         if night not in self.counts(night):
             raise NotFound(f"unknown night {night!r}: no tokens in database {self.couch.db!r}")
+
+
+def current_tokens(couch: Couch, ids: list[str], now: float) -> dict[str, dict[str, Any]]:
+    """Tokens as a quorum of copies has them; a conflicted one as the branch that
+    is the token (:func:`branches.preferred`), not whichever CouchDB shows."""
+    out: dict[str, dict[str, Any]] = {}
+    for doc_id, doc in couch.docs(list(dict.fromkeys(ids)), conflicts=True).items():
+        if doc and doc.get("_conflicts"):
+            doc = branches.preferred(couch.leaves(doc_id), now)
+        if doc:
+            out[doc_id] = adopt(doc)
+    return out
 
 
 def _work(files: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from typing import Any
 
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import GridXferError, NotFound, code_name
+from GRID_XFER.pool import current_tokens
 from GRID_XFER.token import STATES
 from GRID_XFER.views import DDOC
 
@@ -223,8 +224,9 @@ def _unsettled(couch: Couch, report: StatusReport) -> int:
             for row in couch.iter_view(DDOC, "by_state", reduce=False,
                                        startkey=[ns.night, state], endkey=[ns.night, state, {}]):
                 listed[row["id"]] = state
-    current = couch.docs(list(listed)[:VERIFY_MAX]) if listed else {}
-    return sum(1 for i, d in current.items() if d is None or d.get("state") != listed[i])
+    ids = list(listed)[:VERIFY_MAX]
+    current = current_tokens(couch, ids, time.time()) if ids else {}
+    return sum(1 for i in ids if current.get(i, {}).get("state") != listed[i])
 
 
 def _gather(couch: Couch, night: str | None, *, now: float | None,

@@ -156,3 +156,34 @@ def test_a_hot_set_over_many_rounds_runs_each_token_once(couchdb_cluster: CouchD
     runs = Counter(record.read_text().split())
     twice = sorted(t for t, n in runs.items() if n > 1)
     assert twice == [] and len(runs) == total, f"{len(twice)} tokens ran more than once: {twice[:10]}"
+
+
+def test_a_conflicted_token_is_listed_and_settled_as_the_branch_that_is_the_token(
+        cluster_db: Database) -> None:
+    """Two branches planted the way replication would (new_edits=false): CouchDB shows
+    the todo one (higher hash), but the work is done; list, status and the sweeper agree."""
+    pool = cluster_db.pool()
+    pool.create(NIGHT, [parse_spec("a")])
+    doc = pool.get(f"{NIGHT}_a")
+    parent = doc["_rev"].split("-")[1]
+    now = time.time()
+    finished = {**doc, "state": "done", "lock": int(now), "done": int(now)}
+    branches_ = [{**finished, "_rev": "2-" + "a" * 32, "_revisions": {"start": 2, "ids": ["a" * 32, parent]}},
+                 {**doc, "_rev": "2-" + "f" * 32, "_revisions": {"start": 2, "ids": ["f" * 32, parent]}}]
+    cluster_db.couch.request("POST", "_bulk_docs", body={"docs": branches_, "new_edits": False})
+    assert wait_for(lambda: cluster_db.couch.get(doc["_id"], conflicts=True).get("_conflicts"))
+    assert cluster_db.couch.get(doc["_id"])["state"] == "todo"  # CouchDB's winner
+    listed = json.loads(gridxfer("tokens", "list", NIGHT, "--json", config=cluster_db.config_file,
+                                 check=True).stdout)
+    assert [d["state"] for d in listed] == ["done"]
+    report = json.loads(gridxfer("status", NIGHT, "--json", config=cluster_db.config_file,
+                                 check=True).stdout)
+    assert report["settled"] is False  # the view counts the todo branch
+    out = json.loads(gridxfer("tokens", "reap", "--json", config=cluster_db.config_file,
+                              check=True).stdout)
+    assert out["conflicts_settled"] == [doc["_id"]]
+    assert cluster_db.couch.get(doc["_id"])["state"] == "done"
+    assert _conflicted(cluster_db) == []
+    report = json.loads(gridxfer("status", NIGHT, "--json", config=cluster_db.config_file,
+                                 check=True).stdout)
+    assert report["settled"] and report["nights"][0]["states"]["done"] == 1
