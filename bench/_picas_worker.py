@@ -7,6 +7,9 @@ two stacks stay in separate virtualenvs. Two modes:
                                              Task documents through picas's bulk save
     _picas_worker.py work URL DB RESULT      one worker: picas's own claim loop
 
+On Apache CouchDB 3 the login comes from PICAS_USER / PICAS_PASSWORD in the
+environment (never the command line).
+
 A worker prints ``ready`` once it is connected, waits for a line on stdin (the
 start signal, so interpreter start-up is not timed), runs the loop, and writes
 a JSON result (claimed ids, request counts, its monotonic start/end) to RESULT.
@@ -14,6 +17,7 @@ a JSON result (claimed ids, request counts, its monotonic start/end) to RESULT.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -62,8 +66,14 @@ def _counting_request(self, method, url, *args, **kwargs):  # type: ignore[no-un
 couchdb.http.Session.request = _counting_request
 
 
+def _client(url: str, db_name: str, create: bool = False) -> CouchDB:
+    user = os.environ.get("PICAS_USER") or None
+    return CouchDB(url=url, db=db_name, username=user, password=os.environ.get("PICAS_PASSWORD", ""),
+                   create=create)
+
+
 def setup(url: str, db_name: str, count: int, batch: int = 1000) -> None:
-    db = CouchDB(url=url, db=db_name, create=True)
+    db = _client(url, db_name, create=True)
     for name, map_fun in MONITOR_VIEWS.items():
         db.add_view(name, map_fun)
     ids = [f"bench_e{i:06d}" for i in range(count)]
@@ -78,7 +88,7 @@ def setup(url: str, db_name: str, count: int, batch: int = 1000) -> None:
 
 
 def work(url: str, db_name: str, result_path: str) -> None:
-    db = CouchDB(url=url, db=db_name)
+    db = _client(url, db_name)
     db.doc_count()  # connect (and count) before the clock starts
     REQUESTS.clear()
     print("ready", flush=True)

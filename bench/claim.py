@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import shutil
 import socket
 import subprocess
@@ -41,7 +42,7 @@ try:
     from GRID_XFER import views
     from GRID_XFER.config import CouchDBConfig, ServerConfig
     from GRID_XFER.couch import Couch
-    from GRID_XFER.errors import Conflict
+    from GRID_XFER.errors import Conflict, DatabaseError
     from GRID_XFER.pool import Pool
     from GRID_XFER.server import EmbeddedServer
 except ImportError as exc:  # pragma: no cover - environment problem
@@ -56,7 +57,7 @@ def say(msg: str) -> None:
 # ---------------------------------------------------------------------------
 # Our worker process: `claim.py --ours-worker URL DB RESULT`
 # ---------------------------------------------------------------------------
-def _ours_worker(url: str, db: str, result_path: str) -> None:
+def _ours_worker(target_path: str, db: str, result_path: str) -> None:
     requests: Counter[str] = Counter()
     original = Couch.request
 
@@ -70,8 +71,9 @@ def _ours_worker(url: str, db: str, result_path: str) -> None:
             raise
 
     Couch.request = counting  # type: ignore[method-assign]
-    couch = Couch(CouchDBConfig(url=url, db=db))
+    couch = Couch(Target.load(target_path).config(db))
     couch.db_exists()  # log in / open the session before the clock starts
+    couch.cluster()
     pool = Pool(couch)
     requests.clear()
     print("ready", flush=True)
@@ -87,12 +89,101 @@ def _ours_worker(url: str, db: str, result_path: str) -> None:
     t_end = time.monotonic()
     with open(result_path, "w") as f:
         json.dump({"claimed": claimed, "requests": dict(requests), "worker": pool.worker["id"],
-                   "t_start": t_start, "t_end": t_end}, f)
+                   "protocol": dict(pool.stats), "t_start": t_start, "t_end": t_end}, f)
+
+
+# ---------------------------------------------------------------------------
+# Servers: pouchdb-server, Apache CouchDB 3 (one node), a 3-node CouchDB 3 cluster
+# ---------------------------------------------------------------------------
+class Target:
+    """Where a benchmark runs: coordinator URLs and, on CouchDB 3, an admin login.
+
+    Handed to worker processes as a file (the password in a 0600 file beside it),
+    never on a command line."""
+
+    def __init__(self, name: str, urls: list[str], user: str | None = None,
+                 password_file: str | None = None) -> None:
+        self.name, self.urls, self.user, self.password_file = name, urls, user, password_file
+
+    def config(self, db: str) -> CouchDBConfig:
+        auth = {"user": self.user, "password_file": self.password_file} if self.user else {}
+        return CouchDBConfig(url=self.urls, db=db, timeout=60, **auth)
+
+    def save(self, path: Path) -> str:
+        path.write_text(json.dumps(self.__dict__))
+        return str(path)
+
+    @classmethod
+    def load(cls, path: str) -> Target:
+        return cls(**json.loads(Path(path).read_text()))
+
+    def password(self) -> str:
+        return Path(self.password_file).read_text().strip() if self.password_file else ""
+
+
+class Servers:
+    """Starts the servers asked for, each stopped by its recorded PID at the end."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.stops: list[Any] = []
+
+    def start(self, kind: str) -> Target:
+        if kind == "pouchdb":
+            server = EmbeddedServer(ServerConfig(host="127.0.0.1", port=free_port(),
+                                                 data_dir=self.tmp / "pouchdb", start_timeout=60))
+            state, _ = server.start()
+            self.stops.append(server.stop)
+            say(f"pouchdb-server pid {state.pid} on {server.url}")
+            return Target(kind, [server.url])
+        password = secrets.token_urlsafe(18)
+        secret = self.tmp / f"{kind}.password"
+        secret.write_text(password)
+        secret.chmod(0o600)
+        env = {**os.environ, "GRIDXFER_RUN": str(self.tmp / "run"), "COUCHDB_USER": "admin",
+               "COUCHDB_PASSWORD": password}
+        name = f"bench{kind}{os.getpid()}"
+        for _ in range(5):
+            base = free_port_range(4)
+            out = subprocess.run([str(REPO / "scripts" / "couchdb"),
+                                  "start" if kind == "couchdb" else "cluster", name, str(base)],
+                                 capture_output=True, text=True, env=env, timeout=300)
+            if out.returncode == 0:
+                break
+            if out.returncode == 3:
+                sys.exit(f"claim.py: --server {kind}: {out.stderr.strip()}")
+        else:
+            sys.exit(f"claim.py: could not start {kind}: {out.stderr.strip()}")
+        self.stops.append(lambda: subprocess.run([str(REPO / "scripts" / "couchdb"), "stop", name],
+                                                 capture_output=True, env=env, timeout=300))
+        urls = [f"http://127.0.0.1:{base + i}" for i in range(1 if kind == "couchdb" else 3)]
+        say(f"{kind}: Apache CouchDB 3 on {', '.join(urls)}")
+        return Target(kind, urls, "admin", str(secret))
+
+    def stop_all(self) -> None:
+        for stop in reversed(self.stops):
+            stop()
 
 
 # ---------------------------------------------------------------------------
 # Plumbing
 # ---------------------------------------------------------------------------
+def free_port_range(count: int) -> int:
+    """The first of ``count`` consecutive free ports."""
+    import random
+
+    for _ in range(100):
+        base = random.randrange(20000, 40000)
+        try:
+            for port in range(base, base + count):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError("no free port range")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -153,7 +244,8 @@ def find_picas_python(explicit: str | None) -> tuple[str, str]:
     return str(own / "bin" / "python"), facts["version"]
 
 
-def run_workers(cmds: list[list[str]], workdir: Path, tag: str) -> tuple[float, list[dict]]:
+def run_workers(cmds: list[list[str]], workdir: Path, tag: str,
+                env: dict[str, str] | None = None) -> tuple[float, list[dict]]:
     """Start the worker processes, wait until all are ready, release them together.
 
     Returns (wall seconds from the start signal to the last worker's end, results).
@@ -171,7 +263,7 @@ def run_workers(cmds: list[list[str]], workdir: Path, tag: str) -> tuple[float, 
             with open(err, "w") as ef:
                 procs.append(subprocess.Popen(cmd + [str(result)], stdin=subprocess.PIPE,
                                               stdout=subprocess.PIPE, stderr=ef, text=True,
-                                              cwd=REPO))
+                                              cwd=REPO, env=env))
         for p, err in zip(procs, errs):
             line = p.stdout.readline() if p.stdout else ""
             if line.strip() != "ready":
@@ -217,8 +309,9 @@ def sum_requests(results: list[dict]) -> Counter[str]:
 
 
 def all_docs(couch: Couch) -> list[dict[str, Any]]:
-    return [r["doc"] for r in couch.all_docs(include_docs=True)
-            if r.get("doc") and not r["id"].startswith("_design/")]
+    """Every token, each read from a quorum of copies (with its conflicts)."""
+    ids = [r["id"] for r in couch.all_docs() if not r["id"].startswith("_design/")]
+    return [d for d in couch.docs(ids, conflicts=True).values() if d]
 
 
 def drop_db(couch: Couch) -> None:
@@ -231,63 +324,86 @@ def drop_db(couch: Couch) -> None:
 # ---------------------------------------------------------------------------
 # The measurements
 # ---------------------------------------------------------------------------
-def bench_ours(url: str, n: int, k: int, workdir: Path) -> dict[str, Any]:
-    db = f"ours_w{n}"
-    couch = Couch(CouchDBConfig(url=url, db=db))
+def bench_ours(target: Target, n: int, k: int, workdir: Path, *,
+               validate: bool = True) -> dict[str, Any]:
+    db = f"ours_w{n}" + ("" if validate else "_unchecked")
+    couch = Couch(target.config(db))
     couch.create_db()
     views.install(couch)
+    if not validate:  # the same pool without the design document's write check
+        for attempt in range(20):
+            ddoc = couch.get(f"_design/{views.DDOC}")
+            ddoc.pop("validate_doc_update", None)
+            try:
+                couch.put(ddoc)
+                break
+            except DatabaseError:  # 412: a copy has not got the page's attachments yet
+                time.sleep(0.3)
     report = Pool(couch).create(NIGHT, (tk.ExposureSpec(exposure=f"e{i:06d}") for i in range(k)))
     if len(report.created) != k:
         raise RuntimeError(f"ours: created {len(report.created)} of {k} tokens")
     couch.view(views.DDOC, "todo", limit=1)  # build the index outside the timing
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--ours-worker", url, db]
-    wall, results = run_workers([cmd] * n, workdir, f"ours-w{n}")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--ours-worker",
+           target.save(workdir / f"target-{target.name}.json"), db]
+    wall, results = run_workers([cmd] * n, workdir, f"ours-{target.name}-w{n}-{validate}")
     doubles, total = double_claims(results)
+    time.sleep(1 if couch.replicated else 0)  # let the copies agree before counting
     docs = all_docs(couch)
     not_done = [d["_id"] for d in docs if d.get("state") != "done"]
     reclaimed = [d["_id"] for d in docs
                  if sum(1 for h in d.get("history", []) if h.get("event") == "claimed") != 1]
+    conflicted = [d["_id"] for d in docs if d.get("_conflicts")]
+    protocol: Counter[str] = Counter()
+    for r in results:
+        protocol.update(r.get("protocol", {}))
     drop_db(couch)
     return {"wall": wall, "rate": k / wall, "doubles": doubles, "claims": total,
             "docs": len(docs), "not_done": not_done, "reclaimed_in_db": reclaimed,
+            "conflicted": conflicted, "protocol": dict(protocol),
             "requests": sum_requests(results), "per_worker": [len(r["claimed"]) for r in results]}
 
 
-def bench_picas(url: str, n: int, k: int, workdir: Path, picas_python: str) -> dict[str, Any]:
+def bench_picas(target: Target, n: int, k: int, workdir: Path, picas_python: str) -> dict[str, Any]:
     db = f"picas_w{n}"
-    out = subprocess.run([picas_python, str(PICAS_WORKER), "setup", url, db, str(k)],
-                         capture_output=True, text=True, cwd=REPO)
+    env = {**os.environ, "PICAS_USER": target.user or "", "PICAS_PASSWORD": target.password()}
+    out = subprocess.run([picas_python, str(PICAS_WORKER), "setup", target.urls[0], db, str(k)],
+                         capture_output=True, text=True, cwd=REPO, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"picas setup failed: {out.stderr[-2000:]}")
     saved = json.loads(out.stdout.strip().splitlines()[-1])["saved"]
     if saved != k:
         raise RuntimeError(f"picas: saved {saved} of {k} tasks")
-    cmd = [picas_python, str(PICAS_WORKER), "work", url, db]
-    wall, results = run_workers([cmd] * n, workdir, f"picas-w{n}")
+    # PiCaS takes one URL: its workers are spread over the coordinators.
+    cmds = [[picas_python, str(PICAS_WORKER), "work", target.urls[i % len(target.urls)], db]
+            for i in range(n)]
+    wall, results = run_workers(cmds, workdir, f"picas-{target.name}-w{n}", env=env)
     doubles, total = double_claims(results)
-    couch = Couch(CouchDBConfig(url=url, db=db))
+    couch = Couch(target.config(db))
+    time.sleep(1 if couch.replicated else 0)
     docs = all_docs(couch)
     not_done = [d["_id"] for d in docs if not d.get("done")]
     # create + lock + done = revision 3; more writes mean a token was locked again.
     rewritten = [d["_id"] for d in docs if int(d["_rev"].split("-")[0]) > 3]
+    conflicted = [d["_id"] for d in docs if d.get("_conflicts")]
     drop_db(couch)
     return {"wall": wall, "rate": k / wall, "doubles": doubles, "claims": total,
             "docs": len(docs), "not_done": not_done, "rewritten_in_db": rewritten,
+            "conflicted": conflicted,
             "gave_up": sum(r["gave_up"] for r in results),
             "done_conflicts": sum(r["done_conflicts"] for r in results),
             "requests": sum_requests(results), "per_worker": [len(r["claimed"]) for r in results]}
 
 
-def bench_create(url: str, count: int) -> dict[str, Any]:
+def bench_create(target: Target, count: int) -> dict[str, Any]:
     specs = [tk.ExposureSpec(exposure=f"e{i:06d}") for i in range(count)]
-    bulk = Couch(CouchDBConfig(url=url, db="create_bulk"))
+    bulk = Couch(target.config("create_bulk"))
     bulk.create_db()
     t = time.monotonic()
     report = Pool(bulk).create(NIGHT, specs)
     bulk_s = time.monotonic() - t
     if len(report.created) != count:
         raise RuntimeError(f"bulk create: {len(report.created)} of {count} created")
-    one = Couch(CouchDBConfig(url=url, db="create_put"))
+    one = Couch(target.config("create_put"))
     one.create_db()
     t = time.monotonic()
     now = time.time()
@@ -315,44 +431,57 @@ def breakdown(req: Counter[str]) -> str:
     return " ".join(f"{k}={req[k]}" for k in keys)
 
 
-def print_report(facts: str, k: int, rows: list[tuple[int, dict, dict]],
-                 create: dict | None) -> None:
+Row = tuple[int, dict, "dict | None", dict]  # workers, ours, ours without the write check, picas
+
+
+def print_report(facts: str, k: int, runs: dict[str, list[Row]], create: dict | None) -> None:
     print()
     print(facts)
     print()
-    print(f"Claim throughput: {k} no-op tokens per run, N worker processes, "
-          "claim -> done until empty")
-    head = (f"{'workers':>7} | {'ours tok/s':>10} | {'ours double claims':>18} | "
-            f"{'picas tok/s':>11} | {'picas double claims':>19}")
+    print(f"Claim throughput: {k} no-op tokens per run, N worker processes, claim -> done "
+          "until empty; 'runs twice' = tokens two workers both went ahead with")
+    head = (f"{'server':>8} | {'N':>2} | {'ours tok/s':>10} | {'ours runs twice':>15} | "
+            f"{'no check tok/s':>14} | {'picas tok/s':>11} | {'picas runs twice':>16}")
     print(head)
     print("-" * len(head))
-    for n, o, p in rows:
-        print(f"{n:>7} | {o['rate']:>10.1f} | {len(o['doubles']):>18} | "
-              f"{p['rate']:>11.1f} | {len(p['doubles']):>19}")
+    for server, rows in runs.items():
+        for n, o, u, p in rows:
+            unchecked = f"{u['rate']:>14.1f}" if u else f"{'-':>14}"
+            print(f"{server:>8} | {n:>2} | {o['rate']:>10.1f} | {len(o['doubles']):>15} | "
+                  f"{unchecked} | {p['rate']:>11.1f} | {len(p['doubles']):>16}")
     print()
-    print("Per claimed token (HTTP requests incl. the done-save; 409 = lost a race):")
-    for n, o, p in rows:
-        print(f"  N={n}: ours {per_token(o['requests'], k)}   picas {per_token(p['requests'], k)}")
+    print("Per claimed token (HTTP requests incl. the done-save; 409 = lost a race); "
+          "'no check' = ours without validate_doc_update:")
+    for server, rows in runs.items():
+        for n, o, u, p in rows:
+            extra = f"   no check {per_token(u['requests'], k)}" if u else ""
+            print(f"  {server} N={n}: ours {per_token(o['requests'], k)}{extra}   "
+                  f"picas {per_token(p['requests'], k)}")
     print()
     print("Details:")
-    for n, o, p in rows:
-        print(f"  N={n} ours : wall {o['wall']:.2f}s, {o['claims']} claims, per worker "
-              f"{o['per_worker']}, tokens not done {len(o['not_done'])}/{o['docs']}, "
-              f"tokens claimed != once (history) {len(o['reclaimed_in_db'])}; "
-              f"{breakdown(o['requests'])}")
-        print(f"  N={n} picas: wall {p['wall']:.2f}s, {p['claims']} claims, per worker "
-              f"{p['per_worker']}, tasks not done {len(p['not_done'])}/{p['docs']}, "
-              f"rev > 3 (locked again) {len(p['rewritten_in_db'])}, "
-              f"'Unable to claim task' {p['gave_up']}, done-save 409 {p['done_conflicts']}; "
-              f"{breakdown(p['requests'])}")
-        if o["doubles"]:
-            print(f"  N={n} OURS DOUBLE CLAIMS: {o['doubles'][:20]}")
-        if p["doubles"]:
-            print(f"  N={n} picas double-claimed ids (first 10): {p['doubles'][:10]}")
+    for server, rows in runs.items():
+        for n, o, u, p in rows:
+            for tag, r in (("ours", o), ("ours, no check", u)):
+                if r is None:
+                    continue
+                print(f"  {server} N={n} {tag}: wall {r['wall']:.2f}s, {r['claims']} claims, "
+                      f"per worker {r['per_worker']}, tokens not done {len(r['not_done'])}/"
+                      f"{r['docs']}, conflicted left {len(r['conflicted'])}; "
+                      f"{breakdown(r['requests'])}"
+                      + (f"; claims {dict(sorted(r['protocol'].items()))}" if r["protocol"] else ""))
+                if r["doubles"]:
+                    print(f"  {server} N={n} OURS RAN TWICE: {r['doubles'][:20]}")
+            print(f"  {server} N={n} picas: wall {p['wall']:.2f}s, {p['claims']} claims, per "
+                  f"worker {p['per_worker']}, tasks not done {len(p['not_done'])}/{p['docs']}, "
+                  f"rev > 3 (locked again) {len(p['rewritten_in_db'])}, conflicted left "
+                  f"{len(p['conflicted'])}, 'Unable to claim task' {p['gave_up']}, done-save 409 "
+                  f"{p['done_conflicts']}; {breakdown(p['requests'])}")
+            if p["doubles"]:
+                print(f"  {server} N={n} picas double-claimed ids (first 10): {p['doubles'][:10]}")
     if create:
         c = create["count"]
         print()
-        print(f"Token creation: {c} tokens on a fresh database")
+        print(f"Token creation: {c} tokens on a fresh database ({create['server']})")
         print(f"  bulk (Pool.create, _bulk_docs in batches) {create['bulk_s']:8.2f} s "
               f"{c / create['bulk_s']:9.1f} docs/s")
         print(f"  one PUT per document (Couch.put)          {create['put_s']:8.2f} s "
@@ -362,7 +491,10 @@ def print_report(facts: str, k: int, rows: list[tuple[int, dict, dict]],
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="Claim throughput (GRID_XFER vs PiCaS 1.1.2) "
-                                 "and token creation, on an embedded pouchdb-server.")
+                                 "and token creation, on pouchdb-server and Apache CouchDB 3.")
+    ap.add_argument("--server", default="pouchdb",
+                    help="comma-separated: pouchdb (embedded), couchdb (CouchDB 3, one node), "
+                    "cluster (CouchDB 3, three nodes); side by side in one run (default pouchdb)")
     ap.add_argument("--tokens", type=int, help="tokens per claim run (default 5000)")
     ap.add_argument("--workers", help="comma-separated worker counts (default 1,2,4,8)")
     ap.add_argument("--create-tokens", type=int,
@@ -385,6 +517,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         ap.error("--workers must be comma-separated integers, e.g. 1,2,4,8")
     if not args.worker_counts or min(args.worker_counts) < 1 or args.tokens < 1:
         ap.error("need at least one worker count >= 1 and --tokens >= 1")
+    args.servers = [x.strip() for x in args.server.split(",") if x.strip()]
+    if not args.servers or set(args.servers) - {"pouchdb", "couchdb", "cluster"}:
+        ap.error("--server takes pouchdb, couchdb and/or cluster")
     return args
 
 
@@ -395,47 +530,47 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     picas_python, picas_version = find_picas_python(args.picas_python)
     tmp = Path(tempfile.mkdtemp(prefix="gridxfer-bench-"))
-    port = free_port()
-    server = EmbeddedServer(ServerConfig(host="127.0.0.1", port=port,
-                                         data_dir=tmp / "couchdb", start_timeout=60))
-    rows: list[tuple[int, dict, dict]] = []
+    servers = Servers(tmp)
+    runs: dict[str, list[Row]] = {}
     create = None
     critical = False
     try:
-        state, _ = server.start()
-        say(f"pouchdb-server pid {state.pid} on {server.url}, data in {tmp / 'couchdb'}")
-        info = Couch(CouchDBConfig(url=server.url, db="unused")).server_info()
         facts = (f"machine: nproc {os.cpu_count()}, python {platform.python_version()} "
-                 f"({platform.system()} {platform.release()}), pouchdb-server "
-                 f"{info.get('version', '?')} (LevelDB on disk), picas {picas_version} "
+                 f"({platform.system()} {platform.release()}), picas {picas_version} "
                  f"({picas_python})")
-        say(facts)
         workdir = tmp / "results"
         workdir.mkdir()
-        for n in args.worker_counts:
-            say(f"N={n}: ours ({args.tokens} tokens) ...")
-            o = bench_ours(server.url, n, args.tokens, workdir)
-            say(f"N={n}: ours {o['rate']:.1f} tok/s, double claims {len(o['doubles'])}; "
-                "picas ...")
-            p = bench_picas(server.url, n, args.tokens, workdir, picas_python)
-            say(f"N={n}: picas {p['rate']:.1f} tok/s, double claims {len(p['doubles'])}")
-            rows.append((n, o, p))
-            if o["doubles"] or o["not_done"] or o["reclaimed_in_db"]:
-                critical = True
-        if args.create_tokens > 0:
-            say(f"token creation: {args.create_tokens} bulk vs one PUT each ...")
-            create = bench_create(server.url, args.create_tokens)
-        print_report(facts, args.tokens, rows, create)
+        for kind in args.servers:
+            target = servers.start(kind)
+            info = Couch(target.config("unused")).server_info()
+            facts += f"\n{kind}: {', '.join(target.urls)} ({info.get('version', '?')})"
+            rows: list[Row] = runs.setdefault(kind, [])
+            for n in args.worker_counts:
+                say(f"{kind} N={n}: ours ({args.tokens} tokens) ...")
+                o = bench_ours(target, n, args.tokens, workdir)
+                u = bench_ours(target, n, args.tokens, workdir, validate=False) \
+                    if kind != "pouchdb" else None
+                say(f"{kind} N={n}: ours {o['rate']:.1f} tok/s, ran twice {len(o['doubles'])}; "
+                    "picas ...")
+                p = bench_picas(target, n, args.tokens, workdir, picas_python)
+                say(f"{kind} N={n}: picas {p['rate']:.1f} tok/s, ran twice {len(p['doubles'])}")
+                rows.append((n, o, u, p))
+                if any(r and (r["doubles"] or r["not_done"]) for r in (o, u)):
+                    critical = True
+            if args.create_tokens > 0 and create is None:
+                say(f"token creation on {kind}: {args.create_tokens} bulk vs one PUT each ...")
+                create = {**bench_create(target, args.create_tokens), "server": kind}
+        say(facts)
+        print_report(facts, args.tokens, runs, create)
     finally:
-        server.stop()
-        say(f"pouchdb-server stopped")
+        servers.stop_all()
+        say("servers stopped")
         if args.keep:
             say(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     if critical:
-        print("\nCRITICAL: a GRID_XFER token was claimed twice or did not end done "
-              "(see Details).")
+        print("\nCRITICAL: a GRID_XFER token ran twice or did not end done (see Details).")
         return 1
     return 0
 
