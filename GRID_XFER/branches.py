@@ -143,23 +143,24 @@ def judge_owner(leaves: list[Leaf], claim_id: str, claim_rev: str, my_rev: str,
         current = max(ours, key=lambda leaf: rank(leaf["_rev"]), default=None)
     if current is None:
         return Verdict("overridden")
-    dropped = set(dropped)
-    for leaf in leaves:
+    if deleted_under(leaves, claim_rev, dropped):
+        return Verdict("overridden", current=current)
+    for leaf in alive:
         if leaf is current:
             continue
-        if not descends(leaf, claim_rev):
-            if final(leaf) and not leaf.get("_deleted"):
-                return Verdict("overridden", current=current)
-            continue
-        if leaf.get("_deleted"):
-            parent = path(leaf)[1:2]
-            if parent and parent[0] in dropped:
-                continue
-            return Verdict("overridden", current=current)
-        if leaf.get("claim") != claim_id:
+        mine = descends(leaf, claim_rev)
+        if (mine and leaf.get("claim") != claim_id) or (not mine and final(leaf)):
             return Verdict("overridden", current=current)
     garbage = [leaf["_rev"] for leaf in alive if leaf is not current]
     return Verdict("own", garbage, current=current)
+
+
+def deleted_under(leaves: list[Leaf], claim_rev: str, dropped: Iterable[str] = ()) -> bool:
+    """Someone deleted the token under a claim: a tombstone on the claim's branch
+    whose parent is not one the owner deleted itself (``dropped``)."""
+    dropped = set(dropped)
+    return any(leaf.get("_deleted") and descends(leaf, claim_rev)
+               and path(leaf)[1:2] != [] and path(leaf)[1] not in dropped for leaf in leaves)
 
 
 def judge_conflict(leaves: list[Leaf], now: float) -> Verdict:

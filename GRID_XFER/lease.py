@@ -88,17 +88,19 @@ class Lease:
     def abandon(self) -> None:
         """After losing the token (its task stopped): take our branch out of the way.
 
-        The branch that took the token from us stays, so the token stays.
+        The branch that took the token from us stays, so the token stays; if that
+        was a deletion (`tokens delete`), ours goes too, as the person meant.
         """
         if not self._couch.replicated:
             return
         try:
-            leaves = branches.live(self._couch.leaves(self.id))
+            leaves = self._couch.leaves(self.id)
         except GridXferError as exc:
             log.warning("could not look at %s after losing it: %s", self.id, exc)
             return
-        ours = [leaf for leaf in leaves if leaf.get("claim") == self.claim_id]
-        if len(leaves) > len(ours):
+        alive = branches.live(leaves)
+        ours = [leaf for leaf in alive if leaf.get("claim") == self.claim_id]
+        if len(alive) > len(ours) or branches.deleted_under(leaves, self.claim_rev, self._dropped):
             for leaf in ours:
                 self._delete(leaf["_rev"])
 
@@ -120,14 +122,7 @@ class Lease:
                 try:
                     write = self._couch.put(doc)
                 except Conflict:
-                    current = self._couch.get_or_none(self.id)
-                    if current is None:
-                        raise LeaseLost(f"token {self.id} was deleted") from None
-                    free = finishing and current.get("state") == "todo"
-                    if not (self._ours(current) or free):
-                        raise LeaseLost(f"token {self.id} is no longer ours "
-                                        f"(now {current.get('state')})") from None
-                    doc = adopt(current)
+                    doc = self._current_for(finishing)
                     change(doc)
                     self._attach_pending(doc)
                     continue
@@ -136,6 +131,38 @@ class Lease:
                     self._check_accepted(write.rev)
                 return
             raise LeaseLost(f"token {self.id}: too many concurrent updates")
+
+    def _current_for(self, finishing: bool) -> dict[str, Any]:
+        """After a 409: the revision to apply our change to, or LeaseLost.
+
+        Ours if the token is still ours; for a result (done, fail), also a todo
+        the reaper made of it that nobody claimed since: the work is done, keep it.
+        """
+        if not self._couch.replicated:
+            current = self._couch.get_or_none(self.id)
+            if current is None:
+                raise LeaseLost(f"token {self.id} was deleted") from None
+            free = finishing and current.get("state") == "todo"
+            if not (self._ours(current) or free):
+                raise LeaseLost(f"token {self.id} is no longer ours "
+                                f"(now {current.get('state')})") from None
+            return adopt(current)
+        leaves = self._couch.leaves(self.id)
+        verdict = branches.judge_owner(leaves, self.claim_id, self.claim_rev, self.doc["_rev"],
+                                       self._dropped)
+        if verdict.outcome == "own" and verdict.current is not None:
+            for rev in verdict.delete:
+                self._delete(rev)
+            return adopt(verdict.current)
+        alive = branches.live(leaves)
+        ours = [leaf for leaf in alive if leaf.get("claim") == self.claim_id]
+        freed = [leaf for leaf in alive if leaf.get("state") == "todo" and not leaf.get("claim")
+                 and branches.descends(leaf, self.claim_rev)]
+        if finishing and freed and len(ours) + len(freed) == len(alive):
+            for leaf in ours:
+                self._delete(leaf["_rev"])
+            return adopt(max(freed, key=lambda leaf: branches.rank(leaf["_rev"])))
+        raise LeaseLost(f"token {self.id} is no longer ours (changed by someone else)")
 
     def _check_accepted(self, rev: str) -> None:
         """A save only some copies took: did someone else write from the same revision?"""

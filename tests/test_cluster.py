@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from GRID_XFER.errors import LeaseLost
 from GRID_XFER.token import parse_spec
 from tests.conftest import Database, cli_env, gridxfer, make_database, spawn_worker, wait_for
 from tests.plugins.couchdb import CouchDB3
@@ -187,3 +188,24 @@ def test_a_conflicted_token_is_listed_and_settled_as_the_branch_that_is_the_toke
     report = json.loads(gridxfer("status", NIGHT, "--json", config=cluster_db.config_file,
                                  check=True).stdout)
     assert report["settled"] and report["nights"][0]["states"]["done"] == 1
+
+
+def test_an_owner_on_a_cluster_lets_a_reset_or_a_delete_take_its_token(cluster_db: Database) -> None:
+    pool = cluster_db.pool(lease=60)
+    pool.create(NIGHT, [parse_spec("a"), parse_spec("b")])
+    first = pool.claim(NIGHT)
+    assert first is not None
+    assert pool.reset(NIGHT, ["locked"], force=True) == [first.id]
+    with pytest.raises(LeaseLost):
+        first.heartbeat()
+    first.abandon()
+    assert pool.get(first.id)["state"] == "todo" and _conflicted(cluster_db) == []
+
+    second = pool.claim(NIGHT)
+    assert second is not None
+    doc = cluster_db.couch.get(second.id)
+    cluster_db.couch.delete(second.id, doc["_rev"])  # `tokens delete` while it is held
+    with pytest.raises(LeaseLost):
+        second.heartbeat()
+    second.abandon()
+    assert cluster_db.couch.get_or_none(second.id) is None
