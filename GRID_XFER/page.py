@@ -41,7 +41,8 @@ class PageServer:
     @property
     def url(self) -> str:
         host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}{self.base}status.html"
+        name = host.decode() if isinstance(host, bytes) else host
+        return f"http://{name}:{port}{self.base}status.html"
 
     def start(self) -> str:
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="status-page",

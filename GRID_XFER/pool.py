@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-import threading
 import time
 import uuid
 from collections import Counter
@@ -21,7 +20,7 @@ from typing import Any
 from GRID_XFER import branches
 from GRID_XFER import token as tk
 from GRID_XFER.couch import Couch, chunked
-from GRID_XFER.errors import Code, Conflict, GridXferError, InvalidToken, NotFound
+from GRID_XFER.errors import Code, Conflict, InvalidToken, NotFound
 from GRID_XFER.lease import Lease, adopt
 from GRID_XFER.views import DDOC
 
@@ -319,7 +318,7 @@ class Pool:
         Only a cluster makes conflicts (docs/tokens.md); CouchDB's winner stays,
         other branches are deleted by :func:`branches.judge_conflict`'s rule.
         """
-        span = {} if night is None else {"startkey": [night], "endkey": [night, {}]}
+        span: dict[str, Any] = {} if night is None else {"startkey": [night], "endkey": [night, {}]}
         rows = self.couch.view(DDOC, "conflicts", **span)["rows"]
         swept = []
         for doc_id in sorted({r["id"] for r in rows}):
@@ -336,7 +335,7 @@ class Pool:
         """Staging tokens a lease past their deadline: no poller ran (no transfer
         workers left, no `stage --poll`), so time them out here (23) rather than
         let them wait forever; pollers normally do this first, and abort the request."""
-        span = {} if night is None else {"startkey": [night], "endkey": [night, {}]}
+        span: dict[str, Any] = {} if night is None else {"startkey": [night], "endkey": [night, {}]}
         rows = self.couch.view(DDOC, "staging", include_docs=True, **span)["rows"]
         out = []
         for r in rows:

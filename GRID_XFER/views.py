@@ -102,7 +102,8 @@ def _changed_files(current: dict[str, Any] | None,
     changed = []
     for name, (data, ctype) in files.items():
         stub, want = stored.get(name), _md5(data)
-        mine = recorded.get(name) if isinstance(recorded.get(name), dict) else {}
+        entry = recorded.get(name)
+        mine: dict[str, Any] = entry if isinstance(entry, dict) else {}
         same = stub is not None and stub.get("content_type") == ctype and (
             stub.get("digest") == want
             or (mine.get("md5") == want and mine.get("revpos") == stub.get("revpos")))

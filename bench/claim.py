@@ -331,7 +331,7 @@ def bench_ours(target: Target, n: int, k: int, workdir: Path, *,
     couch.create_db()
     views.install(couch)
     if not validate:  # the same pool without the design document's write check
-        for attempt in range(20):
+        for _ in range(20):
             ddoc = couch.get(f"_design/{views.DDOC}")
             ddoc.pop("validate_doc_update", None)
             try:
