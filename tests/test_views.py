@@ -103,7 +103,7 @@ def test_init_on_a_fresh_cluster_database_works_the_first_time(couchdb_cluster: 
         assert couch.get_attachment("_design/gridxfer", "status.css") == files["status.css"][0]
 
 
-def _as_member(couchdb3: CouchDB3, db: Database, tmp_path: Path, name: str) -> Path:
+def _as_member(db: Database, tmp_path: Path, name: str) -> Path:
     """A CouchDB user with the role `gridxfer`, and a config file that logs in as it."""
     password = "member-" + uuid.uuid4().hex
     users = Couch(db.cfg.model_copy(update={"db": "_users"}))
@@ -122,7 +122,7 @@ def _as_member(couchdb3: CouchDB3, db: Database, tmp_path: Path, name: str) -> P
 
 def test_workers_and_status_need_only_member_rights(couchdb3: CouchDB3, tmp_path: Path) -> None:
     db = make_database(couchdb3.url, tmp_path, couchdb3)
-    member = _as_member(couchdb3, db, tmp_path, f"worker{uuid.uuid4().hex[:6]}")
+    member = _as_member(db, tmp_path, f"worker{uuid.uuid4().hex[:6]}")
     # CouchDB 3 makes a new database admin-only: a member is turned away until init says so.
     refused = gridxfer("status", "--json", config=member)
     assert refused.returncode == 4 and "not authorised" in refused.stderr
