@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from GRID_XFER.errors import Code
+from GRID_XFER.pool import PoolSettings
 from tests.conftest import Database, gridxfer, make_database, spawn_worker, wait_for
 from tests.nightgen import flip_byte, make_night, manifest_name, tree, write_exposure
 from tests.plugins.xrootd import XRootDServer
@@ -412,8 +413,9 @@ def test_sigkilled_worker_leaves_no_final_file_and_reaped_token_completes(
     doc = db.pool().get(f"{NIGHT}_big")
     assert doc["state"] == "locked" and doc["attempts"] == 1
 
-    wait_for(lambda: db.pool().get(f"{NIGHT}_big")["lease_expires"] < time.time(), timeout=30,
-             every=0.2)
+    grace = PoolSettings(lease=3).grace  # the reaper leaves clocks this much slack
+    wait_for(lambda: db.pool().get(f"{NIGHT}_big")["lease_expires"] + grace < time.time(),
+             timeout=30, every=0.2)
     reaped = gridxfer("tokens", "reap", "--json", config=cfg, check=True)
     assert json.loads(reaped.stdout)["reaped"] == [f"{NIGHT}_big"]
     doc = db.pool().get(f"{NIGHT}_big")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from GRID_XFER.errors import Code
+from GRID_XFER.pool import PoolSettings
 from GRID_XFER.token import parse_spec
 from GRID_XFER.worker import batch_job_id
 from tests.conftest import Database, wait_for, cli_env, free_port, gridxfer, make_database, spawn_worker, \
@@ -55,6 +56,9 @@ def test_sigkilled_worker_token_is_reaped_and_completed_then_errors_90(
     fast_cfg = tmp_path / "fast.yaml"
     fast_cfg.write_text(slow.read_text().replace("sleep 30", recording_command(out)))
 
+    # The lease (1.5 s) and the reaper's clock grace have passed.
+    expired = 1.5 + PoolSettings(lease=1.5).grace + 0.2
+
     def kill_while_holding() -> None:
         w = spawn_worker(slow, "--night", "n1")
         wait_for(lambda: db.pool().get("n1_only")["state"] == "locked", timeout=30)
@@ -63,7 +67,7 @@ def test_sigkilled_worker_token_is_reaped_and_completed_then_errors_90(
 
     kill_while_holding()
     assert db.pool().get("n1_only")["state"] == "locked"
-    time.sleep(1.6)
+    time.sleep(expired)
     reap = gridxfer("tokens", "reap", "--json", config=slow, check=True)
     assert "n1_only" in reap.stdout
     doc = db.pool().get("n1_only")
@@ -79,7 +83,7 @@ def test_sigkilled_worker_token_is_reaped_and_completed_then_errors_90(
     gridxfer("tokens", "reset", "n1", "--state", "done", config=slow, check=True)
     for _ in range(2):
         kill_while_holding()
-        time.sleep(1.6)
+        time.sleep(expired)
         gridxfer("tokens", "reap", config=slow, check=True)
     doc = db.pool().get("n1_only")
     assert doc["state"] == "error" and doc["output"] == 90 and doc["attempts"] == 2
