@@ -29,6 +29,10 @@ from GRID_XFER.errors import (Conflict, DatabaseError, DatabaseUnavailable, NotF
 
 log = logging.getLogger(__name__)
 
+# A coordinator that went away: refused, timed out, or cut off in mid-answer (a node
+# killed while it was sending).
+_BROKEN = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+           requests.exceptions.ContentDecodingError)
 # Status codes that mean "the server is struggling, try again".
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -140,7 +144,7 @@ class Couch:
             problem: str
             try:
                 resp = self._session(base).request(method, url, **kwargs)
-            except (requests.ConnectionError, requests.Timeout) as exc:
+            except _BROKEN as exc:
                 self._reset_session(base)
                 problem = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
                 if isinstance(exc, requests.Timeout):

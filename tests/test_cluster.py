@@ -38,8 +38,12 @@ def _workers(db: Database, n: int, record: Path, *extra: str,
     cfg = db.write_config(worker={"command": _record_command(record), "lease_seconds": lease,
                                   "idle_sleep": 0.5, "outage_seconds": 120},
                           couchdb={"timeout": 10})
-    return [spawn_worker(cfg, "--night", NIGHT, "--idle-exit", *extra,
-                         stderr=subprocess.DEVNULL, env=cli_env(cfg)) for _ in range(n)]
+    procs = []
+    for i in range(n):
+        with open(db.tmp / f"worker-{i}.log", "w") as log:  # kept for a failure's message
+            procs.append(spawn_worker(cfg, "--night", NIGHT, "--idle-exit", *extra,
+                                      stderr=log, env=cli_env(cfg)))
+    return procs
 
 
 def _done(db: Database) -> int:
@@ -48,9 +52,11 @@ def _done(db: Database) -> int:
 
 def _finish(db: Database, procs: list[subprocess.Popen[str]], timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
-    for p in procs:
+    for i, p in enumerate(procs):
         p.wait(timeout=max(1, deadline - time.monotonic()))
-        assert p.returncode == 0, f"worker exited {p.returncode}"
+        log = db.tmp / f"worker-{i}.log"
+        tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+        assert p.returncode == 0, f"worker {i} exited {p.returncode}:\n{tail}"
 
 
 def _conflicted(db: Database) -> list[str]:
