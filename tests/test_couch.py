@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 from pathlib import Path
 
 from GRID_XFER.couch import Couch
@@ -54,3 +55,34 @@ def test_a_worker_whose_node_dies_moves_on_and_keeps_its_lease(couchdb_cluster: 
         couchdb_cluster.node_start(3)
     doc = pool.get("n1_a")
     assert doc["state"] == "done" and doc["attempts"] == 1
+
+
+def test_a_coordinator_cut_off_in_mid_answer_is_failed_over_from(db: Database) -> None:
+    """A node killed while it sends: the answer breaks off inside a chunk. Here a
+    socket that does exactly that stands in for the dying node (the real one is
+    in test_cluster's node-kill test, where timing decides whether it happens)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+
+    def cut_off() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n400\r\n{\"rows\": [")
+            conn.close()
+
+    threading.Thread(target=cut_off, daemon=True).start()
+    dying = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        cfg = db.cfg.model_copy(update={"url": [dying, db.cfg.primary], "retries": 0})
+        couch = Couch(cfg, outage_seconds=600)
+        couch._current = 0
+        assert couch.all_docs(limit=1) is not None
+        assert couch.url == db.cfg.primary and couch.recovered_at is None
+    finally:
+        listener.close()
