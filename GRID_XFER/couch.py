@@ -306,6 +306,20 @@ class Couch:
                                 body={"keys": keys}).json()["rows"]
         return self.request("GET", "_all_docs", params=params or None).json()["rows"]
 
+    def iter_ids(self, prefix: str, *, page: int = 1000) -> Iterator[str]:
+        """Ids of the documents whose id starts with ``prefix``, paged by id.
+
+        Unlike a view row, a document id does not move when the document
+        changes, so pages read from different copies of a cluster still add up.
+        """
+        params: dict[str, Any] = {"startkey": prefix, "endkey": prefix + "\ufff0", "limit": page}
+        while True:
+            rows = self.all_docs(**params)
+            yield from (r["id"] for r in rows)
+            if len(rows) < page:
+                return
+            params.update(startkey=rows[-1]["id"], skip=1)
+
     def view(self, ddoc: str, name: str, *, keys: list[Any] | None = None,
              **params: Any) -> dict[str, Any]:
         path = f"_design/{quote(ddoc, safe='')}/_view/{quote(name, safe='')}"

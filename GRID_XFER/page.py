@@ -139,8 +139,9 @@ def snapshot(couch: Couch, *, now: float | None = None) -> str:
             + "</section>")
     head = "".join(f"<th>{s}</th>" for s in STATES)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(report.generated))
-    unsettled = (f'<p class="problem">not settled: {report.unsettled} open token(s) moved on '
-                 "while the cluster's view copies caught up</p>" if report.unsettled else "")
+    unsettled = (f'<p class="problem">not settled: the open counts are off by {report.unsettled} '
+                 "from what a quorum of the cluster's copies says; they are catching up</p>"
+                 if report.unsettled else "")
     body = (f'<table id="nights"><thead><tr><th>night</th>{head}<th>bytes done / total</th>'
             f"<th>rate</th><th>ETA</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
             if rows else '<p id="no-nights">no tokens yet</p>')

@@ -204,18 +204,17 @@ class Pool:
         """Todo tokens a quorum read finds claimable, for a worker about to go idle.
 
         On a cluster the todo view answers from one copy per shard range, which can
-        lag: a token released or retried a moment ago may be missing there. The
-        view still lists it (as todo or locked) on some copy; its current state
-        comes from the copies' quorum. These become the next claim candidates.
+        lag: a token released or retried a moment ago may be missing there. So the
+        night's tokens (every night with open tokens, without one) are read from a
+        quorum of copies, and the claimable ones become the next claim candidates.
         """
-        nights = [night] if night is not None else sorted(self.counts())
-        ids: list[str] = []
-        for n in nights:
-            for state in ("todo", "locked"):
-                ids += [r["id"] for r in self.couch.iter_view(
-                    DDOC, "by_state", reduce=False, startkey=[n, state], endkey=[n, state, {}])]
+        nights = [night] if night is not None else sorted(
+            n for n, states in self.counts().items()
+            if any(states.get(s, {}).get("count") for s in ("todo", "locked", "staging")))
         now = self.clock()
-        found = [d for d in self.couch.docs(ids).values() if d and d.get("state") in tk.CLAIMABLE
+        found = [d for n in nights for d in current_tokens(
+                     self.couch, list(self.couch.iter_ids(tk.token_id(n, ""))), now).values()
+                 if d.get("token_set") == n and d.get("state") in tk.CLAIMABLE
                  and d.get("not_before", 0) <= now]
         if found:
             self._candidates, self._candidates_night = found, night
@@ -353,20 +352,24 @@ class Pool:
                codes: Iterable[int] | None = None) -> list[dict[str, Any]]:
         """The night's token documents, optionally filtered by state and error code.
 
-        On a cluster the view (one copy per shard range, possibly behind) only
-        says which tokens the night has; their states come from a quorum read.
+        On a cluster a view answers from one copy per shard range, and pages of it
+        read from copies at different points can skip a token that moved between
+        states; so there the night's ids are listed from ``_all_docs`` (ids are
+        ``<night>_<exposure>`` and never move) and the documents read from a quorum.
         """
         wanted = set(states) if states else set(tk.STATES)
         code_set = {int(c) for c in codes} if codes else None
-        replicated = self.couch.replicated
-        docs: list[dict[str, Any]] = []
-        for state in tk.STATES if replicated else sorted(wanted, key=tk.STATES.index):
-            for row in self.couch.iter_view(DDOC, "by_state", reduce=False,
-                                            include_docs=not replicated,
-                                            startkey=[night, state], endkey=[night, state, {}]):
-                docs.append(row.get("doc") or {"_id": row["id"]})
-        if replicated:  # copies can list a token under two states: one read each
-            docs = list(current_tokens(self.couch, [d["_id"] for d in docs], self.clock()).values())
+        if self.couch.replicated:
+            ids = list(self.couch.iter_ids(tk.token_id(night, "")))
+            docs = sorted((d for d in current_tokens(self.couch, ids, self.clock()).values()
+                           if d.get("type") == tk.TOKEN_TYPE and d.get("token_set") == night
+                           and d.get("state") in tk.STATES),
+                          key=lambda d: (tk.STATES.index(d["state"]), d["_id"]))
+        else:
+            docs = [row["doc"] for state in sorted(wanted, key=tk.STATES.index)
+                    for row in self.couch.iter_view(DDOC, "by_state", reduce=False,
+                                                    include_docs=True, startkey=[night, state],
+                                                    endkey=[night, state, {}]) if row.get("doc")]
         return [d for d in docs if d.get("state") in wanted
                 and (code_set is None or (d.get("error") or {}).get("code") in code_set)]
 

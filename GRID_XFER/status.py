@@ -42,7 +42,7 @@ CACHE_VERSION = 1
 CHANGES_LIMIT = 20000  # more changes than this since the cache: recount everything
 HELD_STATES = ("locked", "staging", "archiving")
 # On a cluster: how often and how far apart the open tokens are checked against a
-# quorum read before a report says its counts are not settled, and how many.
+# quorum read before a report says its counts are not settled, and at most how many.
 SETTLE_TRIES = 4
 SETTLE_WAIT = 1.0
 VERIFY_MAX = 5000
@@ -170,8 +170,8 @@ class StatusReport:
     generated: float
     window: float
     nights: list[NightStatus]
-    # On a cluster: how many open tokens a quorum read found in another state than
-    # the views said (0: the counts are settled; see gather).
+    # On a cluster: by how much the open counts differ from a quorum read of the
+    # tokens (0: the counts are settled; see gather).
     unsettled: int = 0
 
     def night(self, name: str) -> NightStatus:
@@ -215,18 +215,30 @@ def gather(couch: Couch, night: str | None = None, *, now: float | None = None,
 
 
 def _unsettled(couch: Couch, report: StatusReport) -> int:
-    """Open tokens whose state a quorum read does not confirm (at most VERIFY_MAX looked at)."""
-    listed: dict[str, str] = {}
+    """How far the open counts are from what a quorum of copies says (0: settled).
+
+    The tokens the views list in an open state (at most VERIFY_MAX) are read from
+    a quorum; per night and open state, the count the report gives is compared
+    with the number of them that really are in that state. A stale count, or a
+    token the listing missed, shows as a difference.
+    """
+    listed: set[str] = set()
+    checked: set[tuple[str, str]] = set()  # (night, state) counts small enough to check
     for ns in report.nights:
         for state in OPEN_STATES:
-            if not ns.states.get(state) or len(listed) >= VERIFY_MAX:
-                continue
-            for row in couch.iter_view(DDOC, "by_state", reduce=False,
-                                       startkey=[ns.night, state], endkey=[ns.night, state, {}]):
-                listed[row["id"]] = state
-    ids = list(listed)[:VERIFY_MAX]
-    current = current_tokens(couch, ids, time.time()) if ids else {}
-    return sum(1 for i in ids if current.get(i, {}).get("state") != listed[i])
+            count = ns.states.get(state, 0)
+            if count and len(listed) + count > VERIFY_MAX:
+                continue  # a night in full swing: its counts move anyway
+            checked.add((ns.night, state))
+            listed.update(row["id"] for row in couch.iter_view(
+                DDOC, "by_state", reduce=False, startkey=[ns.night, state],
+                endkey=[ns.night, state, {}]))
+    truth: dict[tuple[str, str], int] = {}
+    for doc in (current_tokens(couch, sorted(listed), time.time()) if listed else {}).values():
+        key = (doc.get("token_set", ""), doc.get("state", ""))
+        truth[key] = truth.get(key, 0) + 1
+    return sum(abs(ns.states.get(state, 0) - truth.get((ns.night, state), 0))
+               for ns in report.nights for state in OPEN_STATES if (ns.night, state) in checked)
 
 
 def _gather(couch: Couch, night: str | None, *, now: float | None,
@@ -463,8 +475,8 @@ def render(report: StatusReport, *, bars: bool = False, limit: int | None = None
     if len(report.nights) == 1 and report.nights[0].error_codes is not None:
         parts.append(night_detail(report.nights[0], report.generated))
     if report.unsettled:
-        parts.append(Text(f"not settled: {report.unsettled} open token(s) have moved on since "
-                          "the cluster's view copies were read; the counts are catching up",
+        parts.append(Text(f"not settled: the open counts are off by {report.unsettled} from "
+                          "what a quorum of the cluster's copies says; they are catching up",
                           style="bold yellow"))
     if bars:
         stamp = time.strftime("%H:%M:%S", time.localtime(report.generated))
