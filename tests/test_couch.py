@@ -7,7 +7,7 @@ from pathlib import Path
 
 from GRID_XFER.couch import Couch
 from GRID_XFER.token import parse_spec
-from tests.conftest import Database, make_database
+from tests.conftest import Database, make_database, wait_for
 from tests.plugins.couchdb import CouchDB3
 
 
@@ -42,8 +42,8 @@ def test_a_worker_whose_node_dies_moves_on_and_keeps_its_lease(couchdb_cluster: 
     pool.couch.outage_seconds = 600
     assert pool.couch.replicated
     pool.create("n1", [parse_spec("a")])
-    lease = pool.claim("n1")
-    assert lease is not None
+    # A view answers from one copy, which may not have the new token yet: claim when it does.
+    lease = wait_for(lambda: pool.claim("n1"), timeout=30, what="the token in the todo view")
     pool.couch._current = 2  # talking to node 3 ...
     couchdb_cluster.node_kill(3)  # ... which dies
     try:
