@@ -70,7 +70,7 @@ class Pool:
         self.worker = base
         self._candidates: list[dict[str, Any]] = []
         self._candidates_night: str | None = None
-        # How claims went on a cluster (201, 202, lost, gave up, strays): for tests and benchmarks.
+        # How claims went on a cluster (201, 202, 409, lost, gave up): for tests and benchmarks.
         self.stats: Counter[str] = Counter()
 
     # -- creating ----------------------------------------------------------
@@ -212,15 +212,14 @@ class Pool:
             n for n, states in self.counts().items()
             if any(states.get(s, {}).get("count") for s in ("todo", "locked", "staging")))
         now = self.clock()
-        found = [d for n in nights for d in current_tokens(
-                     self.couch, list(self.couch.iter_ids(tk.token_id(n, ""))), now).values()
-                 if d.get("token_set") == n and d.get("state") in tk.CLAIMABLE
-                 and d.get("not_before", 0) <= now]
+        found = [d for n in nights for d in self._night_tokens(n)
+                 if d.get("state") in tk.CLAIMABLE and d.get("not_before", 0) <= now]
         if found:
             self._candidates, self._candidates_night = found, night
         return found
 
     def _won_anyway(self, doc: dict[str, Any]) -> bool:
+        # A PUT resent after a lost answer sees its own success as a 409.
         current = self.couch.get_or_none(doc["_id"])
         if current and current.get("claim") == doc["claim"] and current.get("state") == "locked":
             doc.clear()
@@ -314,8 +313,8 @@ class Pool:
     def sweep(self, night: str | None = None) -> list[str]:
         """Settle conflicted tokens that no claimant or owner is settling.
 
-        Only a cluster makes conflicts (docs/tokens.md); CouchDB's winner stays,
-        other branches are deleted by :func:`branches.judge_conflict`'s rule.
+        Only a cluster makes conflicts (docs/tokens.md); the branch that is the
+        token stays and the others go, by :func:`branches.judge_conflict`'s rule.
         """
         span: dict[str, Any] = {} if night is None else {"startkey": [night], "endkey": [night, {}]}
         rows = self.couch.view(DDOC, "conflicts", **span)["rows"]
@@ -360,10 +359,7 @@ class Pool:
         wanted = set(states) if states else set(tk.STATES)
         code_set = {int(c) for c in codes} if codes else None
         if self.couch.replicated:
-            ids = list(self.couch.iter_ids(tk.token_id(night, "")))
-            docs = sorted((d for d in current_tokens(self.couch, ids, self.clock()).values()
-                           if d.get("type") == tk.TOKEN_TYPE and d.get("token_set") == night
-                           and d.get("state") in tk.STATES),
+            docs = sorted((d for d in self._night_tokens(night) if d.get("state") in tk.STATES),
                           key=lambda d: (tk.STATES.index(d["state"]), d["_id"]))
         else:
             docs = [row["doc"] for state in sorted(wanted, key=tk.STATES.index)
@@ -372,6 +368,12 @@ class Pool:
                                                     endkey=[night, state, {}]) if row.get("doc")]
         return [d for d in docs if d.get("state") in wanted
                 and (code_set is None or (d.get("error") or {}).get("code") in code_set)]
+
+    def _night_tokens(self, night: str) -> list[dict[str, Any]]:
+        """A night's tokens by id (``<night>_<exposure>``), as a quorum of copies has them."""
+        ids = list(self.couch.iter_ids(tk.token_id(night, "")))
+        return [d for d in current_tokens(self.couch, ids, self.clock()).values()
+                if d.get("type") == tk.TOKEN_TYPE and d.get("token_set") == night]
 
     def reset(self, night: str, states: Iterable[str] | None = None,
               codes: Iterable[int] | None = None, *, force: bool = False) -> list[str]:
