@@ -18,6 +18,7 @@ import errno as E
 import logging
 import math
 import os
+import queue
 import re
 import stat as _stat
 import threading
@@ -33,6 +34,9 @@ from typing import TypeVar
 # Values already in the environment win.
 os.environ.setdefault("XRD_CONNECTIONRETRY", "1")
 os.environ.setdefault("XRD_CONNECTIONWINDOW", "30")
+# A request to a stalled server (default 1800 s) holds a streaming copy's reader or
+# writer thread that long after the copy itself has been cancelled or timed out.
+os.environ.setdefault("XRD_REQUESTTIMEOUT", "300")
 
 import gfal2  # after the XrdCl settings above
 
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHUNK_SIZE = 4 * 1024 * 1024
+STREAM_CHUNK = 4 * 1024 * 1024  # measured: 4 MiB streams faster than 1 or 8 to XRootD
 _DIR_MODE = 0o755
 
 # --------------------------------------------------------------------------- redaction
@@ -184,6 +189,24 @@ def _classify(errno: int, message: str, *, copy: bool = False) -> tuple[Code, bo
     return Code.TRANSFER_FAILED, False
 
 
+def _write_error(label: str, url: str, exc: gfal2.GError) -> StorageError:
+    """A failure opening or writing the destination of a streamed copy.
+
+    The side is known here, so a destination that cannot be written (no such
+    directory, permission, read-only, a file where a directory should be) is
+    40 whatever the protocol says, and only connection trouble counts as 21.
+    """
+    errno = _errno_of(exc)
+    reason = _one_line(str(exc.message))
+    message = f"{label} failed: {reason} [{_errname(errno)}]"
+    if errno == E.ECANCELED:
+        return Cancelled(message, url=url, errno=errno)
+    code, transient = _classify(errno, reason)
+    if code in (Code.TRANSFER_FAILED, Code.SOURCE_MISSING) and errno not in _TRANSIENT:
+        code = Code.DEST_WRITE_FAILED
+    return StorageError(message, url=url, errno=errno, transient=transient, code=code)
+
+
 def _from_gerror(label: str, url: str, exc: gfal2.GError, *, dst: str | None = None) -> StorageError:
     """StorageError for a failed call described by ``label`` ("stat <url>");
     ``dst`` marks a copy, whose errors may concern the destination instead."""
@@ -252,6 +275,112 @@ class _Operation:
         while not self.done.is_set():
             self.ctx.cancel()
             self.done.wait(self.RECANCEL_INTERVAL)
+
+
+class _Pipe:
+    """The reader and writer threads of :meth:`Storage.stream` and the queues between them."""
+
+    DEPTH = 4  # chunks in flight per queue: enough to keep both ends busy
+    TICK = 0.2  # how often a waiting side looks at cancel and the deadline
+
+    def __init__(self, storage: Storage, src: str, dst: str, label: str, chunk: int) -> None:
+        self.storage, self.src, self.dst, self.label, self.chunk = storage, src, dst, label, chunk
+        self.inbox: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self.outbox: queue.Queue[bytes | None] = queue.Queue(self.DEPTH)
+        self.stop = threading.Event()
+        self.written = threading.Event()
+        self.error: StorageError | None = None
+        self.bytes = 0
+
+    def start(self, op: _Operation) -> None:
+        for target, name in ((self._read, "stream-read"), (self._write, "stream-write")):
+            threading.Thread(target=target, args=(op,), name=name, daemon=True).start()
+
+    def abandon(self) -> None:
+        self.stop.set()
+
+    def _fail(self, err: StorageError) -> None:
+        if self.error is None:
+            self.error = err
+        self.stop.set()
+
+    def _put(self, box: queue.Queue[bytes | None], item: bytes | None) -> bool:
+        while not self.stop.is_set():
+            try:
+                box.put(item, timeout=self.TICK)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self, op: _Operation) -> None:
+        try:
+            handle = op.ctx.open(self.src, "r")
+            while not self.stop.is_set():
+                chunk = handle.read_bytes(self.chunk)
+                if not self._put(self.inbox, chunk or None) or not chunk:
+                    return
+        except gfal2.GError as exc:
+            self._fail(_from_gerror(f"read {redact(self.src)}", self.src, exc))
+
+    def _write(self, op: _Operation) -> None:
+        label = f"write {redact(self.dst)}"
+        try:
+            try:
+                handle = op.ctx.open(self.dst, "w")
+            except gfal2.GError as exc:
+                if _errno_of(exc) != E.ENOENT:
+                    raise
+                parent = self.dst.rstrip("/").rsplit("/", 1)[0]
+                op.ctx.mkdir_rec(parent, _DIR_MODE)  # file:// does not create parents
+                handle = op.ctx.open(self.dst, "w")
+            while True:
+                try:
+                    chunk = self.outbox.get(timeout=self.TICK)
+                except queue.Empty:
+                    if self.stop.is_set():
+                        return
+                    continue
+                if chunk is None:
+                    del handle  # closes: the file plugin flushes here
+                    self.written.set()
+                    return
+                handle.write(chunk)
+        except gfal2.GError as exc:
+            self._fail(_write_error(label, self.dst, exc))
+
+    def _check(self, op: _Operation, deadline: float, timeout: float) -> None:
+        if op.cancelled.is_set():
+            raise Cancelled(f"{self.label} cancelled", url=self.src)
+        if self.error is not None:
+            raise self.error
+        if time.monotonic() > deadline:
+            raise StorageError(f"{self.label} failed: not done within {timeout:.0f} s [ETIMEDOUT]",
+                               url=self.src, errno=E.ETIMEDOUT, transient=True,
+                               code=Code.TRANSFER_TIMEOUT)
+
+    def run(self, observe: Callable[[bytes], None], op: _Operation, deadline: float,
+            timeout: float) -> None:
+        while True:
+            self._check(op, deadline, timeout)
+            try:
+                chunk = self.inbox.get(timeout=self.TICK)
+            except queue.Empty:
+                continue
+            if chunk is not None:
+                observe(chunk)
+                self.bytes += len(chunk)
+            while True:
+                self._check(op, deadline, timeout)
+                try:
+                    self.outbox.put(chunk, timeout=self.TICK)
+                    break
+                except queue.Full:
+                    continue
+            if chunk is None:
+                break
+        while not self.written.wait(self.TICK):
+            self._check(op, deadline, timeout)
 
 
 class Storage:
@@ -332,7 +461,7 @@ class Storage:
         try:
             self.stat(url)
         except StorageError as err:
-            if err.errno == E.ENOENT:
+            if err.errno in (E.ENOENT, E.ENOTDIR):  # ENOTDIR: a file where a directory would be
                 return False
             raise
         return True
@@ -424,7 +553,7 @@ class Storage:
         try:
             self._call("unlink", url, self._meta().unlink, url)
         except StorageError as err:
-            if not (missing_ok and err.errno == E.ENOENT):
+            if not (missing_ok and err.errno in (E.ENOENT, E.ENOTDIR)):
                 raise
 
     def status(self, url: str) -> str:
@@ -562,12 +691,70 @@ class Storage:
         log.debug("copied %s -> %s: %d bytes in %.2f s", redact(src), redact(dst), size, seconds)
         return CopyResult(bytes=size, seconds=seconds)
 
+    def stream(self, src: str, dst: str, observe: Callable[[bytes], None], *,
+               size: int | None = None, chunk_size: int = STREAM_CHUNK) -> CopyResult:
+        """Copy ``src`` to a new file ``dst`` through this process, showing ``observe``
+        every chunk on its way: what it hashes is exactly what was written.
+
+        One read of the source does both jobs a verified copy needs (the bytes
+        for the destination and the bytes for the checksums), so a source that
+        changes during the copy cannot leave the destination and the checksums
+        disagreeing. Reading, observing and writing overlap in three threads.
+        The caller's thread never blocks inside gfal2, so :meth:`cancel` and the
+        timeout (as for :meth:`copy`) answer at once even when a server stalls; a
+        reader or writer stuck in a request is left to end with it.
+        """
+        label = f"copy {redact(src)} -> {redact(dst)}"
+        if self.exists(dst):
+            raise StorageError(f"{label} failed: destination exists [EEXIST]", url=dst,
+                               errno=E.EEXIST, code=Code.DEST_WRITE_FAILED)
+        if size is None:
+            size = self.stat(src).size
+        timeout = self.base_timeout + size / self.min_rate
+        started = time.monotonic()
+        pipe = _Pipe(self, src, dst, label, chunk_size)
+        wrote = False
+        try:
+            with self._operation(label, src) as op:
+                pipe.start(op)
+                wrote = True
+                pipe.run(observe, op, started + timeout, timeout)
+        except StorageError:
+            pipe.abandon()
+            if wrote:
+                self._discard(dst)
+            raise
+        except BaseException:
+            pipe.abandon()
+            self._discard(dst)
+            raise
+        seconds = time.monotonic() - started
+        log.debug("streamed %s -> %s: %d bytes in %.2f s", redact(src), redact(dst), pipe.bytes,
+                  seconds)
+        return CopyResult(bytes=pipe.bytes, seconds=seconds)
+
     def _discard(self, url: str) -> None:
         """Best-effort removal of a partial copy (the file plugin leaves one on cancel)."""
-        try:
-            self.unlink(url, missing_ok=True)
-        except StorageError as err:
-            log.warning("could not remove partial copy: %s", err)
+        if not self.discard(url):
+            log.warning("could not remove partial copy %s", redact(url))
+
+    def discard(self, url: str, *, wait: float = 10.0) -> bool:
+        """Remove ``url`` if it exists, waiting at most ``wait`` seconds; True if gone.
+
+        For clean-up after a failure or a cancel: a stalled server must not hold
+        a worker that is shutting down. An unlink still pending is left to run.
+        """
+        gone = threading.Event()
+
+        def unlink() -> None:
+            try:
+                self.unlink(url, missing_ok=True)
+                gone.set()
+            except StorageError as err:
+                log.debug("could not remove %s: %s", redact(url), err)
+
+        threading.Thread(target=unlink, name="discard", daemon=True).start()
+        return gone.wait(wait)
 
     def open_read(self, url: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
         """Stream a file's content in chunks, in constant memory.

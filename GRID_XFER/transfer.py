@@ -1,12 +1,14 @@
 """The transfer task: move a token's files and prove they arrived intact.
 
-For each file: copy to a temporary name beside the final one with gfal2
-verifying ADLER32 at both ends, compute the manifest's SHA-256 while the copy
-runs (streaming, constant memory), and only then rename to the final name, so
-nothing ever shows up under a final name unverified. The SHA-256 is taken from
-the source by default (the copy is tied to the source by the end-to-end
-ADLER32); ``verify="destination"`` reads the written file back instead, for
-sites that trust nothing but the bytes on their own disk.
+For each file one read of the source feeds three things at once: the copy to
+a temporary name beside the final one, the SHA-256 the manifest is checked
+against, and an ADLER32. The destination is then checked against that ADLER32
+(computed by the storage, server-side on XRootD), or read back and checked
+against the SHA-256 (``verify="destination"``, or a storage that computes no
+ADLER32). So the bytes under the final name are the bytes that were verified:
+a source rewritten during the copy fails the check instead of slipping through
+a second read. Only then is the file renamed to its final name, so nothing ever
+shows up under a final name unverified.
 
 A destination already holding the manifest's content is skipped, so re-running
 a token after a crash only moves what is missing.
@@ -226,6 +228,8 @@ class TransferTask:
 
     def _copy_verified(self, src: str, dst: str, f: dict[str, Any],
                        ctx: TaskContext) -> dict[str, Any]:
+        """One read of the source feeds the copy and both checksums, then the
+        destination is checked against the checksum of the very bytes sent."""
         name = f["name"]
         sums = f.get("checksums", {})
         want_sha, want_adler = sums.get("sha256"), sums.get("adler32")
@@ -233,60 +237,28 @@ class TransferTask:
         if manifest and self._manifest:
             want_sha = self._manifest[1]  # the very bytes _check_source verified the files by
         tmp = f"{dst}{PART_MARK}{uuid.uuid4().hex[:8]}"
-        outcome: dict[str, Any] = {}
+        sha, adler = Hasher("sha256"), Hasher("adler32")
+
+        def observe(chunk: bytes) -> None:
+            sha.update(chunk)
+            adler.update(chunk)
+
         started = time.monotonic()
-
-        def copy(checksum: tuple[str, str] | None) -> None:
-            try:
-                outcome["copy"] = self.storage.copy(src, tmp, size=f.get("size"), checksum=checksum,
-                                                    create_parents=True)
-            except BaseException as exc:  # handed to the waiting thread
-                outcome["error"] = exc
-
-        # The copy runs in a thread while this one hashes the source beside it.
-        thread = threading.Thread(target=copy, args=(("ADLER32", want_adler or ""),),
-                                  name=f"copy-{name}", daemon=True)
-        verify = self.verify
-        thread.start()
+        # A failed stream removes its own partial file (waiting a bounded time).
+        copied = self.storage.stream(src, tmp, observe, size=f.get("size"))
         try:
-            sha = None
-            try:
-                if want_sha and verify == "source":
-                    sha = hash_chunks(self.storage.open_read(src, READ_CHUNK), "sha256")
-            finally:
-                if "error" not in outcome and sha is None and want_sha and verify == "source":
-                    self.storage.cancel()  # the source read failed: stop the copy too
-                while thread.is_alive():
-                    thread.join(0.2)
-            err = outcome.get("error")
-            if isinstance(err, StorageError) and err.code == Code.CONFIG and not isinstance(err, Cancelled):
-                # No ADLER32 at one end: copy plainly and check the bytes written.
-                ctx.log.info("%s: %s; verifying by reading the destination", name, err)
-                outcome.clear()
-                copy(None)
-                err, verify = outcome.get("error"), "destination"
-                if want_sha is None and want_adler is None and err is None:
-                    # Nothing expected (a file outside any manifest): the source is the reference.
-                    want_sha = hash_chunks(self.storage.open_read(src, READ_CHUNK), "sha256")
-            if isinstance(err, StorageError) and err.code == Code.CHECKSUM_MISMATCH:
-                raise _Mismatch(f"{name}: ADLER32 differs between source and destination copy")
-            if err is not None:
-                raise err
-            if verify == "destination":
-                sha256, adler = Hasher("sha256"), Hasher("adler32")
-                for chunk in self.storage.open_read(tmp, READ_CHUNK):
-                    sha256.update(chunk)
-                    adler.update(chunk)
-                sha = sha256.hexdigest()
-                if want_adler and adler.hexdigest() != want_adler:
-                    raise _Mismatch(f"{name}: adler32 {adler.hexdigest()} of the copy does not "
-                                    f"match the expected {want_adler}")
-            if want_sha and sha != want_sha:
+            sent_sha, sent_adler = sha.hexdigest(), adler.hexdigest()
+            if want_sha and sent_sha != want_sha:
                 if manifest:
                     raise TaskError(Code.TRANSFER_FAILED, f"{name}: the manifest changed at the "
                                     "source during the transfer; will retry", file=name,
                                     transient=True)
-                raise _Mismatch(f"{name}: sha256 {sha} does not match the manifest's {want_sha}")
+                raise _Mismatch(f"{name}: sha256 {sent_sha} of the bytes read from the source "
+                                f"does not match the manifest's {want_sha}")
+            if want_adler and sent_adler != want_adler:
+                raise _Mismatch(f"{name}: adler32 {sent_adler} of the bytes read from the source "
+                                f"does not match the expected {want_adler}")
+            self._check_written(tmp, name, sent_sha, sent_adler, ctx)
             if not manifest and self.storage.exists(dst):
                 # Someone wrote the final name while we copied: never replace it blindly.
                 same, detail = self._same_content(src, dst, f)
@@ -298,18 +270,38 @@ class TransferTask:
             else:
                 self.storage.rename(tmp, dst)
         except BaseException:
-            try:
-                self.storage.unlink(tmp, missing_ok=True)
-            except StorageError as exc:
-                ctx.log.warning("could not remove temporary %s: %s", redact(tmp), exc)
+            if not self.storage.discard(tmp):
+                ctx.log.warning("could not remove temporary %s now; the next attempt will",
+                                redact(tmp))
             raise
-        result: dict[str, Any] = {"status": "copied", "bytes": outcome["copy"].bytes,
+        result: dict[str, Any] = {"status": "copied", "bytes": copied.bytes,
                                   "seconds": round(time.monotonic() - started, 3)}
-        if sha and not manifest:
-            result["sha256"] = sha
-        if want_adler:
-            result["adler32"] = want_adler
+        if not manifest:
+            result["sha256"] = sent_sha
+        result["adler32"] = sent_adler
         return result
+
+    def _check_written(self, tmp: str, name: str, sent_sha: str, sent_adler: str,
+                       ctx: TaskContext) -> None:
+        """The destination holds the bytes sent: its ADLER32 (computed by the storage,
+        server-side on XRootD) against ours, or, with ``verify: destination`` or where
+        the storage computes none, the SHA-256 of the file read back."""
+        if self.verify == "source":
+            try:
+                got = self.storage.checksum(tmp, "ADLER32")
+            except StorageError as err:
+                if err.code != Code.CONFIG or isinstance(err, Cancelled):
+                    raise
+                ctx.log.info("%s: %s; verifying by reading the destination", name, err)
+            else:
+                if got != sent_adler:
+                    raise _Mismatch(f"{name}: adler32 {got} at the destination differs from "
+                                    f"{sent_adler} of the bytes sent")
+                return
+        got = hash_chunks(self.storage.open_read(tmp, READ_CHUNK), "sha256")
+        if got != sent_sha:
+            raise _Mismatch(f"{name}: sha256 {got} of the copy read back differs from "
+                            f"{sent_sha} of the bytes sent")
 
     def _same_content(self, src: str, dst: str, f: dict[str, Any]) -> tuple[bool, str]:
         """Whether ``dst`` already holds what the token expects, and if not, how it differs."""

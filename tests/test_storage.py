@@ -1,6 +1,7 @@
 """Storage against real gfal2: the file plugin and a real XRootD server (no mocks)."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -478,6 +479,69 @@ def test_copy_slower_than_min_rate_times_out_as_transient(xrootd: XRootDServer, 
 
 
 # ----------------------------------------------------------------------------- streaming
+
+@pytest.mark.parametrize("source", ["file", "root"])
+def test_stream_writes_exactly_the_bytes_it_shows_and_creates_parents(
+        storage: Storage, side: Side, xrootd: XRootDServer, tmp_path: Path, source: str) -> None:
+    data = os.urandom(3 * MiB + 17)  # several chunks, the last one short
+    if source == "file":
+        (tmp_path / "in").write_bytes(data)
+        src = file_url(tmp_path / "in")
+    else:
+        rel = f"stream-src-{time.monotonic_ns()}/in"
+        xrootd.put(rel, data)
+        src = xrootd.url_for(rel)
+    seen = bytearray()
+    result = storage.stream(src, side.url("a/b/out"), seen.extend, chunk_size=MiB)
+    assert result.bytes == len(data) and bytes(seen) == data
+    assert (side.root / "a" / "b" / "out").read_bytes() == data
+    assert storage.checksum(side.url("a/b/out"), "ADLER32") == adler(data)
+
+
+def test_stream_of_a_missing_source_is_source_missing_and_leaves_nothing(
+        storage: Storage, side: Side, tmp_path: Path) -> None:
+    with pytest.raises(StorageError) as info:
+        storage.stream(file_url(tmp_path / "absent"), side.url("out"), lambda chunk: None, size=1)
+    assert (info.value.code, info.value.transient) == (Code.SOURCE_MISSING, False)
+    assert not (side.root / "out").exists()
+
+
+def test_stream_onto_an_existing_file_refuses_and_keeps_it(storage: Storage, side: Side,
+                                                          tmp_path: Path) -> None:
+    side.put("out", b"keep me")
+    (tmp_path / "in").write_bytes(DATA)
+    with pytest.raises(StorageError) as info:
+        storage.stream(file_url(tmp_path / "in"), side.url("out"), lambda chunk: None)
+    assert info.value.errno == errno.EEXIST and info.value.code == Code.DEST_WRITE_FAILED
+    assert (side.root / "out").read_bytes() == b"keep me"
+
+
+def test_stream_cancelled_from_another_thread_stops_and_removes_its_partial_file(
+        storage: Storage, side: Side, big_file: Path) -> None:
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            storage.stream(file_url(big_file), side.url("big.bin"), lambda chunk: time.sleep(0.01))
+        except BaseException as exc:  # inspected below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    _cancel_when_running(storage, thread)
+    thread.join(30)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], Cancelled), outcome
+    assert not (side.root / "big.bin").exists()
+
+
+def test_stream_slower_than_min_rate_times_out_as_transient(side: Side, big_file: Path) -> None:
+    slow = Storage(base_timeout=0.05, min_rate=1e12)
+    with pytest.raises(StorageError) as info:
+        slow.stream(file_url(big_file), side.url("big.bin"), lambda chunk: time.sleep(0.01))
+    assert (info.value.code, info.value.transient) == (Code.TRANSFER_TIMEOUT, True)
+    assert not (side.root / "big.bin").exists()
+
 
 def test_open_read_streams_chunks_whose_sha256_matches_hashlib(storage: Storage, side: Side) -> None:
     side.put("f", DATA)

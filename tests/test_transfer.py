@@ -459,3 +459,110 @@ def test_sigterm_mid_copy_releases_token_uncounted_and_leaves_no_final_file(
     assert doc["state"] == "todo" and doc["attempts"] == 0 and doc["lock"] == 0
     assert doc["output"] == 0 and doc["error"] is None
     assert doc["history"][-1]["event"] == "released"
+
+
+# ----------------------------------------------------------------------------- integrity
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def test_source_rewritten_while_destination_stalls_never_ends_done_with_other_bytes(
+        db: Database, tmp_path: Path, own_xrootd: XRootDServer, big_file: BigFile) -> None:
+    """The manifest's SHA-256 and the bytes sent come from one read of the source.
+
+    The destination server is paused (SIGSTOP) once the copy reaches it; the
+    source's tail is then rewritten and the server resumed. A SHA-256 taken in a
+    separate read has by then seen the old bytes while the copy sends the new
+    ones; one read sees what it sends, so the copy fails its check (30) and the
+    final name never appears.
+    """
+    src = tmp_path / "src"
+    exp = src / NIGHT / "big"
+    exp.mkdir(parents=True)
+    data = exp / "big.fits"
+    shutil.copyfile(big_file.path, data)  # rewritten below: not the session's file
+    (exp / manifest_name("big")).write_text(f"{big_file.sha256}  big.fits\n")
+    dest = own_xrootd.datadir / "dest"
+    cfg = db.write_config(worker={"lease_seconds": 60})
+    create(cfg, NIGHT, "--source", file_url(src), "--dest", own_xrootd.url_for("dest"))
+
+    w = spawn_worker(cfg, "--night", NIGHT, "--idle-exit")
+    try:
+        wait_for(lambda: part_files(dest), every=0.005, what="the copy to start")
+        own_xrootd.pause()
+        try:
+            time.sleep(1.0)  # a separate SHA-256 read of the local source is long done
+            with open(data, "r+b") as fh:
+                fh.seek(big_file.size - MiB)
+                fh.write(os.urandom(MiB))
+        finally:
+            own_xrootd.resume()
+        _, err = w.communicate(timeout=300)
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+    doc = db.pool().get(f"{NIGHT}_big")
+    final = dest / NIGHT / "big" / "big.fits"
+    if doc["state"] == "done":  # only ever with the manifest's bytes
+        assert sha256_of(final) == big_file.sha256
+    assert doc["state"] == "error", (doc["state"], err[-2000:])
+    assert doc["error"]["code"] == Code.CHECKSUM_MISMATCH and doc["error"]["file"] == "big.fits"
+    assert "read from the source" in doc["error"]["message"]
+    assert not final.exists()
+    assert part_files(dest) == []
+
+
+def test_sigterm_while_the_destination_stalls_stops_the_worker_and_releases_the_token(
+        db: Database, tmp_path: Path, own_xrootd: XRootDServer, big_file: BigFile) -> None:
+    """A streamed copy never blocks the worker inside gfal2: a paused server cannot
+    hold a warm shutdown for XrdCl's request timeout."""
+    big_night(tmp_path / "src", big_file)
+    dest = own_xrootd.datadir / "dest"
+    cfg = db.write_config(worker={"lease_seconds": 60})
+    create(cfg, NIGHT, "--source", file_url(tmp_path / "src"), "--dest", own_xrootd.url_for("dest"))
+    w = spawn_worker(cfg, "--night", NIGHT)
+    try:
+        wait_for(lambda: part_files(dest), every=0.005, what="the copy to start")
+        own_xrootd.pause()
+        t0 = time.monotonic()
+        w.send_signal(signal.SIGTERM)
+        _, err = w.communicate(timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        own_xrootd.resume()
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+    assert w.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert took < 60, took  # XrdCl would have waited its request timeout (300 s here)
+    doc = db.pool().get(f"{NIGHT}_big")
+    assert doc["state"] == "todo" and doc["attempts"] == 0, doc.get("error")
+    assert doc["history"][-1]["event"] == "released"
+    assert not (dest / NIGHT / "big" / "big.fits").exists()
+
+
+@pytest.mark.parametrize("how", ["immutable directory", "file in the way"])
+def test_unwritable_file_destination_is_error_40_like_root(db: Database, tmp_path: Path,
+                                                           how: str) -> None:
+    """Which end failed is known when the worker writes the stream itself: a
+    destination that cannot be written is 40 on every protocol, not 21."""
+    src = tmp_path / "src"
+    write_exposure(src / NIGHT / "00000001", {"a.fits": b"x" * 1000})
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    if how == "file in the way":
+        (dest / NIGHT).write_text("not a directory")
+    cfg = db.write_config()
+    create(cfg, NIGHT, "--source", file_url(src), "--dest", file_url(dest))
+    if how == "immutable directory":  # refuses even root (EPERM)
+        subprocess.run(["chattr", "+i", str(dest)], check=True)
+    try:
+        work(cfg, NIGHT)
+    finally:
+        if how == "immutable directory":
+            subprocess.run(["chattr", "-i", str(dest)], check=True)
+    doc = tokens(db, NIGHT)["00000001"]
+    assert_error(doc, Code.DEST_WRITE_FAILED, "a.fits")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +68,21 @@ class XRootDServer:
             shutil.chown(target, SERVICE_USER, SERVICE_USER)
         return target
 
+    def _group(self) -> int:
+        """Process group of the server (scripts/xrootd records its leader's pid)."""
+        return int((self.rundir / f"xrootd-{self.name}" / "pid").read_text())
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections stay open and nothing is answered, as when a
+        storage node stalls."""
+        os.killpg(self._group(), signal.SIGSTOP)
+
+    def resume(self) -> None:
+        try:
+            os.killpg(self._group(), signal.SIGCONT)
+        except (OSError, ValueError):
+            pass
+
     def log_tail(self, lines: int = 20) -> str:
         log = self.rundir / f"xrootd-{self.name}" / "log" / "xrootd.log"
         try:
@@ -78,14 +95,14 @@ def _script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
     return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture(scope="session")
-def xrootd() -> Iterator[XRootDServer]:
-    """A plain XRootD endpoint on 127.0.0.1 with server-side ADLER32, for the whole session."""
+@contextmanager
+def running_xrootd(label: str) -> Iterator[XRootDServer]:
+    """Start an XRootD endpoint in a private temporary directory; stop it on the way out."""
     if shutil.which("xrootd") is None:
         pytest.fail("xrootd is not installed (Debian: apt-get install xrootd-server xrootd-client)")
     base = Path(tempfile.mkdtemp(prefix="gridxfer-xrootd-"))
     base.chmod(0o755)  # the xrootd user must reach data/ and run/
-    name = f"pytest-{os.getpid()}"
+    name = f"{label}-{os.getpid()}"
     # A killed pytest cannot leave the server running for longer than an hour.
     env = {**os.environ, "GRIDXFER_RUN": str(base / "run"), "GRIDXFER_XROOTD_LIFETIME": "1h"}
     server: XRootDServer | None = None
@@ -103,7 +120,22 @@ def xrootd() -> Iterator[XRootDServer]:
         yield server
     finally:
         if server is not None:
+            server.resume()  # a test that paused it may have failed before resuming
             stop = _script(env, "stop", name)
             if stop.returncode != 0:
                 raise RuntimeError(f"could not stop XRootD {name}: {stop.stderr.strip()}")
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def xrootd() -> Iterator[XRootDServer]:
+    """A plain XRootD endpoint on 127.0.0.1 with server-side ADLER32, for the whole session."""
+    with running_xrootd("pytest") as server:
+        yield server
+
+
+@pytest.fixture
+def own_xrootd() -> Iterator[XRootDServer]:
+    """An XRootD endpoint for one test alone, which it may pause (SIGSTOP) and resume."""
+    with running_xrootd("own") as server:
+        yield server
