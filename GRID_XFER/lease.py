@@ -43,6 +43,7 @@ class Lease:
         self.lock = threading.RLock()
         self.claim_id: str = doc.get("claim") or ""
         self.claim_rev: str = doc["_rev"]
+        self.incarnation: str | None = doc.get("incarnation")
         # Revisions whose branches this owner deleted: their tombstones are its own.
         self._dropped: set[str] = set()
         self._pending: dict[str, dict[str, Any]] = {}
@@ -59,6 +60,15 @@ class Lease:
         return (current.get("state") in tk.HELD
                 and (current.get("worker") or {}).get("id") == self.pool.worker["id"]
                 and current.get("claim") == self.claim_id)
+
+    def _freed(self, current: dict[str, Any]) -> bool:
+        """Our claim reaped back to todo and claimed by nobody since: still the work we did.
+
+        Not after a reset or a delete and re-create: those start a new
+        incarnation, which must be done anew.
+        """
+        return (current.get("state") == "todo" and not current.get("claim")
+                and current.get("incarnation") == self.incarnation)
 
     # -- branches (clusters only) --------------------------------------------
     def tidy(self) -> None:
@@ -142,8 +152,7 @@ class Lease:
             current = self._couch.get_or_none(self.id)
             if current is None:
                 raise LeaseLost(f"token {self.id} was deleted") from None
-            free = finishing and current.get("state") == "todo"
-            if not (self._ours(current) or free):
+            if not (self._ours(current) or (finishing and self._freed(current))):
                 raise LeaseLost(f"token {self.id} is no longer ours "
                                 f"(now {current.get('state')})") from None
             return adopt(current)
@@ -156,7 +165,7 @@ class Lease:
             return adopt(verdict.current)
         alive = branches.live(leaves)
         ours = [leaf for leaf in alive if leaf.get("claim") == self.claim_id]
-        freed = [leaf for leaf in alive if leaf.get("state") == "todo" and not leaf.get("claim")
+        freed = [leaf for leaf in alive if self._freed(leaf)
                  and branches.descends(leaf, self.claim_rev)]
         if finishing and freed and len(ours) + len(freed) == len(alive):
             for leaf in ours:

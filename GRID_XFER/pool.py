@@ -114,7 +114,8 @@ class Pool:
                         tk.reset(old, now)
                     old.update(files=doc["files"], bytes_total=doc["bytes_total"],
                                source=doc["source"], destination=doc["destination"],
-                               payload=doc["payload"], manifest=doc["manifest"])
+                               payload=doc["payload"], manifest=doc["manifest"],
+                               incarnation=tk.new_incarnation())  # other work now
                     tk._event(old, now, "updated")
                     to_save.append(old)
             for result, doc in zip(self.couch.bulk_docs(to_save), to_save):

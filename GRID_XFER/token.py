@@ -168,10 +168,22 @@ def new_token(night: str, spec: ExposureSpec, *, source: str | None = None,
         "stage_request": None,
         "created": now,
         "updated": now,
+        "incarnation": new_incarnation(),
         "history": [],
     }
     _event(doc, now, "created")
     return doc
+
+
+def new_incarnation() -> str:
+    """Names one life of a token: creation, and every fresh start (``reset``).
+
+    A worker records its result only on the incarnation it claimed, so a token
+    reset, or deleted and created again, while a worker holds it is done anew,
+    not taken over by the older work (docs/tokens.md, "Edits while a worker
+    holds a token").
+    """
+    return uuid.uuid4().hex
 
 
 def validate(doc: dict[str, Any]) -> None:
@@ -277,7 +289,7 @@ def reset(doc: dict[str, Any], now: float) -> None:
     doc["scrub_count"] = doc.get("scrub_count", 0) + 1
     doc.update(state="todo", lock=0, done=0, output=0, exit_code="", attempts=0,
                not_before=0, lease_expires=0, worker=None, error=None, stage_request=None,
-               claim=None)
+               claim=None, incarnation=new_incarnation())
     doc.pop("stage_rounds", None)
     _event(doc, now, "reset")
 

@@ -272,5 +272,5 @@ class Worker:
                             "will retry" if lease.doc["state"] == "todo" else "final")
         except LeaseLost as exc:
             self.report.lost += 1
-            log.error("%s", exc)
+            log.error("%s; result dropped", exc)
             lease.abandon()

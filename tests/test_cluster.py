@@ -211,3 +211,18 @@ def test_an_owner_on_a_cluster_lets_a_reset_or_a_delete_take_its_token(cluster_d
         second.heartbeat()
     second.abandon()
     assert cluster_db.couch.get_or_none(second.id) is None
+
+
+def test_an_owner_on_a_cluster_finishing_after_a_reset_drops_its_result(
+        cluster_db: Database) -> None:
+    """The result goes only to the incarnation claimed: a reset is a new one."""
+    pool = cluster_db.pool(lease=60)
+    pool.create(NIGHT, [parse_spec("c")])
+    lease = wait_for(lambda: pool.claim(NIGHT), timeout=30, what="a token in the todo view")
+    assert pool.reset(NIGHT, ["locked"], force=True) == [lease.id]
+    with pytest.raises(LeaseLost):
+        lease.done()
+    lease.abandon()
+    doc = pool.get(lease.id)
+    assert doc["state"] == "todo" and doc["history"][-1]["event"] == "reset"
+    assert _conflicted(cluster_db) == []

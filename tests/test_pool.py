@@ -207,6 +207,65 @@ def test_late_finish_after_reap_is_kept(db: Database) -> None:
     assert db.pool().get(lease.id)["state"] == "done"
 
 
+def test_reset_while_held_drops_the_holders_result_and_the_work_is_done_anew(
+        db: Database) -> None:
+    pool = db.pool()
+    pool.create("n1", specs(1))
+    lease = pool.claim("n1")
+    assert lease is not None
+    before = pool.get(lease.id)["incarnation"]
+    assert pool.reset("n1", states=["locked"], force=True) == [lease.id]
+    with pytest.raises(LeaseLost):
+        lease.done()
+    doc = pool.get(lease.id)
+    assert doc["state"] == "todo" and doc["attempts"] == 0 and doc["incarnation"] != before
+    assert doc["history"][-1]["event"] == "reset"
+    again = db.pool().claim("n1")
+    assert again is not None and again.id == lease.id  # claimable: the work is redone
+
+
+def test_delete_and_create_again_while_held_drops_the_holders_result(db: Database) -> None:
+    pool = db.pool()
+    pool.create("n1", [parse_spec({"exposure": "a", "destination": "file:///old"})])
+    lease = pool.claim("n1")
+    assert lease is not None
+    pool.delete("n1")
+    pool.create("n1", [parse_spec({"exposure": "a", "destination": "file:///new"})])
+    with pytest.raises(LeaseLost):
+        lease.done()
+    doc = pool.get(lease.id)
+    assert doc["state"] == "todo" and doc["destination"] == "file:///new"
+    assert [h["event"] for h in doc["history"]] == ["created"] and doc["attempts"] == 0
+
+
+def test_result_for_a_token_deleted_meanwhile_is_dropped(db: Database) -> None:
+    pool = db.pool()
+    pool.create("n1", specs(1))
+    lease = pool.claim("n1")
+    assert lease is not None
+    pool.delete("n1")
+    lease.attach("worker-1.log", b"a log")
+    with pytest.raises(LeaseLost):
+        lease.done()
+    assert pool.couch.get_or_none(lease.id) is None
+
+
+def test_catch_up_of_a_reaped_token_makes_the_late_result_of_the_old_inputs_dropped(
+        db: Database) -> None:
+    pool = db.pool(lease=0.2)
+    pool.create("n1", [parse_spec({"exposure": "a", "files": [{"name": "x", "size": 1}]})])
+    lease = pool.claim("n1")
+    assert lease is not None
+    time.sleep(0.3)
+    assert pool.reap() == [lease.id]
+    report = pool.create("n1", [parse_spec({"exposure": "a", "files": [
+        {"name": "x", "size": 1}, {"name": "late", "size": 2}]})])
+    assert report.updated == [lease.id]
+    with pytest.raises(LeaseLost):
+        lease.done()  # it moved the old file list only
+    assert pool.get(lease.id)["state"] == "todo"
+
+
 def test_reset_by_code_and_state(db: Database) -> None:
     pool = db.pool()
     pool.create("n1", specs(3))

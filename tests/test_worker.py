@@ -186,3 +186,40 @@ def test_secret_not_passed_to_task_environment(db: Database, tmp_path: Path) -> 
     gridxfer("worker", "--idle-exit", config=cfg, env=env, check=True)
     assert secret not in out.read_text()
     assert "GRIDXFER_TOKEN_ID=n1_a" in out.read_text()
+
+
+@pytest.mark.parametrize("edit", ["reset --force", "delete", "delete and create again"])
+def test_a_token_edited_while_its_worker_runs_it_gets_no_stale_result(db: Database,
+                                                                     edit: str) -> None:
+    """What each edit does to a running worker (docs/tokens.md): the holder drops its
+    result and goes on; a reset or re-created token is then run anew."""
+    db.pool().create("n1", [parse_spec({"exposure": "a", "payload": {"v": 1}})])
+    cfg = db.write_config(worker={"command": "sleep 3", "lease_seconds": 30})
+    w = spawn_worker(cfg, "--night", "n1", "--idle-exit")
+    try:
+        wait_for(lambda: db.pool().get("n1_a")["state"] == "locked", timeout=30)
+        if edit == "reset --force":
+            gridxfer("tokens", "reset", "n1", "--state", "locked", "--force", config=cfg,
+                     check=True)
+        else:
+            gridxfer("tokens", "delete", "n1", "--yes", config=cfg, check=True)
+        if edit == "delete and create again":
+            db.pool().create("n1", [parse_spec({"exposure": "a", "payload": {"v": 2}})])
+        _, err = w.communicate(timeout=60)
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+    assert w.returncode == 0, err[-2000:]
+    assert "result dropped" in err or "no longer ours" in err, err[-2000:]
+    if edit == "delete":
+        assert db.couch.get_or_none("n1_a") is None
+        return
+    doc = db.pool().get("n1_a")
+    events = [h["event"] for h in doc["history"]]
+    # Done again after the edit, by a claim made after it: not the old run's result.
+    assert doc["state"] == "done" and doc["attempts"] == 1, events
+    start = events.index("reset") if edit == "reset --force" else 0
+    assert events[start:] == [events[start], "claimed", "done"], events
+    if edit == "delete and create again":
+        assert doc["payload"] == {"v": 2}
