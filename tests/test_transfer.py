@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from GRID_XFER.errors import Code
 from GRID_XFER.pool import PoolSettings
@@ -566,3 +568,87 @@ def test_unwritable_file_destination_is_error_40_like_root(db: Database, tmp_pat
             subprocess.run(["chattr", "-i", str(dest)], check=True)
     doc = tokens(db, NIGHT)["00000001"]
     assert_error(doc, Code.DEST_WRITE_FAILED, "a.fits")
+
+
+# ----------------------------------------------------------------------------- properties
+
+_NAMES = st.text(alphabet="abcxyz019_-. ", min_size=1, max_size=8).filter(
+    lambda n: n.strip(" .") == n and n not in (".", "..") and not n.startswith("checksum-"))
+_FILES = st.dictionaries(
+    st.one_of(_NAMES, st.builds(lambda d, n: f"{d}/{n}", _NAMES, _NAMES)),
+    st.binary(min_size=0, max_size=3000), min_size=1, max_size=4).filter(
+    lambda files: not any(a != b and b.startswith(a + "/") for a in files for b in files))
+_CHANGES = st.lists(st.tuples(st.sampled_from(["flip", "append", "truncate", "delete", "extra",
+                                               "rewrite"]),
+                              st.integers(0, 10 ** 6)), max_size=2)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(files=_FILES, changes=_CHANGES, big=st.booleans())
+def test_any_exposure_changed_after_create_never_ends_done_with_other_bytes(
+        files: dict[str, bytes], changes: list[tuple[str, int]], big: bool) -> None:
+    """Random exposures, changed at the source after their token was made: the task
+    either fails with a code, or every file under a final name holds exactly the
+    bytes its manifest names, and no temporary file is left."""
+    from GRID_XFER import token as tk
+    from GRID_XFER.errors import TaskError
+    from GRID_XFER.scan import scan_night
+    from GRID_XFER.storage import Storage
+    from GRID_XFER.task import TaskContext
+    from GRID_XFER.transfer import TransferTask
+    import logging
+    import tempfile
+    import threading
+
+    if big:  # crosses the 4 MiB chunk boundary of the streamed copy
+        files = {**files, "big.fits": os.urandom(4 * MiB + 3)}
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "src", Path(tmp) / "dst"
+        exp = src / NIGHT / "e1"
+        write_exposure(exp, files)
+        storage = Storage()
+        spec, = scan_night(storage, file_url(src), NIGHT, destination=file_url(dst)).specs
+        token = tk.new_token(NIGHT, spec)
+        names = sorted(files)
+        for kind, n in changes:
+            name = names[n % len(names)]
+            path = exp / name
+            if not path.exists():
+                continue
+            if kind == "flip" and path.stat().st_size:
+                flip_byte(path, n % path.stat().st_size)
+            elif kind == "append":
+                with open(path, "ab") as fh:
+                    fh.write(b"late")
+            elif kind == "truncate":
+                os.truncate(path, path.stat().st_size // 2)
+            elif kind == "delete":
+                path.unlink()
+            elif kind == "extra":
+                (exp / f"extra{n}").write_bytes(b"x")
+            elif kind == "rewrite":  # a consistent new content and manifest
+                path.write_bytes(b"new" + path.read_bytes())
+                from tests.nightgen import write_manifest
+                write_manifest(exp, {m: (exp / m).read_bytes() for m in names
+                                     if (exp / m).exists()})
+        ctx = TaskContext(log=logging.getLogger("test.property"), cancelled=threading.Event())
+        try:
+            TransferTask(storage).run(token, ctx)
+            finished = True
+        except TaskError as err:
+            finished = False
+            assert err.code in (Code.CHECKSUM_MISMATCH, Code.MISSING_AT_SOURCE,
+                                Code.NOT_IN_MANIFEST, Code.MANIFEST_MISSING,
+                                Code.TRANSFER_FAILED), err
+        out = dst / NIGHT / "e1"
+        landed = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} \
+            if out.exists() else set()
+        assert not [n for n in landed if PART in n]
+        manifest = (exp / manifest_name("e1")).read_text()
+        listed = dict(reversed(line.split("  ", 1)) for line in manifest.splitlines() if line)
+        listed = {n: h for n, h in listed.items()}
+        for name in landed - {manifest_name("e1")}:
+            assert hashlib.sha256((out / name).read_bytes()).hexdigest() == listed[name], name
+        if finished:
+            assert landed == set(listed) | {manifest_name("e1")}
