@@ -13,9 +13,10 @@ For each worker count N it moves the same night with every method, each into a
 fresh destination directory (and, for ours, a fresh database):
 
   ours          `gridxfer tokens create` then N `gridxfer worker --idle-exit` processes:
-                the full path (claim, source check against the manifest, gfal2 copy
-                with end-to-end ADLER32, SHA-256 of the source during the copy,
-                rename, per-token log attachment, done)
+                the full path (claim, source check against the manifest, one read
+                of the source streamed to a temporary name through gfal2 while the
+                same bytes feed SHA-256 and ADLER32, the destination's ADLER32
+                compared, rename, per-token log attachment, done)
   task          TransferTask.run on the same tokens in one process with N threads,
                 no CouchDB and no worker processes (what the pool costs = ours - task)
   gfal2+adler32 Storage.copy(checksum=("ADLER32", "")) per file, N threads, one process
