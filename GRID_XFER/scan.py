@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from GRID_XFER import token as tk
 from GRID_XFER.checksum import ManifestError, manifest_name, normalise_algo, parse_manifest
 from GRID_XFER.errors import Code, InvalidInput, InvalidToken, NotFound
-from GRID_XFER.storage import Storage, StorageError, check_plain_url, redact
+from GRID_XFER.storage import Storage, StorageError
+from GRID_XFER.urls import PlainURL, check_plain_url, join, redact
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +40,6 @@ class ScanReport:
     specs: list[tk.ExposureSpec] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # entries that are not exposures
     manifest_problems: dict[str, str] = field(default_factory=dict)
-
-
-def join(base: str, *parts: str) -> str:
-    """``base/part/...``; a base ending in '/' (``file:///``, ``root://host//``) keeps it."""
-    rest = "/".join(p.strip("/") for p in parts if p.strip("/"))
-    if not rest:
-        return base
-    return base + rest if base.endswith("/") else f"{base}/{rest}"
 
 
 def read_manifest(storage: Storage, exposure_url: str, exposure: str,
@@ -150,8 +143,6 @@ def read_surl_list(path: Path) -> list[str]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if "://" not in line:
-            raise InvalidInput(f"{path} line {n}: not a URL: {line[:80]!r}")
         check_plain_url(line, f"{path} line {n}: URL")
         urls.append(line)
     if not urls:
@@ -198,8 +189,8 @@ class Template(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     layout: Literal["night", "surl-list"] = "night"
-    source: str | None = None
-    destination: str | None = None
+    source: PlainURL | None = None
+    destination: PlainURL | None = None
     manifest: Literal["sha256", "adler32"] | None = None
     surls: Path | None = None
     group: int | None = Field(None, ge=1)
@@ -222,7 +213,8 @@ def load_template(path: Path) -> Template:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else \
+            err["msg"].removeprefix("Value error, ")
         raise InvalidInput(f"template {path}: {key}: {msg}") from None
     if t.surls is not None and not t.surls.is_absolute():
         t.surls = path.parent / t.surls

@@ -36,51 +36,18 @@ os.environ.setdefault("XRD_CONNECTIONWINDOW", "30")
 
 import gfal2  # after the XrdCl settings above
 
-from GRID_XFER.errors import Code, GridXferError, InvalidInput
+from GRID_XFER.errors import Code, GridXferError
+from GRID_XFER.urls import check_plain_url, redact  # re-exported: storage.redact
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Cancelled", "CopyResult", "Stat", "Storage", "StorageError", "check_plain_url",
+           "redact"]
 
 T = TypeVar("T")
 
 CHUNK_SIZE = 4 * 1024 * 1024
 _DIR_MODE = 0o755
-
-# --------------------------------------------------------------------------- redaction
-
-# userinfo ends at the last "@" before the path; passwords with a raw "@" stay covered.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
-_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#\s?]+)=(?P<value>[^&;#\s]*)")
-_SECRET_NAME = re.compile(
-    r"token|passw|pwd|secret|auth|sig|credential|key|session|bearer|cert|proxy|macaroon", re.I)
-_BEARER = re.compile(r"(?i)\b(bearer\s+)\S+")
-
-
-def _redact_param(match: re.Match[str]) -> str:
-    if _SECRET_NAME.search(match["name"]):
-        return f"{match['lead']}{match['name']}=***"
-    return match.group(0)
-
-
-def redact(text: str) -> str:
-    """Hide credentials in a URL, or in any text containing URLs.
-
-    Removes userinfo (``user:password@``) and the values of query parameters
-    whose names suggest secrets (``access_token``, ``authz``, ``X-Amz-Signature``,
-    ``password``, ...), so a URL can go into a message, token or log.
-    """
-    text = _USERINFO.sub(r"\g<scheme>***@", text)
-    text = _PARAM.sub(_redact_param, text)
-    return _BEARER.sub(r"\g<1>***", text)
-
-
-def check_plain_url(url: str, what: str) -> str:
-    """Refuse a URL carrying credentials: it would be stored in tokens, job files and logs."""
-    if redact(url) != url:
-        raise InvalidInput(f"{what} {redact(url)} must not carry credentials (user:password@ or "
-                           "a token parameter); use the storage's own authentication (proxy, "
-                           "token file)")
-    return url
-
 
 def _one_line(text: str) -> str:
     # gfal2/XrdCl messages carry NULs (raw and as literal "\x00") and newlines.
