@@ -230,6 +230,7 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
         if url:
             check_plain_url(url, what)
     problems: dict[str, str] = {}
+    not_contained: dict[str, str] = {}
     pool = app.pool()
     pool.couch.require_db()
     if from_file:
@@ -255,6 +256,7 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
                                     algo=manifest_algo or t.manifest or tc.manifest,
                                     threads=tc.scan_threads)
             specs, problems = found.specs, found.manifest_problems
+            not_contained = found.source_problems
             for name in found.ignored:
                 log.warning("ignored %s: not an exposure directory", name)
         if t.max_attempts or t.payload:
@@ -268,8 +270,12 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
     for exposure, message in sorted(problems.items()):
         log.warning("%s: %s (the token will fail with 31 unless it is fixed first)",
                     exposure, message)
+    for exposure, message in sorted(not_contained.items()):
+        log.warning("%s: %s (the token will fail with 34 unless it is fixed first)",
+                    exposure, message)
     if as_json:
-        emit_json({"night": night, **report.as_dict(), "manifest_problems": problems})
+        emit_json({"night": night, **report.as_dict(), "manifest_problems": problems,
+                   "source_problems": not_contained})
     else:
         r = report.as_dict()
         click.echo(f"night {night}: {r['created']} created, {r['updated']} updated, "
