@@ -10,9 +10,11 @@ in the storage's own authentication (proxy, token file) or in the password
 settings of docs/configuration.md. :func:`redact` hides credentials in any text
 that is shown anyway (messages, log lines), as a second line of defence.
 
-The policy is defined through :func:`redact`: a URL is refused exactly when
-redaction would change it, so the check can never accept a URL whose output
-would hide something.
+The policy is defined through :func:`redact`: a URL that redaction would change
+is always refused (as is any userinfo, a control character, a missing scheme), so
+the check can never accept a URL whose output would have to hide something.
+Redaction knows a secret by where it sits (userinfo) or by its parameter's name;
+a secret value runs to the next ``&``, ``;``, ``#`` or blank, as servers split it.
 """
 from __future__ import annotations
 
