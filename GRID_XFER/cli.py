@@ -23,6 +23,7 @@ from GRID_XFER.couch import Couch
 from GRID_XFER.errors import ConfigError, GridXferError, InvalidInput, NotFound
 from GRID_XFER.pool import Pool, PoolSettings
 from GRID_XFER.token import STATES, parse_spec
+from GRID_XFER.urls import RedactingFormatter, check_plain_url, redact
 
 log = logging.getLogger("GRID_XFER.cli")
 
@@ -60,8 +61,9 @@ def emit_json(data: Any) -> None:
 def _setup_logging(debug: bool, quiet: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                           "%Y-%m-%dT%H:%M:%S"))
+    # Redacted: a message quoting a URL (ours, gfal2's, a library's) never shows a credential.
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                            "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger("GRID_XFER")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -218,7 +220,6 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
                   group: int | None, manifest_algo: str | None, as_json: bool) -> None:
     """Create NIGHT's tokens from its source; re-running catches up, adding only what is new."""
     from GRID_XFER import scan
-    from GRID_XFER.storage import check_plain_url
 
     t = scan.load_template(template) if template else scan.Template()
     tc = app.config.transfer
@@ -229,6 +230,7 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
         if url:
             check_plain_url(url, what)
     problems: dict[str, str] = {}
+    not_contained: dict[str, str] = {}
     pool = app.pool()
     pool.couch.require_db()
     if from_file:
@@ -254,6 +256,7 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
                                     algo=manifest_algo or t.manifest or tc.manifest,
                                     threads=tc.scan_threads)
             specs, problems = found.specs, found.manifest_problems
+            not_contained = found.source_problems
             for name in found.ignored:
                 log.warning("ignored %s: not an exposure directory", name)
         if t.max_attempts or t.payload:
@@ -267,8 +270,12 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
     for exposure, message in sorted(problems.items()):
         log.warning("%s: %s (the token will fail with 31 unless it is fixed first)",
                     exposure, message)
+    for exposure, message in sorted(not_contained.items()):
+        log.warning("%s: %s (the token will fail with 34 unless it is fixed first)",
+                    exposure, message)
     if as_json:
-        emit_json({"night": night, **report.as_dict(), "manifest_problems": problems})
+        emit_json({"night": night, **report.as_dict(), "manifest_problems": problems,
+                   "source_problems": not_contained})
     else:
         r = report.as_dict()
         click.echo(f"night {night}: {r['created']} created, {r['updated']} updated, "
@@ -865,8 +872,6 @@ def _stage_request(app: App, staging: Any, target: str, as_json: bool) -> None:
     req = out["request"]
     click.echo(f"staging request {req['id']} ({req['method']}): {len(urls)} file(s)"
                + (f", {len(out['tokens'])} token(s) now staging" if docs is not None else ""))
-    from GRID_XFER.storage import redact
-
     for url, reason in list(out["refused"].items())[:10]:
         log.warning("refused: %s: %s", redact(url), reason)
 
@@ -915,7 +920,7 @@ def main(argv: list[str] | None = None) -> None:
     except GridXferError as exc:
         if debug:
             log.exception("failed")
-        click.echo(f"gridxfer: error: {exc}", err=True)
+        click.echo(f"gridxfer: error: {redact(str(exc))}", err=True)
         sys.exit(exc.exit_status)
     except KeyboardInterrupt:
         click.echo("gridxfer: interrupted", err=True)
@@ -923,7 +928,7 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: say so in one line, details with --debug
         if debug:
             raise
-        click.echo(f"gridxfer: unexpected error: {type(exc).__name__}: {exc} "
+        click.echo(f"gridxfer: unexpected error: {type(exc).__name__}: {redact(str(exc))} "
                    "(run with --debug for details)", err=True)
         sys.exit(1)
 

@@ -10,29 +10,22 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from GRID_XFER.errors import ConfigError
+from GRID_XFER.urls import PlainURL, http_url_problem
 
 DEFAULT_PORT = 5984
 
 
 def _http_url(v: str, credentials_from: str) -> str:
-    """An http(s) URL with a host and no credentials in it (they would reach logs)."""
-    parts = urlsplit(v)
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("has an invalid port") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
-        raise ValueError("must be an http:// or https:// URL")
-    if parts.username or parts.password:
-        raise ValueError(f"must not carry credentials; use {credentials_from}")
-    if parts.query or parts.fragment:
-        raise ValueError("must not carry a query string or fragment (they would reach logs)")
+    """A service URL by the one URL policy (GRID_XFER/urls.py). The message never
+    quotes the URL: pydantic's error would, and it may hold the secret refused."""
+    problem = http_url_problem(v, credentials_from)
+    if problem:
+        raise ValueError(problem)
     return v
 
 
@@ -183,8 +176,9 @@ class Config(_Section):
     worker: WorkerConfig = WorkerConfig()
     transfer: TransferConfig = TransferConfig()
     staging: StagingConfig = StagingConfig()
-    source: str | None = None
-    destination: str | None = None
+    # Defaults for `tokens create`, stored in every token: the URL policy applies.
+    source: PlainURL | None = None
+    destination: PlainURL | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     path: Path | None = Field(None, exclude=True)
 

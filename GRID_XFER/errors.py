@@ -26,6 +26,8 @@ class Code(IntEnum):
     MANIFEST_MISSING = 31
     MISSING_AT_SOURCE = 32
     NOT_IN_MANIFEST = 33
+    # A link at the source leaves the exposure directory, leads nowhere or loops.
+    SOURCE_NOT_CONTAINED = 34
     DEST_WRITE_FAILED = 40
     DEST_EXISTS_DIFFERENT = 41
     ARCHIVE_FAILED = 50

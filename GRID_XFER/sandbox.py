@@ -41,7 +41,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from GRID_XFER.errors import Code, Conflict, GridXferError, Interrupted, InvalidInput
+from GRID_XFER.errors import Code, Conflict, GridXferError, Interrupted
+from GRID_XFER.urls import RedactingFormatter, check_plain_url, redact
 
 if TYPE_CHECKING:
     from GRID_XFER.couch import Couch
@@ -217,12 +218,7 @@ def record_id(night: str | None) -> str:
 
 
 def _check_plain_url(url: str) -> None:
-    from GRID_XFER.storage import check_plain_url
-
-    try:
-        check_plain_url(url, "the sandbox URL")
-    except InvalidInput as exc:
-        raise SandboxBuildError(str(exc)) from None
+    check_plain_url(url, "the sandbox URL", error=SandboxBuildError)
 
 
 def lookup(couch: Couch, night: str | None) -> dict[str, Any] | None:
@@ -275,8 +271,6 @@ def _remote_sha256(storage: Storage, url: str, limit: int = MAX_ARCHIVE_BYTES) -
 
 
 def _shown(url: str) -> str:
-    from GRID_XFER.storage import redact
-
     return redact(url)
 
 
@@ -664,8 +658,8 @@ def run(night: str | None, *, fetch_mode: str = "fetch", worker_args: list[str] 
 
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                           "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                            "%Y-%m-%dT%H:%M:%S"))
     root = logging.getLogger("GRID_XFER")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

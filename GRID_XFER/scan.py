@@ -6,7 +6,10 @@ records what it saw (every file at the source and every file the manifest
 names, with sizes and expected checksums); the worker checks the source again
 before it copies, because files keep arriving during the night. A missing or
 unreadable manifest does not stop the scan: the token records the problem and
-the worker reports 31 if it is still there when the token runs.
+the worker reports 31 if it is still there when the token runs. A symbolic link
+that leaves the exposure directory, dangles or loops is handled the same way: the
+walk refuses it (nothing outside the exposure is listed or read), the token names
+it, and the worker, walking the source again, fails the token with 34.
 
 Listing is parallel (one thread per exposure, gfal2 releases the GIL), so a
 night of a thousand exposures is a few seconds even over root://.
@@ -27,7 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from GRID_XFER import token as tk
 from GRID_XFER.checksum import ManifestError, manifest_name, normalise_algo, parse_manifest
 from GRID_XFER.errors import Code, InvalidInput, InvalidToken, NotFound
-from GRID_XFER.storage import Storage, StorageError, check_plain_url, redact
+from GRID_XFER.storage import Storage, StorageError
+from GRID_XFER.urls import PlainURL, check_plain_url, join, redact
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +43,7 @@ class ScanReport:
     specs: list[tk.ExposureSpec] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # entries that are not exposures
     manifest_problems: dict[str, str] = field(default_factory=dict)
-
-
-def join(base: str, *parts: str) -> str:
-    """``base/part/...``; a base ending in '/' (``file:///``, ``root://host//``) keeps it."""
-    rest = "/".join(p.strip("/") for p in parts if p.strip("/"))
-    if not rest:
-        return base
-    return base + rest if base.endswith("/") else f"{base}/{rest}"
+    source_problems: dict[str, str] = field(default_factory=dict)  # links not followed
 
 
 def read_manifest(storage: Storage, exposure_url: str, exposure: str,
@@ -68,25 +65,35 @@ def read_manifest(storage: Storage, exposure_url: str, exposure: str,
 
 def scan_exposure(storage: Storage, night_url: str, exposure: str, *, algo: str = "sha256",
                   destination: str | None = None) -> tk.ExposureSpec:
-    """One exposure's spec: files at the source and in its manifest, with sizes and checksums."""
+    """One exposure's spec: files at the source and in its manifest, with sizes and checksums.
+
+    A link the walk refuses becomes an entry with a ``problem`` (and no size: it was
+    not followed), so the token says what is wrong and a fixed link changes the work.
+    """
     algo = normalise_algo(algo)
     url = join(night_url, exposure)
-    present = storage.walk(url)
+    refused: dict[str, str] = {}
+    present = storage.walk(url, refused=refused)
     manifest: dict[str, Any] = {"name": manifest_name(exposure, algo), "algo": algo}
     expected: dict[str, str] = {}
-    try:
-        _, expected, _ = read_manifest(storage, url, exposure, algo)
-    except ManifestError as err:
-        manifest["error"] = str(err)
+    if manifest["name"] in refused:  # never read through a link that leaves the exposure
+        manifest["error"] = f"manifest {refused[manifest['name']]}"
+    else:
+        try:
+            _, expected, _ = read_manifest(storage, url, exposure, algo)
+        except ManifestError as err:
+            manifest["error"] = str(err)
     files: list[dict[str, Any]] = []
-    for name in sorted(set(present) | set(expected)):
-        if name == manifest["name"]:
+    for name in sorted(set(present) | set(expected) | set(refused)):
+        if name == manifest["name"] and name not in refused:
             continue
         entry: dict[str, Any] = {"name": name}
         if name in present:
             entry["size"] = present[name].size
         if name in expected:
             entry["checksums"] = {algo: expected[name]}
+        if name in refused:
+            entry["problem"] = refused[name]
         files.append(entry)
     if manifest["name"] in present:
         files.append({"name": manifest["name"], "size": present[manifest["name"]].size,
@@ -131,6 +138,10 @@ def scan_night(storage: Storage, source: str, night: str, *, destination: str | 
             report.specs.append(spec)
             if spec.manifest and spec.manifest.get("error"):
                 report.manifest_problems[spec.exposure] = spec.manifest["error"]
+            problems = [p for f in spec.files if (p := (f.model_extra or {}).get("problem"))]
+            if problems:
+                more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+                report.source_problems[spec.exposure] = "; ".join(problems[:3]) + more
             done += 1
             if progress:
                 progress(done, len(exposures))
@@ -150,8 +161,6 @@ def read_surl_list(path: Path) -> list[str]:
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
-        if "://" not in line:
-            raise InvalidInput(f"{path} line {n}: not a URL: {line[:80]!r}")
         check_plain_url(line, f"{path} line {n}: URL")
         urls.append(line)
     if not urls:
@@ -198,8 +207,8 @@ class Template(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     layout: Literal["night", "surl-list"] = "night"
-    source: str | None = None
-    destination: str | None = None
+    source: PlainURL | None = None
+    destination: PlainURL | None = None
     manifest: Literal["sha256", "adler32"] | None = None
     surls: Path | None = None
     group: int | None = Field(None, ge=1)
@@ -222,7 +231,8 @@ def load_template(path: Path) -> Template:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        msg = "unknown key" if err["type"] == "extra_forbidden" else \
+            err["msg"].removeprefix("Value error, ")
         raise InvalidInput(f"template {path}: {key}: {msg}") from None
     if t.surls is not None and not t.surls.is_absolute():
         t.surls = path.parent / t.surls

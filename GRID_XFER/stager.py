@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from xml.parsers.expat import ExpatError
 
 from GRID_XFER.errors import Code, ConfigError, GridXferError
+from GRID_XFER.urls import check_http_url
 
 log = logging.getLogger(__name__)
 
@@ -134,12 +135,8 @@ class StagerClient:
     def __init__(self, url: str, *,
                  credentials: Credentials | Callable[[], Credentials] | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 1.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"stager URL must be http:// or https://, not {public_url(url)!r}")
-        if parts.username or parts.password:
-            raise ConfigError("the stager URL must not carry credentials")
-        self.url = url
+        self.url = check_http_url(url, "the stager URL", f"{USER_ENV} / {PASSWORD_ENV} or "
+                                  "~/.stagingrc", error=ConfigError)
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff

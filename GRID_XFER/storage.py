@@ -40,52 +40,19 @@ os.environ.setdefault("XRD_REQUESTTIMEOUT", "300")
 
 import gfal2  # after the XrdCl settings above
 
-from GRID_XFER.errors import Code, GridXferError, InvalidInput
+from GRID_XFER.errors import Code, GridXferError
+from GRID_XFER.urls import check_plain_url, join, redact  # re-exported: storage.redact
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Cancelled", "CopyResult", "NotContained", "Stat", "Storage", "StorageError",
+           "check_plain_url", "redact"]
 
 T = TypeVar("T")
 
 CHUNK_SIZE = 4 * 1024 * 1024
 STREAM_CHUNK = 4 * 1024 * 1024  # measured: 4 MiB streams faster than 1 or 8 to XRootD
 _DIR_MODE = 0o755
-
-# --------------------------------------------------------------------------- redaction
-
-# userinfo ends at the last "@" before the path; passwords with a raw "@" stay covered.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s/?#]*@")
-_PARAM = re.compile(r"(?P<lead>[?&;])(?P<name>[^=&;#\s?]+)=(?P<value>[^&;#\s]*)")
-_SECRET_NAME = re.compile(
-    r"token|passw|pwd|secret|auth|sig|credential|key|session|bearer|cert|proxy|macaroon", re.I)
-_BEARER = re.compile(r"(?i)\b(bearer\s+)\S+")
-
-
-def _redact_param(match: re.Match[str]) -> str:
-    if _SECRET_NAME.search(match["name"]):
-        return f"{match['lead']}{match['name']}=***"
-    return match.group(0)
-
-
-def redact(text: str) -> str:
-    """Hide credentials in a URL, or in any text containing URLs.
-
-    Removes userinfo (``user:password@``) and the values of query parameters
-    whose names suggest secrets (``access_token``, ``authz``, ``X-Amz-Signature``,
-    ``password``, ...), so a URL can go into a message, token or log.
-    """
-    text = _USERINFO.sub(r"\g<scheme>***@", text)
-    text = _PARAM.sub(_redact_param, text)
-    return _BEARER.sub(r"\g<1>***", text)
-
-
-def check_plain_url(url: str, what: str) -> str:
-    """Refuse a URL carrying credentials: it would be stored in tokens, job files and logs."""
-    if redact(url) != url:
-        raise InvalidInput(f"{what} {redact(url)} must not carry credentials (user:password@ or "
-                           "a token parameter); use the storage's own authentication (proxy, "
-                           "token file)")
-    return url
-
 
 def _one_line(text: str) -> str:
     # gfal2/XrdCl messages carry NULs (raw and as literal "\x00") and newlines.
@@ -228,15 +195,70 @@ def _from_gerror(label: str, url: str, exc: gfal2.GError, *, dst: str | None = N
 
 @dataclass(frozen=True)
 class Stat:
+    """What a listing says of an entry, a symbolic link's target included (size, type).
+
+    ``link`` is the link's own text when the entry is a symbolic link (file:// only:
+    XRootD resolves links on the server and never shows them); a link that leads
+    nowhere or loops is listed with ``is_dir`` False and size 0.
+    """
+
     size: int
     is_dir: bool
     mtime: float
+    link: str | None = None
 
 
 @dataclass(frozen=True)
 class CopyResult:
     bytes: int
     seconds: float
+
+
+# --------------------------------------------------------------------------- containment
+
+# Deeper than this inside one exposure is taken for a link loop. Over file:// loops are
+# found exactly (below); over root:// the server follows links and a loop only shows as
+# ever deeper directories (XRootD gives up at the kernel's 40 links).
+MAX_DEPTH = 32
+
+
+class NotContained(StorageError):
+    """An entry leads outside the directory being walked, nowhere, or round in a loop (34).
+
+    Permanent: the source has to change. ``path`` is the entry, relative to the walk.
+    """
+
+    def __init__(self, message: str, *, url: str, path: str) -> None:
+        super().__init__(message, url=url, errno=E.ELOOP, transient=False,
+                         code=Code.SOURCE_NOT_CONTAINED)
+        self.path = path
+
+
+def _local_path(url: str) -> str | None:
+    """The path gfal2's file plugin uses for a file:// URL (taken as is, not decoded)."""
+    return url[len("file://"):] if url.startswith("file://") else None
+
+
+def _follow(real_dir: str, name: str, st: Stat, real_root: str,
+            chain: tuple[str, ...]) -> tuple[str | None, str]:
+    """(real path, '') of a link that stays inside ``real_root``; else (None, why not).
+
+    ``chain`` holds the real directories from the root down to ``real_dir``: a link
+    back to one of them would make the walk go round for ever.
+    """
+    try:
+        target = os.path.realpath(os.path.join(real_dir, name), strict=True)
+    except OSError as exc:
+        if exc.errno == E.ELOOP:
+            return None, "link loop (too many levels of links)"
+        if exc.errno in (E.ENOENT, E.ENOTDIR):
+            return None, "link points to nothing (dangling)"
+        return None, f"link cannot be resolved: {exc.strerror}"
+    if os.path.commonpath([real_root, target]) != real_root:
+        return None, "link leaves the exposure directory"
+    if st.is_dir and target in chain:
+        return None, "link loop (leads back to a directory it is in)"
+    return target, ""
 
 
 # --------------------------------------------------------------------------- storage
@@ -478,7 +500,14 @@ class Storage:
         return sorted(n for n in names if n not in (".", ".."))
 
     def scandir(self, url: str) -> list[tuple[str, Stat]]:
-        """Entries with their stat in one listing (``readpp``), not one stat call per file."""
+        """Entries with their stat in one listing (``readpp``), not one stat call per file.
+
+        file:// is listed entry by entry instead (the same system calls: readpp stats
+        each entry too), because readpp fails the whole listing on one dangling link
+        and hides which entries are links; there ``Stat.link`` tells.
+        """
+        if _local_path(url) is not None:
+            return self._scandir_local(url)
         label = f"listdir {redact(url)}"
         out: list[tuple[str, Stat]] = []
         try:
@@ -498,18 +527,82 @@ class Storage:
             raise err from None
         return sorted(out)
 
-    def walk(self, url: str) -> dict[str, Stat]:
-        """Every file under ``url`` (recursively), by path relative to it."""
+    def _scandir_local(self, url: str) -> list[tuple[str, Stat]]:
+        """scandir for file://: lstat each entry, and follow a link only to describe it."""
+        ctx = self._meta()
+        out: list[tuple[str, Stat]] = []
+        for name in self.listdir(url):
+            entry = join(url, name)
+            try:
+                st = ctx.lstat(entry)
+                link = str(ctx.readlink(entry)) if _stat.S_ISLNK(st.st_mode) else None
+            except gfal2.GError as exc:
+                if _errno_of(exc) == E.ENOENT:
+                    continue  # removed since the listing
+                raise _from_gerror(f"stat {redact(entry)}", entry, exc) from None
+            if link is not None:
+                try:
+                    st = ctx.stat(entry)
+                except gfal2.GError:  # dangling, or a loop: the walk says which
+                    out.append((name, Stat(size=0, is_dir=False, mtime=float(st.st_mtime),
+                                           link=link)))
+                    continue
+            out.append((name, Stat(size=int(st.st_size), is_dir=_stat.S_ISDIR(st.st_mode),
+                                   mtime=float(st.st_mtime), link=link)))
+        return sorted(out)
+
+    def walk(self, url: str, *, refused: dict[str, str] | None = None) -> dict[str, Stat]:
+        """Every file under ``url`` (recursively), by path relative to it; nothing outside it.
+
+        Over file:// every symbolic link is resolved (``os.path.realpath``) and
+        followed only if it leads inside ``url``'s real path and not back into a
+        directory it is in; a link that leaves, dangles or loops is refused. ``url``
+        itself may be a link (a night spread over disks): containment is measured from
+        where it leads. Over root:// the server resolves links and shows none, so only
+        a directory more than :data:`MAX_DEPTH` levels deep (a loop) can be refused.
+
+        A refused entry raises :class:`NotContained` (34) naming it; with ``refused``
+        given, it is recorded there (relative path -> why) instead and the walk goes
+        on without it, so one bad link does not hide the rest of the listing.
+        """
+        root = _local_path(url)
+        real_root: str | None = None
         files: dict[str, Stat] = {}
-        pending = [""]
+        # (relative path, its real path on a local disk, real directories down to it)
+        pending: list[tuple[str, str | None, tuple[str, ...]]] = [("", None, ())]
+
+        def refuse(path: str, st: Stat, why: str) -> None:
+            shown = f"{path} -> {st.link}" if st.link is not None else path
+            if refused is None:
+                raise NotContained(f"{shown} in {redact(url)}: {why}", url=url, path=path)
+            refused[path] = f"{shown}: {why}"
+
         while pending:
-            rel = pending.pop()
-            for name, st in self.scandir(f"{url.rstrip('/')}/{rel}" if rel else url):
+            rel, real, chain = pending.pop()
+            entries = self.scandir(join(url, rel))
+            if root is not None and real_root is None:
+                try:
+                    real_root = real = os.path.realpath(root, strict=True)
+                except OSError as exc:  # removed (or made unreadable) since the listing
+                    raise StorageError(f"walk {redact(url)} failed: {exc.strerror}", url=url,
+                                       errno=exc.errno or 0,
+                                       code=Code.SOURCE_MISSING if exc.errno == E.ENOENT
+                                       else Code.TRANSFER_FAILED) from None
+                chain = (real_root,)
+            for name, st in entries:
                 path = f"{rel}/{name}" if rel else name
-                if st.is_dir:
-                    pending.append(path)
-                else:
+                inside = os.path.join(real, name) if real is not None else None
+                if st.link is not None and real_root is not None and real is not None:
+                    inside, why = _follow(real, name, st, real_root, chain)
+                    if why:
+                        refuse(path, st, why)
+                        continue
+                if not st.is_dir:
                     files[path] = st
+                elif path.count("/") + 1 > MAX_DEPTH:
+                    refuse(path, st, f"more than {MAX_DEPTH} directory levels deep (a link loop?)")
+                else:
+                    pending.append((path, inside, (*chain, inside) if inside else chain))
         return files
 
     def read_text(self, url: str, limit: int = 64 * 1024 * 1024) -> str:

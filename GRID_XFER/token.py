@@ -26,6 +26,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from GRID_XFER.errors import Code, InvalidToken, code_name
+from GRID_XFER.urls import PlainURL
 
 TOKEN_TYPE = "token"
 STATES = ("todo", "locked", "staging", "archiving", "done", "error")
@@ -67,15 +68,22 @@ class FileEntry(BaseModel):
         return out
 
 
+class SpecFile(FileEntry):
+    """A file as given to create a token; its own ``url`` (URL lists) obeys the URL policy:
+    a token is read by every worker and the status page, so no URL in it carries a secret."""
+
+    url: PlainURL | None = None
+
+
 class ExposureSpec(BaseModel):
     """What a user (or a source scan) gives to create one token."""
 
     model_config = ConfigDict(extra="forbid")
 
     exposure: str
-    files: list[FileEntry] = Field(default_factory=list)
-    source: str | None = None
-    destination: str | None = None
+    files: list[SpecFile] = Field(default_factory=list)
+    source: PlainURL | None = None
+    destination: PlainURL | None = None
     payload: dict[str, Any] = Field(default_factory=dict)
     max_attempts: int | None = Field(None, ge=1)
     # Where the expected checksums came from: {name, algo, error?}; None for SURL lists.

@@ -26,7 +26,7 @@ from typing import Any, Literal
 from GRID_XFER.checksum import Hasher, ManifestError, hash_chunks
 from GRID_XFER.errors import Code, TaskError
 from GRID_XFER.scan import join, read_manifest
-from GRID_XFER.storage import Cancelled, Storage, StorageError, redact
+from GRID_XFER.storage import Cancelled, NotContained, Storage, StorageError, redact
 from GRID_XFER.task import TaskContext
 
 log = logging.getLogger(__name__)
@@ -141,9 +141,16 @@ class TransferTask:
 
     def _check_source(self, src: str, exposure: str, manifest: dict[str, Any],
                       files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The source as it is now, against its manifest: 20, 31, 32 or 33, or the file list."""
+        """The source as it is now, against its manifest: 20, 31, 32, 33 or 34, or the file list.
+
+        The walk is contained (docs/transfer.md, links at the source): a link that
+        appeared since `tokens create` and leaves the exposure is refused here, before
+        anything is read through it.
+        """
         try:
             present = self.storage.walk(src)
+        except NotContained as err:
+            raise TaskError(err.code, str(err), file=err.path, transient=False) from None
         except StorageError as err:
             if err.code == Code.SOURCE_MISSING:
                 raise TaskError(Code.SOURCE_MISSING, f"exposure directory {redact(src)} not found",
