@@ -605,6 +605,28 @@ class Storage:
                     pending.append((path, inside, (*chain, inside) if inside else chain))
         return files
 
+    def check_contained(self, base: str, rel: str) -> None:
+        """NotContained (34) if ``base/rel`` is, or passes through, a link leading outside
+        ``base``, nowhere, or round in a loop. file:// only (XRootD resolves links itself).
+
+        For files named without a listing (``--from`` entries): the walk does this for
+        exposures with a manifest.
+        """
+        root = _local_path(base)
+        if root is None:
+            return
+        try:
+            real_root = os.path.realpath(root, strict=True)
+            target = os.path.realpath(os.path.join(root, rel), strict=True)
+        except OSError as exc:
+            if exc.errno == E.ENOENT and not os.path.lexists(os.path.join(root, rel)):
+                return  # simply missing: the copy says so (20)
+            raise NotContained(f"{rel} in {redact(base)}: link cannot be followed "
+                               f"({exc.strerror})", url=base, path=rel) from None
+        if os.path.commonpath([real_root, target]) != real_root:
+            raise NotContained(f"{rel} in {redact(base)}: link leaves the source directory",
+                               url=base, path=rel)
+
     def read_text(self, url: str, limit: int = 64 * 1024 * 1024) -> str:
         """A small text file (a manifest), UTF-8; refuses anything over ``limit`` bytes."""
         data = bytearray()

@@ -80,6 +80,14 @@ class TransferTask:
             if not src:
                 raise TaskError(Code.CONFIG, "token has no source URL", transient=False)
             files = self._check_source(src, token.get("exposure", ""), token["manifest"], files)
+        elif src:
+            for f in files:  # named, not listed: contained all the same
+                if not f.get("url"):
+                    try:
+                        self.storage.check_contained(src, f["name"])
+                    except NotContained as err:
+                        raise TaskError(err.code, str(err), file=f["name"],
+                                        transient=False) from None
         ctx.log.info("%d file(s), %d bytes: %s -> %s", len(files),
                      sum(f.get("size") or 0 for f in files), redact(src or "(urls)"), redact(dst))
         self._remove_stale_parts(token, files, dst, ctx)

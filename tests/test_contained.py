@@ -214,3 +214,22 @@ def test_fixing_the_link_and_creating_again_gives_the_token_a_fresh_start(
     work(db.config_file, NIGHT)
     assert tokens(db, NIGHT)["e1"]["state"] == "done"
     assert tree(dst / NIGHT / "e1") == tree(e)
+
+
+def test_a_from_entry_naming_a_link_that_leaves_its_source_is_refused_with_34(
+        db: Database, tmp_path: Path, outside: Path) -> None:
+    """Files named in a `--from` file are not listed by a walk: the worker checks
+    each one before reading it."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    (src / "e1").mkdir(parents=True)
+    (src / "e1" / "a.fits").write_bytes(b"a" * 10)
+    (src / "e1" / "passwd").symlink_to(outside / "secret.txt")
+    entries = tmp_path / "night.json"
+    entries.write_text(json.dumps({"exposures": [{
+        "exposure": "e1", "source": file_url(src / "e1"), "destination": file_url(dst / "e1"),
+        "files": [{"name": "a.fits", "size": 10}, {"name": "passwd", "size": len(OUTSIDE)}]}]}))
+    gridxfer("tokens", "create", NIGHT, "--from", str(entries), config=db.config_file, check=True)
+    work(db.config_file, NIGHT)
+    doc = tokens(db, NIGHT)["e1"]
+    assert_error(doc, Code.SOURCE_NOT_CONTAINED, "passwd")
+    assert not (dst / "e1" / "passwd").exists() and not (dst / "e1" / "a.fits").exists()
