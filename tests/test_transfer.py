@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import signal
 import subprocess
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +24,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from GRID_XFER.errors import Code
+from GRID_XFER import token as tk
+from GRID_XFER.errors import Code, TaskError
 from GRID_XFER.pool import PoolSettings
+from GRID_XFER.scan import scan_night
+from GRID_XFER.storage import Storage
+from GRID_XFER.task import TaskContext
+from GRID_XFER.transfer import TransferTask
 from tests.conftest import Database, gridxfer, make_database, spawn_worker, wait_for
-from tests.nightgen import flip_byte, make_night, manifest_name, tree, write_exposure
+from tests.nightgen import (
+    flip_byte,
+    make_night,
+    manifest_name,
+    tree,
+    write_exposure,
+    write_manifest,
+)
 from tests.plugins.xrootd import XRootDServer
 
 MiB = 1024 * 1024
@@ -591,16 +606,6 @@ def test_any_exposure_changed_after_create_never_ends_done_with_other_bytes(
     """Random exposures, changed at the source after their token was made: the task
     either fails with a code, or every file under a final name holds exactly the
     bytes its manifest names, and no temporary file is left."""
-    from GRID_XFER import token as tk
-    from GRID_XFER.errors import TaskError
-    from GRID_XFER.scan import scan_night
-    from GRID_XFER.storage import Storage
-    from GRID_XFER.task import TaskContext
-    from GRID_XFER.transfer import TransferTask
-    import logging
-    import tempfile
-    import threading
-
     if big:  # crosses the 4 MiB chunk boundary of the streamed copy
         files = {**files, "big.fits": os.urandom(4 * MiB + 3)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -629,7 +634,6 @@ def test_any_exposure_changed_after_create_never_ends_done_with_other_bytes(
                 (exp / f"extra{n}").write_bytes(b"x")
             elif kind == "rewrite":  # a consistent new content and manifest
                 path.write_bytes(b"new" + path.read_bytes())
-                from tests.nightgen import write_manifest
                 write_manifest(exp, {m: (exp / m).read_bytes() for m in names
                                      if (exp / m).exists()})
         ctx = TaskContext(log=logging.getLogger("test.property"), cancelled=threading.Event())
