@@ -22,7 +22,7 @@ from GRID_XFER.config import Config, load_config
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import ConfigError, GridXferError, InvalidInput, NotFound
 from GRID_XFER.pool import Pool, PoolSettings
-from GRID_XFER.token import STATES, parse_spec
+from GRID_XFER.token import STATES, check_token_id, parse_spec
 
 log = logging.getLogger("GRID_XFER.cli")
 
@@ -179,11 +179,18 @@ _NamesLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
-def _load_specs(path: Path) -> list[Any]:
+def _read_text(path: Path) -> str:
+    """A user's input file as text: one line saying why not, rather than a traceback."""
     try:
-        text = path.read_text()
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
+def _load_specs(path: Path) -> list[Any]:
+    text = _read_text(path)
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.load(text, _NamesLoader)
     except (ValueError, yaml.YAMLError) as exc:
@@ -220,6 +227,8 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
     from GRID_XFER import scan
     from GRID_XFER.storage import check_plain_url
 
+    if template:
+        _read_text(template)  # a file that is no UTF-8 text: exit 6 naming it
     t = scan.load_template(template) if template else scan.Template()
     tc = app.config.transfer
     source = source or t.source or app.config.source
@@ -308,7 +317,8 @@ def tokens_list(app: App, night: str, states: tuple[str, ...], codes: tuple[int,
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def tokens_show(app: App, token_id: str, as_json: bool) -> None:
-    """Show one token."""
+    """Show one token (as stored, even a malformed one)."""
+    check_token_id(token_id)  # `..`, `_all_docs`, `a/b` would ask the server for something else
     doc = app.pool().get(token_id)
     if as_json:
         emit_json(doc)

@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from GRID_XFER.errors import Code, InvalidToken, code_name
+from GRID_XFER.errors import Code, InvalidInput, InvalidToken, code_name
 
 TOKEN_TYPE = "token"
 STATES = ("todo", "locked", "staging", "archiving", "done", "error")
@@ -112,6 +112,21 @@ class TokenDoc(BaseModel):
 def check_id_part(value: str, what: str) -> str:
     if not isinstance(value, str) or not _ID_PART.fullmatch(value):
         raise InvalidToken(f"invalid {what} {value!r}: {_ID_RULE}")
+    return value
+
+
+_TOKEN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}_[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def check_token_id(value: str) -> str:
+    """Refuse what cannot be a token id (``..``, ``_all_docs``, ``_design/x``, ``a/b``).
+
+    Such a string in a document URL names something else on the server (its root,
+    a listing, a design document): it must never reach a request.
+    """
+    if not _TOKEN_ID.fullmatch(value):
+        raise InvalidInput(f"invalid token id {value!r}: token ids are <night>_<exposure>, "
+                           f"each part 1-128 letters, digits and ._+- (not starting with a symbol)")
     return value
 
 
