@@ -20,7 +20,7 @@ import yaml
 from GRID_XFER import __version__
 from GRID_XFER.config import Config, load_config
 from GRID_XFER.couch import Couch
-from GRID_XFER.errors import ConfigError, GridXferError, InvalidInput, NotFound
+from GRID_XFER.errors import ConfigError, DatabaseUnavailable, GridXferError, InvalidInput, NotFound
 from GRID_XFER.pool import Pool, PoolSettings
 from GRID_XFER.token import STATES, check_token_id, parse_spec
 
@@ -418,17 +418,23 @@ def worker(app: App, night: str | None, max_tokens: int | None, max_time: float 
                     max_tokens=max_tokens, max_time=max_time, idle_exit=idle_exit,
                     idle_sleep=w.idle_sleep, heartbeat=w.heartbeat, **_tape_services(app, task))
     runner.install_signal_handlers()
-    pool.couch.require_db()
-    if night:
-        pool.require_night(night)
-    log.info("worker %s starting (night %s)", pool.worker["id"], night or "any")
-    report = runner.run()
+    try:
+        pool.couch.require_db()
+        if night:
+            pool.require_night(night)
+        log.info("worker %s starting (night %s)", pool.worker["id"], night or "any")
+        report = runner.run()
+    except DatabaseUnavailable:
+        if runner.signal is None:
+            raise
+        report = runner.report  # a signal ended the wait for the database
+        report.signal = runner.signal
     if as_json:
         emit_json({"worker": pool.worker, **report.as_dict()})
     else:
         log.info("worker %s finished: %s", pool.worker["id"], report.as_dict())
     if report.signal is not None:
-        log.warning("stopped by signal %d; held token released", report.signal)
+        log.warning("stopped by signal %d", report.signal)
         sys.exit(128 + report.signal)
 
 

@@ -66,6 +66,71 @@ def user_docs(db: Database) -> list[str]:
     return sorted(r["id"] for r in db.couch.all_docs() if not r["id"].startswith("_design/"))
 
 
+# -- item 8: an HTTP 500 from a view is no outage -------------------------------------
+def test_a_view_the_server_cannot_answer_is_reported_as_such(db: Database) -> None:
+    """An HTTP 500 from a view is no outage: one line naming the view and the reason, at once."""
+    db.pool().create("n1", [parse_spec("a")])
+    ddoc = db.couch.get("_design/gridxfer")
+    ddoc["views"]["by_state"]["map"] = "function (doc) { emit([doc.token_set, doc.state, doc._id], 'x'); }"
+    db.couch.put(ddoc)  # as a view of an older version met a string bytes_total
+    cfg = db.write_config(couchdb={"retries": 4, "backoff": 2}, worker={"outage_seconds": 900})
+    for args in (["status"], ["tokens", "list", "n1"], ["worker", "--night", "n1", "--idle-exit",
+                                                        "--task", "noop"]):
+        started = time.monotonic()
+        proc = gridxfer(*args, config=cfg, timeout=90)
+        assert proc.returncode == 4, (args, proc.stderr)
+        line = error_line(proc)
+        assert "gridxfer/by_state" in line and "HTTP 500" in line and "invalid_value" in line
+        assert "unavailable" not in proc.stderr
+        assert time.monotonic() - started < 15  # not retried as if the server were away
+
+
+# -- SIGTERM always works ----------------------------------------------------------------
+def test_first_sigterm_stops_a_worker_waiting_for_an_absent_database(tmp_path: Path) -> None:
+    cfg = tmp_path / "gone.yaml"
+    cfg.write_text(yaml.safe_dump({"couchdb": {"url": f"http://127.0.0.1:{free_port()}",
+                                               "backoff": 1},
+                                   "worker": {"outage_seconds": 900, "command": "true"}}))
+    w = spawn_worker(cfg, "--idle-exit")
+    try:
+        time.sleep(3)  # retrying with backoff by now
+        assert w.poll() is None
+        w.send_signal(signal.SIGTERM)
+        _, err = w.communicate(timeout=20)
+    finally:
+        if w.poll() is None:
+            w.kill()
+            w.wait()
+    assert w.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+
+
+def test_first_sigterm_stops_a_worker_riding_out_an_outage(tmp_path: Path) -> None:
+    srv = start_server(tmp_path / "data", free_port())
+    try:
+        db = make_database(srv.url, tmp_path)
+        db.pool().create("n1", [parse_spec("a")])
+        cfg = db.write_config(couchdb={"retries": 4, "backoff": 1},
+                              worker={"command": "true", "outage_seconds": 900,
+                                      "idle_sleep": 0.2})
+        w = spawn_worker(cfg, "--night", "n1")  # no --idle-exit: it waits for more work
+        try:
+            wait_for(lambda: db.pool().get("n1_a")["state"] == "done", timeout=60)
+            srv.stop()
+            time.sleep(3)  # its next look at the todo view is being retried
+            assert w.poll() is None
+            w.send_signal(signal.SIGTERM)
+            _, err = w.communicate(timeout=20)
+        finally:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+        assert w.returncode == 128 + signal.SIGTERM, err
+        assert "Traceback" not in err
+    finally:
+        srv.stop()
+
+
 # -- item 10: bad input on the command line ----------------------------------------------
 @pytest.mark.parametrize("token_id", ["..", ".", "_all_docs", "_design/gridxfer",
                                       "_local/gridxfer-status", "n1/a", "_changes", ""])
