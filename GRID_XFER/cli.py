@@ -307,9 +307,22 @@ def tokens_list(app: App, night: str, states: tuple[str, ...], codes: tuple[int,
         emit_json(docs)
         return
     for d in docs:
-        err = d.get("error") or {}
-        extra = f"  {err.get('code')} {err.get('message', '')}" if d["state"] == "error" else ""
-        click.echo(f"{d['_id']:<40} {d['state']:<9} attempts={d.get('attempts', 0)}{extra}")
+        click.echo(_token_line(d))
+
+
+def _token_line(doc: dict[str, Any]) -> str:
+    """One token as `tokens list` shows it: a malformed one too (docs/tokens.md)."""
+    from GRID_XFER import token as tk
+
+    state, problem = tk.shown_state(doc), tk.problem(doc)
+    err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
+    message = err.get("message") if doc.get("state") == "error" else None
+    extra = ""
+    if state == "error":
+        extra = f"  {tk.error_code(doc)} {message if isinstance(message, str) else problem or ''}"
+    if problem is not None and problem not in extra:
+        extra += f"  ({problem})"
+    return f"{doc['_id']:<40} {state:<9} attempts={doc.get('attempts', 0)!s}{extra}"
 
 
 @tokens.command("show")
@@ -749,9 +762,16 @@ def _urls_of(app: App, target: str) -> tuple[list[tuple[str, str]], list[dict[st
     path = Path(target)
     if path.is_file():
         return [("", u) for u in scan.read_surl_list(path)], None
+    from GRID_XFER.token import problem
+
     pool = app.pool()
     pool.require_night(target)
-    docs = pool.select(target)
+    docs = []
+    for d in pool.select(target):
+        if (why := problem(d)) is not None:
+            log.warning("%s; left out", why)
+        else:
+            docs.append(d)
     return [(d["_id"], u) for d in docs for _, u in token_urls(d)], docs
 
 
