@@ -20,9 +20,9 @@ import yaml
 from GRID_XFER import __version__
 from GRID_XFER.config import Config, load_config
 from GRID_XFER.couch import Couch
-from GRID_XFER.errors import ConfigError, GridXferError, InvalidInput, NotFound
+from GRID_XFER.errors import ConfigError, DatabaseUnavailable, GridXferError, InvalidInput, NotFound
 from GRID_XFER.pool import Pool, PoolSettings
-from GRID_XFER.token import STATES, parse_spec
+from GRID_XFER.token import STATES, check_token_id, parse_spec
 from GRID_XFER.urls import RedactingFormatter, check_plain_url, redact
 
 log = logging.getLogger("GRID_XFER.cli")
@@ -181,11 +181,18 @@ _NamesLoader.yaml_implicit_resolvers = {
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
-def _load_specs(path: Path) -> list[Any]:
+def _read_text(path: Path) -> str:
+    """A user's input file as text: one line saying why not, rather than a traceback."""
     try:
-        text = path.read_text()
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+
+
+def _load_specs(path: Path) -> list[Any]:
+    text = _read_text(path)
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.load(text, _NamesLoader)
     except (ValueError, yaml.YAMLError) as exc:
@@ -221,6 +228,8 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
     """Create NIGHT's tokens from its source; re-running catches up, adding only what is new."""
     from GRID_XFER import scan
 
+    if template:
+        _read_text(template)  # a file that is no UTF-8 text: exit 6 naming it
     t = scan.load_template(template) if template else scan.Template()
     tc = app.config.transfer
     source = source or t.source or app.config.source
@@ -305,9 +314,22 @@ def tokens_list(app: App, night: str, states: tuple[str, ...], codes: tuple[int,
         emit_json(docs)
         return
     for d in docs:
-        err = d.get("error") or {}
-        extra = f"  {err.get('code')} {err.get('message', '')}" if d["state"] == "error" else ""
-        click.echo(f"{d['_id']:<40} {d['state']:<9} attempts={d.get('attempts', 0)}{extra}")
+        click.echo(_token_line(d))
+
+
+def _token_line(doc: dict[str, Any]) -> str:
+    """One token as `tokens list` shows it: a malformed one too (docs/tokens.md)."""
+    from GRID_XFER import token as tk
+
+    state, problem = tk.shown_state(doc), tk.problem(doc)
+    err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
+    message = err.get("message") if doc.get("state") == "error" else None
+    extra = ""
+    if state == "error":
+        extra = f"  {tk.error_code(doc)} {message if isinstance(message, str) else problem or ''}"
+    if problem is not None and problem not in extra:
+        extra += f"  ({problem})"
+    return f"{doc['_id']:<40} {state:<9} attempts={doc.get('attempts', 0)!s}{extra}"
 
 
 @tokens.command("show")
@@ -315,7 +337,8 @@ def tokens_list(app: App, night: str, states: tuple[str, ...], codes: tuple[int,
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def tokens_show(app: App, token_id: str, as_json: bool) -> None:
-    """Show one token."""
+    """Show one token (as stored, even a malformed one)."""
+    check_token_id(token_id)  # `..`, `_all_docs`, `a/b` would ask the server for something else
     doc = app.pool().get(token_id)
     if as_json:
         emit_json(doc)
@@ -415,17 +438,23 @@ def worker(app: App, night: str | None, max_tokens: int | None, max_time: float 
                     max_tokens=max_tokens, max_time=max_time, idle_exit=idle_exit,
                     idle_sleep=w.idle_sleep, heartbeat=w.heartbeat, **_tape_services(app, task))
     runner.install_signal_handlers()
-    pool.couch.require_db()
-    if night:
-        pool.require_night(night)
-    log.info("worker %s starting (night %s)", pool.worker["id"], night or "any")
-    report = runner.run()
+    try:
+        pool.couch.require_db()
+        if night:
+            pool.require_night(night)
+        log.info("worker %s starting (night %s)", pool.worker["id"], night or "any")
+        report = runner.run()
+    except DatabaseUnavailable:
+        if runner.signal is None:
+            raise
+        report = runner.report  # a signal ended the wait for the database
+        report.signal = runner.signal
     if as_json:
         emit_json({"worker": pool.worker, **report.as_dict()})
     else:
         log.info("worker %s finished: %s", pool.worker["id"], report.as_dict())
     if report.signal is not None:
-        log.warning("stopped by signal %d; held token released", report.signal)
+        log.warning("stopped by signal %d", report.signal)
         sys.exit(128 + report.signal)
 
 
@@ -740,9 +769,16 @@ def _urls_of(app: App, target: str) -> tuple[list[tuple[str, str]], list[dict[st
     path = Path(target)
     if path.is_file():
         return [("", u) for u in scan.read_surl_list(path)], None
+    from GRID_XFER.token import problem
+
     pool = app.pool()
     pool.require_night(target)
-    docs = pool.select(target)
+    docs = []
+    for d in pool.select(target):
+        if (why := problem(d)) is not None:
+            log.warning("%s; left out", why)
+        else:
+            docs.append(d)
     return [(d["_id"], u) for d in docs for _, u in token_urls(d)], docs
 
 

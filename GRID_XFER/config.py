@@ -30,7 +30,9 @@ def _http_url(v: str, credentials_from: str) -> str:
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No infinities or NaN (YAML's .inf/.nan): a lease or timeout of .inf would
+    # only fail later, when a token or a request is made of it.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class CouchDBConfig(_Section):

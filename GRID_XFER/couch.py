@@ -25,7 +25,7 @@ import requests
 
 from GRID_XFER.config import CouchDBConfig
 from GRID_XFER.errors import (Conflict, DatabaseError, DatabaseUnavailable, NotFound,
-                              Rejected)
+                              Rejected, ViewError)
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,8 @@ class Couch:
     cannot reach one (refused, timed out, 502-504) goes to the next at once, and
     only when all failed does it back off. ``outage_seconds`` bounds how long one
     call keeps retrying; when None, ``cfg.retries`` rounds are made. Workers pass
-    a long outage so that a restarted server costs no tokens.
+    a long outage so that a restarted server costs no tokens; ``stopping`` (a
+    worker's first signal) ends the waiting: a call that fails then is not retried.
     """
 
     def __init__(self, cfg: CouchDBConfig, *, outage_seconds: float | None = None) -> None:
@@ -80,6 +81,7 @@ class Couch:
         self._clients: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._cluster: dict[str, int] | None = None
+        self.stopping = threading.Event()
 
     @property
     def url(self) -> str:
@@ -120,8 +122,14 @@ class Couch:
 
     def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
                 body: Any = None, data: bytes | None = None,
-                headers: dict[str, str] | None = None, db: bool = True) -> requests.Response:
-        """One HTTP call, failed over and retried on connection errors and 5xx."""
+                headers: dict[str, str] | None = None, db: bool = True,
+                view: str | None = None) -> requests.Response:
+        """One HTTP call, failed over and retried on connection errors and 5xx.
+
+        Except a 500 from a ``view`` (``ddoc/name``): that is the view failing on
+        what it read (a reduce over a value it cannot add), the same on every try
+        and every coordinator, so it is reported at once, not ridden out.
+        """
         if params:
             params = {k: json.dumps(v) if k in _JSON_PARAMS or isinstance(v, bool) else v
                       for k, v in params.items()}
@@ -150,6 +158,9 @@ class Couch:
                 if isinstance(exc, requests.Timeout):
                     problem = f"no answer within {self.cfg.timeout:g}s"
             else:
+                if resp.status_code == 500 and view is not None:
+                    raise ViewError(f"{shown}: view {view} failed on the server: HTTP 500 "
+                                    f"{_reason(resp, with_error=True)}")
                 if resp.status_code not in _RETRY_STATUS:
                     if rounds:
                         self.recovered_at = time.monotonic()  # see Pool.reap
@@ -173,23 +184,23 @@ class Couch:
                 self._current = (self._current + 1) % len(self.urls)
             delay = min(30.0, self.cfg.backoff * 2 ** min(rounds - 1, 10)) * random.uniform(0.8, 1.2)
             where = base if len(self.urls) == 1 else f"{len(self.urls)} coordinators, last {base}"
+            gave_up = f"database server {where} unavailable ({problem}) after {attempt} " \
+                f"attempt{'s' if attempt > 1 else ''}"
             if deadline is None and rounds > self.cfg.retries or (
                     deadline is not None and time.monotonic() + delay > deadline):
-                raise DatabaseUnavailable(f"database server {where} unavailable ({problem}) "
-                                          f"after {attempt} attempt{'s' if attempt > 1 else ''}")
+                raise DatabaseUnavailable(gave_up)
+            if self.stopping.is_set():
+                raise DatabaseUnavailable(f"{gave_up}; not retried: stopping")
             log.warning("database server %s unavailable (%s); retry %d in %.1fs",
                         where, problem, rounds, delay)
-            time.sleep(delay)
+            if self.stopping.wait(delay):
+                raise DatabaseUnavailable(f"{gave_up}; not retried: stopping")
 
     @staticmethod
     def _check(resp: requests.Response, shown: str) -> requests.Response:
         if resp.status_code < 400:
             return resp
-        try:
-            reason = resp.json().get("reason") or resp.json().get("error") or ""
-        except ValueError:
-            reason = resp.text[:200]
-        reason = str(reason).replace("\n", " ")
+        reason = _reason(resp)
         if resp.status_code == 409:
             raise Conflict(f"{shown}: conflict (document changed meanwhile)")
         if resp.status_code == 404:
@@ -323,9 +334,11 @@ class Couch:
     def view(self, ddoc: str, name: str, *, keys: list[Any] | None = None,
              **params: Any) -> dict[str, Any]:
         path = f"_design/{quote(ddoc, safe='')}/_view/{quote(name, safe='')}"
+        view = f"{ddoc}/{name}"
         if keys is not None:
-            return self.request("POST", path, params=params or None, body={"keys": keys}).json()
-        return self.request("GET", path, params=params or None).json()
+            return self.request("POST", path, params=params or None, body={"keys": keys},
+                                view=view).json()
+        return self.request("GET", path, params=params or None, view=view).json()
 
     def iter_view(self, ddoc: str, name: str, *, page: int = 1000,
                   **params: Any) -> Iterator[dict[str, Any]]:
@@ -351,6 +364,19 @@ class Couch:
 
     def get_attachment(self, doc_id: str, name: str) -> bytes:
         return self.request("GET", f"{_quote_id(doc_id)}/{quote(name, safe='')}").content
+
+
+def _reason(resp: requests.Response, *, with_error: bool = False) -> str:
+    """The server's reason for an error answer, on one line (``error: reason``)."""
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return resp.text[:200].replace("\n", " ")
+    error, reason = body.get("error"), body.get("reason")
+    text = f"{error}: {reason}" if with_error and error and reason else reason or error or ""
+    return str(text).replace("\n", " ")[:500]
 
 
 # View parameters CouchDB expects JSON-encoded.

@@ -87,6 +87,11 @@ class DatabaseError(GridXferError):
     exit_status = 4
 
 
+class ViewError(DatabaseError):
+    """A view the server could not answer (HTTP 500): a document its map or reduce
+    cannot handle, or a broken view. Asking again gives the same answer: no outage."""
+
+
 class NotFound(GridXferError):
     exit_status = 5
 

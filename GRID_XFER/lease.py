@@ -57,8 +57,9 @@ class Lease:
         return self.pool.couch
 
     def _ours(self, current: dict[str, Any]) -> bool:
+        worker = current.get("worker")  # a hand-edited token may hold anything here
         return (current.get("state") in tk.HELD
-                and (current.get("worker") or {}).get("id") == self.pool.worker["id"]
+                and isinstance(worker, dict) and worker.get("id") == self.pool.worker["id"]
                 and current.get("claim") == self.claim_id)
 
     def _freed(self, current: dict[str, Any]) -> bool:

@@ -99,6 +99,14 @@ class Pool:
             to_save = []
             for doc in docs:
                 old = existing.get(doc["_id"])
+                if old is not None and not (tk.is_token(old) and old["token_set"] == night):
+                    log.warning("%s: the id is taken by a document that is no token of night "
+                                "%s; left alone", doc["_id"], night)
+                    report.skipped.append(doc["_id"])
+                    continue
+                problem = tk.problem(old) if old is not None else None
+                if problem is not None and tk.shown_state(old) in ("todo", "error"):
+                    tk.quarantine(old, problem, now)  # then it is updated like any error token
                 if old is None:
                     to_save.append(doc)
                 elif _same_work(old, doc):
@@ -162,12 +170,11 @@ class Pool:
                 if not self._candidates:
                     return None
             doc = self._candidates.pop(random.randrange(len(self._candidates)))
-            if doc.get("state") not in tk.CLAIMABLE or doc.get("not_before", 0) > now:
+            if not tk.ready(doc, now):
                 continue
-            try:
-                tk.validate(doc)
-            except InvalidToken as exc:
-                self._reject(doc, str(exc), now)
+            problem = tk.problem(doc)
+            if problem is not None:  # before anything reads its fields
+                self._quarantine(doc, problem, now)
                 continue
             tk.claim(doc, self.worker, now, self.settings.lease)
             if self._take(doc):
@@ -213,8 +220,7 @@ class Pool:
             n for n, states in self.counts().items()
             if any(states.get(s, {}).get("count") for s in ("todo", "locked", "staging")))
         now = self.clock()
-        found = [d for n in nights for d in self._night_tokens(n)
-                 if d.get("state") in tk.CLAIMABLE and d.get("not_before", 0) <= now]
+        found = [d for n in nights for d in self._night_tokens(n) if tk.ready(d, now)]
         if found:
             self._candidates, self._candidates_night = found, night
         return found
@@ -267,18 +273,23 @@ class Pool:
                 clean = False
         return clean
 
-    def _reject(self, doc: dict[str, Any], message: str, now: float) -> None:
-        doc.setdefault("attempts", 0)
-        tk.fail(doc, Code.INVALID_TOKEN, message, now)
+    def _quarantine(self, doc: dict[str, Any], message: str, now: float) -> bool:
+        """Save a malformed token as error 2 (:func:`token.quarantine`); False if it
+        changed meanwhile (whoever changed it, or the next look, deals with it)."""
+        tk.quarantine(doc, message, now)
         try:
             self.couch.put(doc)
-            log.error("%s", message)
         except Conflict:
-            pass
+            return False
+        log.error("%s: set to error %d, never run until it is fixed and reset", message,
+                  Code.INVALID_TOKEN)
+        return True
 
     # -- maintenance -------------------------------------------------------
     def reap(self, night: str | None = None) -> list[str]:
-        """Return tokens whose lease expired to todo (or to error 90 after max_attempts).
+        """Return tokens whose lease expired to todo (or to error 90 after max_attempts),
+        and quarantine (error 2) held or staging tokens that are malformed: held
+        without a lease, in no known state, or failing validation once expired.
 
         Not within a lease of this process riding out a database outage: live
         workers cut off by the same outage could not renew meanwhile, and need
@@ -291,22 +302,40 @@ class Pool:
             return []
         now = self.clock()
         grace = self.settings.grace
-        rows = self.couch.view(DDOC, "leases", startkey=0.000001, endkey=now - grace)["rows"]
+        # Key 0: held without a lease, or in no known state (the view's map): malformed.
+        rows = self.couch.view(DDOC, "leases", startkey=0, endkey=now - grace)["rows"]
         ids = [r["id"] for r in rows if night is None or (r.get("value") or [None])[0] == night]
         # The view answers from one copy per shard range, which can lag: act on what a
         # quorum of copies says. Conflicted tokens are the sweeper's (sweep) first.
         current = self.couch.docs(ids, conflicts=True) if ids else {}
-        docs = [d for d in current.values() if d and tk.is_expired(d, now, grace)
-                and not d.get("_conflicts")]
-        docs = [adopt(d) for d in docs]
-        for d in docs:
-            tk.expire(d, now)
-        docs += self._overdue_staging(night, now)
+        docs: list[dict[str, Any]] = []
+        invalid: list[dict[str, Any]] = []
+        for d in current.values():
+            if not d or d.get("_conflicts") or not tk.is_token(d):
+                continue
+            problem = tk.problem(d)
+            if problem is not None:  # quarantined, not reaped: a retry would fail the same way
+                d = adopt(d)
+                tk.quarantine(d, problem, now)
+                invalid.append(d)
+            elif tk.is_expired(d, now, grace):
+                d = adopt(d)
+                tk.expire(d, now)
+                docs.append(d)
+        staging, bad_staging = self._overdue_staging(night, now)
+        docs += staging
+        invalid += bad_staging
+        quarantined = {d["_id"] for d in invalid}
         reaped = []
-        for chunk in chunked(docs, BATCH):
+        for chunk in chunked(docs + invalid, BATCH):
             for result, doc in zip(self.couch.bulk_docs(chunk), chunk):
-                if not result.get("error"):
-                    reaped.append(doc["_id"])
+                if result.get("error"):
+                    continue
+                reaped.append(doc["_id"])
+                if doc["_id"] in quarantined:
+                    log.error("%s: set to error %d, never run until it is fixed and reset",
+                              doc["error"]["message"], Code.INVALID_TOKEN)
+                else:
                     log.warning("reaped %s (lease of %s expired) -> %s", doc["_id"],
                                 doc["history"][-1].get("worker", "?"), doc["state"])
         return reaped
@@ -330,23 +359,32 @@ class Pool:
                          verdict.current["_rev"] if verdict.current else "?", len(verdict.delete))
         return swept
 
-    def _overdue_staging(self, night: str | None, now: float) -> list[dict[str, Any]]:
+    def _overdue_staging(self, night: str | None,
+                         now: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Staging tokens a lease past their deadline: no poller ran (no transfer
         workers left, no `stage --poll`), so time them out here (23) rather than
-        let them wait forever; pollers normally do this first, and abort the request."""
+        let them wait forever; pollers normally do this first, and abort the request.
+        Also the malformed ones, quarantined (pollers skip them): (timed out, invalid)."""
         span: dict[str, Any] = {} if night is None else {"startkey": [night], "endkey": [night, {}]}
         rows = self.couch.view(DDOC, "staging", include_docs=True, **span)["rows"]
-        out = []
+        out, invalid = [], []
         for r in rows:
             d = r.get("doc")
-            deadline = ((d or {}).get("stage_request") or {}).get("deadline")
-            if d and d.get("state") == "staging" and deadline and now > deadline + self.settings.lease:
+            if not d or d.get("state") != "staging" or not tk.is_token(d):
+                continue
+            problem = tk.problem(d)
+            if problem is not None:
+                tk.quarantine(d, problem, now)
+                invalid.append(d)
+                continue
+            deadline = (d.get("stage_request") or {}).get("deadline")
+            if deadline and now > deadline + self.settings.lease:
                 tk.staging_failed(d, Code.STAGING_TIMEOUT, f"staging request "
                                   f"{d['stage_request'].get('id')} not online "
                                   f"{now - deadline:.0f} s after its deadline, and no poller "
                                   "settled it", now)
                 out.append(d)
-        return out
+        return out, invalid
 
     def select(self, night: str, states: Iterable[str] | None = None,
                codes: Iterable[int] | None = None) -> list[dict[str, Any]]:
@@ -356,19 +394,22 @@ class Pool:
         read from copies at different points can skip a token that moved between
         states; so there the night's ids are listed from ``_all_docs`` (ids are
         ``<night>_<exposure>`` and never move) and the documents read from a quorum.
+        A malformed token is listed as :func:`token.shown_state` and
+        :func:`token.error_code` have it (an unknown state as error 2), as the views
+        count it.
         """
         wanted = set(states) if states else set(tk.STATES)
         code_set = {int(c) for c in codes} if codes else None
         if self.couch.replicated:
-            docs = sorted((d for d in self._night_tokens(night) if d.get("state") in tk.STATES),
-                          key=lambda d: (tk.STATES.index(d["state"]), d["_id"]))
+            docs = sorted(self._night_tokens(night),
+                          key=lambda d: (tk.STATES.index(tk.shown_state(d)), d["_id"]))
         else:
             docs = [row["doc"] for state in sorted(wanted, key=tk.STATES.index)
                     for row in self.couch.iter_view(DDOC, "by_state", reduce=False,
                                                     include_docs=True, startkey=[night, state],
                                                     endkey=[night, state, {}]) if row.get("doc")]
-        return [d for d in docs if d.get("state") in wanted
-                and (code_set is None or (d.get("error") or {}).get("code") in code_set)]
+        return [d for d in docs if tk.is_token(d) and tk.shown_state(d) in wanted
+                and (code_set is None or tk.error_code(d) in code_set)]
 
     def _night_tokens(self, night: str) -> list[dict[str, Any]]:
         """A night's tokens by id (``<night>_<exposure>``), as a quorum of copies has them."""
@@ -392,6 +433,9 @@ class Pool:
                         "--force resets them anyway", len(live), live[0])
             docs = [d for d in docs if d["_id"] not in live]
         for d in docs:
+            problem = tk.problem(d)
+            if problem is not None:  # quarantine first: a reset then has the fields it needs
+                tk.quarantine(d, problem, now)
             tk.reset(d, now)
         return self._bulk_save(docs)
 
@@ -405,7 +449,10 @@ class Pool:
         ok: list[str] = []
         for chunk in chunked(docs, BATCH):
             for result, doc in zip(self.couch.bulk_docs(chunk), chunk):
-                if result.get("error"):
+                if result.get("error") == "forbidden":  # the write check: still malformed
+                    log.warning("%s: refused by the database's write check: %s; fix the "
+                                "document and run this again", doc["_id"], result.get("reason"))
+                elif result.get("error"):
                     log.warning("%s changed meanwhile; left as it is", doc["_id"])
                 else:
                     ok.append(doc["_id"])
@@ -430,13 +477,17 @@ class Pool:
         if night is not None:
             params.update(startkey=[night], endkey=[night, {}])
         # Not paged: keys repeat (tokens share a request), which paging by key cannot do.
+        # Malformed ones are left to the reaper (error 2): a poll never trips over them.
         return [r["doc"] for r in self.couch.view(DDOC, "staging", **params)["rows"]
-                if r.get("doc") and r["doc"].get("state") == "staging"]
+                if r.get("doc") and r["doc"].get("state") == "staging"
+                and tk.problem(r["doc"]) is None]
 
     def archiving(self, night: str | None = None) -> list[dict[str, Any]]:
-        """Tokens copied to a tape-backed destination, waiting for migration."""
+        """Tokens copied to a tape-backed destination, waiting for migration
+        (malformed ones are left to the reaper)."""
         nights = [n for n, states in self.counts(night).items() if states.get("archiving")]
-        return [d for n in nights for d in self.select(n, ["archiving"])]
+        return [d for n in nights for d in self.select(n, ["archiving"])
+                if d.get("state") == "archiving" and tk.problem(d) is None]
 
     def waiting(self, night: str | None = None) -> int:
         """How many tokens are staging or archiving (work that will come back)."""
@@ -480,8 +531,11 @@ def current_tokens(couch: Couch, ids: list[str], now: float) -> dict[str, dict[s
     return out
 
 
-def _work(files: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Files as the scan would write them (results and empty fields aside), for comparing."""
+def _work(files: Any) -> list[Any] | None:
+    """Files as the scan would write them (results and empty fields aside), for comparing;
+    None for a list that is no list of files (a malformed token: not the same work)."""
+    if not isinstance(files, list) or not all(isinstance(f, dict) for f in files):
+        return None
     out = []
     for f in files:
         entry = {k: v for k, v in f.items() if k != "result" and v not in (None, {}, [])}

@@ -26,7 +26,7 @@ from typing import Any
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import GridXferError, NotFound, code_name
 from GRID_XFER.pool import current_tokens
-from GRID_XFER.token import STATES
+from GRID_XFER.token import STATES, is_token, shown_state
 from GRID_XFER.views import DDOC
 
 # Completions are counted over this many recent seconds for the rate.
@@ -235,8 +235,9 @@ def _unsettled(couch: Couch, report: StatusReport) -> int:
                 endkey=[ns.night, state, {}]))
     truth: dict[tuple[str, str], int] = {}
     for doc in (current_tokens(couch, sorted(listed), time.time()) if listed else {}).values():
-        key = (doc.get("token_set", ""), doc.get("state", ""))
-        truth[key] = truth.get(key, 0) + 1
+        if is_token(doc):
+            key = (doc["token_set"], shown_state(doc))
+            truth[key] = truth.get(key, 0) + 1
     return sum(abs(ns.states.get(state, 0) - truth.get((ns.night, state), 0))
                for ns in report.nights for state in OPEN_STATES if (ns.night, state) in checked)
 
@@ -257,8 +258,9 @@ def _gather(couch: Couch, night: str | None, *, now: float | None,
 
     for row in couch.view(DDOC, "errors", group_level=2, **_night_range(night))["rows"]:
         n, code = row["key"][:2]
-        if n in nights and code is not None:
-            nights[n].errors[int(code)] = int(row["value"])
+        if n in nights and code is not None:  # 2 and 2.0 are one code
+            errors = nights[n].errors
+            errors[int(code)] = errors.get(int(code), 0) + int(row["value"])
 
     start = math.floor((now - window) / BUCKET) * BUCKET
     first: dict[str, float] = {}
@@ -316,7 +318,7 @@ def state_counts(couch: Couch) -> dict[str, dict[str, list[int]]]:
     if couch.replicated:  # CouchDB stores reductions; and a lagging view copy must not be kept
         return _by_state(couch.view(DDOC, "by_state", group_level=2)["rows"])
     cache = couch.get_or_none(CACHE_ID)
-    if cache is not None and cache.get("version") == CACHE_VERSION:
+    if cache is not None and cache.get("version") == CACHE_VERSION and _cache_ok(cache):
         feed = couch.request("GET", "_changes", params={"since": str(cache["seq"]),
                                                          "limit": CHANGES_LIMIT}).json()
         if len(feed["results"]) < CHANGES_LIMIT:
@@ -333,6 +335,15 @@ def state_counts(couch: Couch) -> dict[str, dict[str, list[int]]]:
     counts = _by_state(couch.view(DDOC, "by_state", group_level=2)["rows"])
     _save_cache(couch, cache, seq, counts)
     return counts
+
+
+def _cache_ok(cache: dict[str, Any]) -> bool:
+    """The cache as _save_cache writes it (anyone can write a local document)."""
+    nights = cache.get("nights")
+    return ("seq" in cache and isinstance(nights, dict) and all(
+        isinstance(states, dict) and all(
+            isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)
+            for v in states.values()) for states in nights.values()))
 
 
 def _save_cache(couch: Couch, old: dict[str, Any] | None, seq: Any,
@@ -390,6 +401,7 @@ def nights_table(report: StatusReport, *, bars: bool = False, limit: int | None 
     with work left or recent completions first and at most that many rows."""
     from rich.progress_bar import ProgressBar
     from rich.table import Table
+    from rich.text import Text
 
     colours = {"todo": "", "locked": "cyan", "staging": "magenta", "archiving": "blue",
                "done": "green", "error": "red"}
@@ -410,7 +422,7 @@ def nights_table(report: StatusReport, *, bars: bool = False, limit: int | None 
         shown = (active or shown)[-limit:]
         hidden = len(report.nights) - len(shown)
     for ns in shown:
-        cells: list[Any] = [ns.night]
+        cells: list[Any] = [Text(ns.night)]  # data, not markup
         if bars:
             cells += [ProgressBar(total=max(ns.total, 1), completed=ns.total - ns.remaining,
                                   width=20, complete_style="red" if ns.states.get("error")
@@ -442,7 +454,7 @@ def night_detail(ns: NightStatus, now: float) -> Any:
             sample = e.message or ""
             if e.token:
                 sample = f"{sample} ({e.token})"
-            errors.add_row(str(e.code), e.name, str(e.count), sample)
+            errors.add_row(str(e.code), e.name, str(e.count), Text(sample))
         parts.append(errors)
     else:
         parts.append(Text("no errors", style="green"))
@@ -453,8 +465,10 @@ def night_detail(ns: NightStatus, now: float) -> Any:
         for h in ns.holders:
             left = h.lease_expires - now
             lease = Text("EXPIRED", style="bold red") if h.expired else Text(
+                "no lease", style="bold red") if h.lease_expires <= 0 else Text(
                 f"expires in {human_duration(left)}")
-            holders.add_row(h.worker or "?", h.host or "?", h.job_id or "-", str(h.tokens), lease)
+            holders.add_row(Text(h.worker or "?"), Text(h.host or "?"), Text(h.job_id or "-"),
+                            str(h.tokens), lease)
         parts.append(holders)
     else:
         parts.append(Text("no worker holds a lease"))

@@ -16,22 +16,26 @@ keeps the PiCaS fields (``lock``, ``done``, ``output``, ``hostname``,
 """
 from __future__ import annotations
 
+import math
 import random
 import re
 import socket
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
-from GRID_XFER.errors import Code, InvalidToken, code_name
+from GRID_XFER.errors import Code, InvalidInput, InvalidToken, code_name
 from GRID_XFER.urls import PlainURL
 
 TOKEN_TYPE = "token"
 STATES = ("todo", "locked", "staging", "archiving", "done", "error")
-CLAIMABLE = frozenset({"todo"})
-HELD = frozenset({"locked", "archiving"})
+# Tuples, not sets: `doc.get("state") in HELD` must not raise for a state that is a
+# list or a mapping (a malformed token), as a set's hashing would.
+CLAIMABLE = ("todo",)
+HELD = ("locked", "archiving")
 PICAS_ERROR = 99
 HISTORY_LIMIT = 20
 _ID_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
@@ -97,29 +101,112 @@ class ExposureSpec(BaseModel):
         return v
 
 
-class TokenDoc(BaseModel):
-    """Validation of a stored token (workers reject bad ones with code 2)."""
+# A number as JSON has it: an int or a finite float, never a bool or a numeric string.
+Number = Annotated[float, Field(allow_inf_nan=False)]
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+class StoredFile(FileEntry):
+    """A file entry as stored: of the types written, nothing coerced."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    url: str | None = None  # URL lists: the source of this file
+    role: str | None = None
+
+
+class ErrorRecord(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    code: int
+    message: str | None = None
+    file: str | None = None
+    time: Number | None = None
+
+
+class StagePart(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    key: str | int
+    urls: list[str]
+    t: Number = 0
+
+
+class StageRequest(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    method: str = "?"
+    parts: list[StagePart] = Field(default_factory=list)
+    requested: Number = 0
+    deadline: Number | None = None
+
+
+class TokenDoc(BaseModel):
+    """A stored token, field by field as the commands use it; nothing is coerced.
+
+    The types every transition, view and task relies on (a claim adds to
+    ``attempts``, appends to ``history``, compares ``not_before``...). A token
+    that fails it is quarantined (error 2) when a worker claims or reaps it.
+    """
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, strict=True)
 
     id: str = Field(alias="_id")
     type: Literal["token"]
-    token_set: str
-    exposure: str
+    token_set: str = Field(min_length=1)
+    exposure: str = Field(min_length=1)
     state: State
-    lock: int
-    done: int
+    lock: Number
+    done: Number
     output: int
     attempts: int = Field(ge=0)
     max_attempts: int = Field(ge=1)
-    files: list[FileEntry]
-    not_before: float = 0
-    scrub_count: int = 0
+    files: list[StoredFile]
+    bytes_total: Number | None = Field(0, ge=0)
+    source: str | None = None
+    destination: str | None = None
+    payload: dict[str, Any] | None = None
+    manifest: dict[str, Any] | None = None
+    not_before: Number = 0
+    lease_expires: Number = 0
+    rnd: Number = 0
+    scrub_count: int = Field(0, ge=0)
+    hostname: str = ""
+    worker: dict[str, Any] | None = None
+    error: ErrorRecord | None = None
+    stage_request: StageRequest | None = None
+    archiving_since: Number = 0
+    archive_deadline: Number = 0
+    created: Number | None = None
+    updated: Number | None = None
+    history: list[dict[str, Any]] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TokenDoc:
+        if self.state in HELD and not self.lease_expires > 0:
+            raise ValueError(f"lease_expires: must be set while the token is {self.state}")
+        if self.state == "error" and self.error is None:
+            raise ValueError("error: an error token needs its error record")
+        return self
 
 
 def check_id_part(value: str, what: str) -> str:
     if not isinstance(value, str) or not _ID_PART.fullmatch(value):
         raise InvalidToken(f"invalid {what} {value!r}: {_ID_RULE}")
+    return value
+
+
+_TOKEN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}_[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def check_token_id(value: str) -> str:
+    """Refuse what cannot be a token id (``..``, ``_all_docs``, ``_design/x``, ``a/b``).
+
+    Such a string in a document URL names something else on the server (its root,
+    a listing, a design document): it must never reach a request.
+    """
+    if not _TOKEN_ID.fullmatch(value):
+        raise InvalidInput(f"invalid token id {value!r}: token ids are <night>_<exposure>, "
+                           f"each part 1-128 letters, digits and ._+- (not starting with a symbol)")
     return value
 
 
@@ -130,7 +217,8 @@ def token_id(night: str, exposure: str) -> str:
 def _first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"])
-    return f"{where}: {err['msg'].removeprefix('Value error, ')}"
+    msg = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {msg}" if where else msg
 
 
 def parse_spec(raw: Any, index: int | None = None) -> ExposureSpec:
@@ -196,10 +284,57 @@ def new_incarnation() -> str:
 
 def validate(doc: dict[str, Any]) -> None:
     """Raise InvalidToken (code 2) naming the first bad field."""
+    message = problem(doc)
+    if message is not None:
+        raise InvalidToken(message)
+
+
+def problem(doc: dict[str, Any]) -> str | None:
+    """What makes a stored token malformed (``invalid token ID: FIELD: why``), or None."""
     try:
         TokenDoc.model_validate(doc)
     except ValidationError as exc:
-        raise InvalidToken(f"token {doc.get('_id', '?')}: {_first_error(exc)}") from None
+        return f"invalid token {doc.get('_id', '?')}: {_first_error(exc)}"
+    return None
+
+
+def is_token(doc: Any) -> bool:
+    """One of ours: a token of a night. Anything else in the database is foreign
+    (design documents, other applications' documents, a PiCaS token of another
+    tool, which has no ``token_set``) and no command touches it."""
+    return (isinstance(doc, dict) and doc.get("type") == TOKEN_TYPE
+            and isinstance(doc.get("token_set"), str) and doc["token_set"] != "")
+
+
+def shown_state(doc: dict[str, Any]) -> str:
+    """The state a token is listed and counted in: an unknown one counts as ``error``
+    (the views do the same), since it is quarantined to error 2 when reaped."""
+    state = doc.get("state")
+    return state if isinstance(state, str) and state in STATES else "error"
+
+
+def error_code(doc: dict[str, Any]) -> int | None:
+    """The code a token is listed and counted with, as the ``errors`` view has it: an
+    error token without a valid record, or in an unknown state, counts as 2."""
+    error = doc.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    valid = isinstance(code, (int, float)) and not isinstance(code, bool) and math.isfinite(code)
+    if shown_state(doc) == "error" and (doc.get("state") != "error" or not valid):
+        return int(Code.INVALID_TOKEN)
+    return int(code) if valid else None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def ready(doc: dict[str, Any], now: float) -> bool:
+    """A todo token whose backoff has passed, or whose ``not_before`` is no number
+    (a claim then quarantines it, rather than leave it unclaimable for ever)."""
+    not_before = _number(doc.get("not_before", 0))
+    return doc.get("state") in CLAIMABLE and (not_before is None or not_before <= now)
 
 
 # -- transitions -------------------------------------------------------------
@@ -279,6 +414,40 @@ def release(doc: dict[str, Any], now: float, reason: str) -> None:
     _event(doc, now, "released", reason=reason)
 
 
+# What a quarantine sets; the values they had are kept under ``quarantined.was``.
+_QUARANTINE_SETS = ("state", "lock", "done", "output", "exit_code", "error", "lease_expires",
+                    "not_before", "claim", "attempts", "scrub_count", "updated", "quarantined")
+
+
+def quarantine(doc: dict[str, Any], message: str, now: float) -> None:
+    """A malformed token (edited by hand, written by an older or another tool): error 2, final.
+
+    The one way a command changes a token that fails :func:`validate`. It sets the
+    fields that mark the error and puts right those the other transitions compute
+    with (``history`` a list of events, ``attempts``/``scrub_count`` counts), so
+    that a later ``tokens reset`` works; every value it replaces is kept under
+    ``quarantined.was``, and nothing else changes. An error-2 token always passes
+    the database's write check, whatever else is wrong with it.
+    """
+    code = int(Code.INVALID_TOKEN)
+    old = {k: doc[k] for k in _QUARANTINE_SETS if k in doc}
+    history = doc.get("history", [])
+    events = [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+    doc.update(state="error", lock=PICAS_ERROR, done=PICAS_ERROR, output=code, exit_code=code,
+               error=_error_record(code, message, None, now), lease_expires=0, not_before=0,
+               claim=None)
+    for key in ("attempts", "scrub_count"):
+        if key in doc and not (type(doc[key]) is int and doc[key] >= 0):
+            doc[key] = 0
+    doc["history"] = events
+    _event(doc, now, "error", code=code)
+    was = {k: v for k, v in old.items()
+           if k == "quarantined" or type(doc[k]) is not type(v) or doc[k] != v}
+    if events != history:  # not a list, or entries that are no events
+        was["history"] = history
+    doc["quarantined"] = {"time": now, "was": was}
+
+
 def expire(doc: dict[str, Any], now: float) -> None:
     """A lease ran out: the worker was lost. The attempt stays counted."""
     lost = (doc.get("worker") or {}).get("id", "?")
@@ -352,5 +521,7 @@ def archive_failed(doc: dict[str, Any], code: int, message: str, now: float, *,
 
 
 def is_expired(doc: dict[str, Any], now: float, grace: float = 0.0) -> bool:
-    """Held, and the lease ran out more than ``grace`` seconds ago (clock slack)."""
-    return doc.get("state") in HELD and 0 < doc.get("lease_expires", 0) < now - grace
+    """Held, and the lease ran out more than ``grace`` seconds ago (clock slack), or
+    held without a lease at all: no live worker holds such a token."""
+    lease = _number(doc.get("lease_expires"))
+    return doc.get("state") in HELD and (lease is None or lease <= 0 or lease < now - grace)

@@ -3,7 +3,9 @@
 Shutdown follows the batch systems: the first SIGTERM/SIGINT cancels the task in
 progress and hands its token back to todo without counting an attempt (the
 work was not at fault); a second signal exits at once, leaving the lease to
-expire and be reaped.
+expire and be reaped. The first signal also ends any wait for the database: a
+worker riding out an outage stops at once (its token, if the database cannot
+take it back, is reaped once its lease runs out).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from GRID_XFER.errors import Code, Interrupted, LeaseLost, TaskError
+from GRID_XFER.errors import Code, DatabaseUnavailable, Interrupted, LeaseLost, TaskError
 from GRID_XFER.lease import Lease
 from GRID_XFER.pool import Pool
 from GRID_XFER.task import Task, TaskContext
@@ -115,10 +117,26 @@ class Worker:
         self._signal = signum
         self._stop.set()
         self._cancelled.set()
+        self.pool.couch.stopping.set()  # no more waiting for the database
         self.task.cancel()
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that stopped the worker, if one did."""
+        return self._signal
 
     # -- loop --------------------------------------------------------------
     def run(self) -> WorkerReport:
+        try:
+            self._loop()
+        except DatabaseUnavailable as exc:
+            if not self._stop.is_set():
+                raise
+            log.warning("stopping on signal %s: %s", self._signal, exc)
+        self.report.signal = self._signal
+        return self.report
+
+    def _loop(self) -> None:
         started = time.monotonic()
         last_reap = 0.0
         last_poll = 0.0
@@ -150,8 +168,6 @@ class Worker:
                 last_reap = 0.0  # idle is a good moment to look for lost workers
                 continue
             self._process(lease)
-        self.report.signal = self._signal
-        return self.report
 
     def _maintain(self) -> None:
         """Settle conflicted tokens (clusters only make them), then reap lost leases."""

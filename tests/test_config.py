@@ -58,6 +58,10 @@ def test_password_file_is_read_when_needed(tmp_path: Path) -> None:
     ("couchdb: {url: []}", "couchdb.url: must be a URL or a list of URLs"),
     ("couchdb: {db: 'Bad Name'}", "couchdb.db: must start with a lower-case letter"),
     ("server: {port: 70000}", "server.port: Input should be less than or equal to 65535"),
+    ("worker: {lease_seconds: .inf}", "worker.lease_seconds: Input should be a finite number"),
+    ("worker: {backoff_max: .inf}", "worker.backoff_max: Input should be a finite number"),
+    ("couchdb: {timeout: .nan}", "couchdb.timeout: Input should be a finite number"),
+    ("transfer: {min_rate: .inf}", "transfer.min_rate: Input should be a finite number"),
     ("- a list", "top level must be a mapping"),
     ("worker: {lease_seconds: [1", "is not valid YAML"),
 ])
