@@ -336,7 +336,8 @@ def test_any_document_survives(db: Database, state: Any, changes: dict[str, Any]
         if args == ["tokens", "list", night]:
             assert (doc["_id"] in out) == ours
 
-    Worker(db.pool(), NoopTask(), idle_exit=True, reap_every=0).run()  # any night
+    # This night only: a token whose token_set names another night is that night's.
+    Worker(db.pool(), NoopTask(), night=night, idle_exit=True, reap_every=0).run()
     after = db.couch.get(doc["_id"])
     assert db.couch.get(other["_id"]) == other  # foreign documents: left alone
     if not ours:
