@@ -1,4 +1,5 @@
 """GRID_XFER: nightly raw-data transfer over a PiCaS-style CouchDB token pool."""
+
 from GRID_XFER.errors import Code, GridXferError
 
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ each file's locality and ends the token ``done`` once every file reports
 NEARLINE or ONLINE_AND_NEARLINE, in error 50 when a file is gone, or in error
 51 when migration did not happen within ``staging.archive_timeout``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class Archive:
-    def __init__(self, storage: Storage, cfg: StagingConfig, *,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, storage: Storage, cfg: StagingConfig, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.storage = storage
         self.cfg = cfg
         self.clock = clock
@@ -49,22 +51,35 @@ class Archive:
         for doc in pool.archiving(night):
             named = destination_urls(doc)
             states = state_all(self.storage, [u for _, u in named], threads=self.cfg.threads)
-            gone = [(n, s) for (n, _), s in zip(named, states) if s.state == LOST]
+            gone = [(n, s) for (n, _), s in zip(named, states, strict=False) if s.state == LOST]
             if gone:
                 name, s = gone[0]
-                tk.archive_failed(doc, Code.ARCHIVE_FAILED, f"archive failed: {redact(s.url)}: "
-                                  f"{s.message or s.state}", now, file=name)
+                tk.archive_failed(
+                    doc,
+                    Code.ARCHIVE_FAILED,
+                    f"archive failed: {redact(s.url)}: {s.message or s.state}",
+                    now,
+                    file=name,
+                )
                 bucket = report.failed
             elif all(s.state in ON_TAPE for s in states):
                 tk.archived(doc, now)
                 bucket = report.done
             elif now > doc.get("archive_deadline", float("inf")):
-                waiting = [(n, s) for (n, _), s in zip(named, states) if s.state not in ON_TAPE]
-                tk.archive_failed(doc, Code.ARCHIVE_TIMEOUT,
-                                  f"{len(waiting)} of {len(states)} file(s) not on tape after "
-                                  f"{now - doc.get('archiving_since', now):.0f} s (e.g. "
-                                  f"{waiting[0][0]}: {waiting[0][1].state})", now,
-                                  file=waiting[0][0])
+                waiting = [
+                    (n, s)
+                    for (n, _), s in zip(named, states, strict=False)
+                    if s.state not in ON_TAPE
+                ]
+                tk.archive_failed(
+                    doc,
+                    Code.ARCHIVE_TIMEOUT,
+                    f"{len(waiting)} of {len(states)} file(s) not on tape after "
+                    f"{now - doc.get('archiving_since', now):.0f} s (e.g. "
+                    f"{waiting[0][0]}: {waiting[0][1].state})",
+                    now,
+                    file=waiting[0][0],
+                )
                 bucket = report.timed_out
             else:
                 report.pending.append(doc["_id"])

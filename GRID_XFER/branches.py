@@ -10,6 +10,7 @@ token's owner and the sweeper do. Each rule deletes leaves only where another
 live leaf is sure to remain, so a token never disappears; the argument is in
 docs/tokens.md ("Exactly once on a cluster").
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -52,15 +53,15 @@ def descends(leaf: Leaf, rev: str) -> bool:
 
 def winner(leaves: Iterable[Leaf]) -> Leaf | None:
     """The leaf CouchDB shows: live before deleted, then by :func:`rank`."""
-    return max(leaves, key=lambda leaf: (not leaf.get("_deleted"), rank(leaf["_rev"])),
-               default=None)
+    return max(
+        leaves, key=lambda leaf: (not leaf.get("_deleted"), rank(leaf["_rev"])), default=None
+    )
 
 
 def held(leaf: Leaf, now: float) -> bool:
     """A claim that may still be worked on: held state, lease not run out."""
     expires = leaf.get("lease_expires")
-    return (leaf.get("state") in HELD and isinstance(expires, (int, float))
-            and expires > now)
+    return leaf.get("state") in HELD and isinstance(expires, (int, float)) and expires > now
 
 
 def final(leaf: Leaf) -> bool:
@@ -119,14 +120,16 @@ def judge_claim(leaves: list[Leaf], claim_id: str, now: float) -> Verdict:
     others = [leaf for leaf in alive if leaf is not me]
     rivals = [leaf for leaf in others if held(leaf, now) and leaf.get("claim") != claim_id]
     if any(final(leaf) for leaf in others) or any(
-            progressed(r) or rank(r["_rev"]) > rank(me["_rev"]) for r in rivals):
+        progressed(r) or rank(r["_rev"]) > rank(me["_rev"]) for r in rivals
+    ):
         return Verdict("lost", [me["_rev"]])
     garbage = [leaf["_rev"] for leaf in others if leaf not in rivals]
     return Verdict("wait" if rivals else "own", garbage, current=me)
 
 
-def judge_owner(leaves: list[Leaf], claim_id: str, claim_rev: str, my_rev: str,
-                dropped: Iterable[str] = ()) -> Verdict:
+def judge_owner(
+    leaves: list[Leaf], claim_id: str, claim_rev: str, my_rev: str, dropped: Iterable[str] = ()
+) -> Verdict:
     """An owner checks that the token is still its own, and tidies it.
 
     A leaf that branched off the owner's claim and is not the owner's (a reset,
@@ -139,7 +142,9 @@ def judge_owner(leaves: list[Leaf], claim_id: str, claim_rev: str, my_rev: str,
     alive = live(leaves)
     current = next((leaf for leaf in alive if leaf["_rev"] == my_rev), None)
     if current is None:  # our last write is on no reachable copy: go on from the newest we have
-        ours = [leaf for leaf in alive if leaf.get("claim") == claim_id and descends(leaf, claim_rev)]
+        ours = [
+            leaf for leaf in alive if leaf.get("claim") == claim_id and descends(leaf, claim_rev)
+        ]
         current = max(ours, key=lambda leaf: rank(leaf["_rev"]), default=None)
     if current is None:
         return Verdict("overridden")
@@ -159,8 +164,13 @@ def deleted_under(leaves: list[Leaf], claim_rev: str, dropped: Iterable[str] = (
     """Someone deleted the token under a claim: a tombstone on the claim's branch
     whose parent is not one the owner deleted itself (``dropped``)."""
     dropped = set(dropped)
-    return any(leaf.get("_deleted") and descends(leaf, claim_rev)
-               and path(leaf)[1:2] != [] and path(leaf)[1] not in dropped for leaf in leaves)
+    return any(
+        leaf.get("_deleted")
+        and descends(leaf, claim_rev)
+        and path(leaf)[1:2] != []
+        and path(leaf)[1] not in dropped
+        for leaf in leaves
+    )
 
 
 def judge_conflict(leaves: list[Leaf], now: float) -> Verdict:

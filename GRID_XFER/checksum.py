@@ -7,6 +7,7 @@ GNU escaped names) and rejects anything that could silently skip or
 misattribute a file. Hashing reads fixed-size chunks into one reusable buffer
 so memory stays constant whatever the file size.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,7 +41,9 @@ def normalise_algo(algo: str) -> str:
     """Lower-case algorithm name, so "ADLER32" (gfal2 style) and "adler32" agree."""
     name = algo.strip().lower()
     if name not in ALGORITHMS:
-        raise ConfigError(f"unsupported checksum algorithm {algo!r}; use one of {', '.join(ALGORITHMS)}")
+        raise ConfigError(
+            f"unsupported checksum algorithm {algo!r}; use one of {', '.join(ALGORITHMS)}"
+        )
     return name
 
 
@@ -81,16 +84,21 @@ def parse_manifest(text: str, algo: str, *, source: str = "manifest") -> dict[st
         where = f"{source} line {lineno}"
         match = _LINE.fullmatch(line.lstrip())
         if match is None:
-            raise ManifestError(f"{where}: expected '<{algo} hex>  <file name>', got {_excerpt(stripped)}")
+            raise ManifestError(
+                f"{where}: expected '<{algo} hex>  <file name>', got {_excerpt(stripped)}"
+            )
         digest = match["hex"]
         if len(digest) != width:
             raise ManifestError(
-                f"{where}: {algo} checksum must have {width} hex digits, got {len(digest)}")
+                f"{where}: {algo} checksum must have {width} hex digits, got {len(digest)}"
+            )
         if not (match["name"] or "").strip():
             raise ManifestError(f"{where}: checksum {digest.lower()} has no file name")
         name = _clean_name(match["name"], escaped=bool(match["esc"]))
         if name is None:
-            raise ManifestError(f"{where}: file name {_excerpt(match['name'])} is not a relative path")
+            raise ManifestError(
+                f"{where}: file name {_excerpt(match['name'])} is not a relative path"
+            )
         digest = digest.lower()
         if result.get(name, digest) != digest:
             raise ManifestError(f"{where}: {_excerpt(name)} listed again with a different checksum")

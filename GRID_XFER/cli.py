@@ -5,6 +5,7 @@ to stderr through logging, which only this module configures. Any
 :class:`GridXferError` becomes one line on stderr and its documented exit status
 (docs/cli.md, exit status); ``--debug`` adds the traceback.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,9 +45,13 @@ class App:
 
     def pool(self, *, outage: float | None = None, job_id: str | None = None) -> Pool:
         w = self.config.worker
-        settings = PoolSettings(lease=w.lease_seconds, max_attempts=w.max_attempts,
-                                backoff_base=w.backoff_base, backoff_max=w.backoff_max,
-                                window=w.claim_window)
+        settings = PoolSettings(
+            lease=w.lease_seconds,
+            max_attempts=w.max_attempts,
+            backoff_base=w.backoff_base,
+            backoff_max=w.backoff_max,
+            window=w.claim_window,
+        )
         couch = self.couch(outage=outage)
         return Pool(couch, settings, job_id=job_id)
 
@@ -62,8 +67,9 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     # Redacted: a message quoting a URL (ours, gfal2's, a library's) never shows a credential.
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                            "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(
+        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
     root = logging.getLogger("GRID_XFER")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -72,8 +78,13 @@ def _setup_logging(debug: bool, quiet: bool) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", metavar="FILE", envvar="GRIDXFER_CONFIG",
-              help="YAML configuration (default: ./gridxfer.yaml, then the user config dir).")
+@click.option(
+    "--config",
+    "config_path",
+    metavar="FILE",
+    envvar="GRIDXFER_CONFIG",
+    help="YAML configuration (default: ./gridxfer.yaml, then the user config dir).",
+)
 @click.option("--debug", is_flag=True, help="Debug logging and tracebacks on errors.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr.")
 @click.version_option(__version__, prog_name="gridxfer")
@@ -134,8 +145,11 @@ def server_status(app: App, as_json: bool) -> None:
     if as_json:
         emit_json(state_dict(state))
     else:
-        click.echo(f"running at {state.url} (pid {state.pid})" if state.running
-                   else f"not running ({state.url})")
+        click.echo(
+            f"running at {state.url} (pid {state.pid})"
+            if state.running
+            else f"not running ({state.url})"
+        )
     if not state.running:
         sys.exit(7)
 
@@ -153,10 +167,17 @@ def init(app: App, as_json: bool) -> None:
     outcome = views.install(couch)
     c = app.config.couchdb
     secured = bool(c.member_names or c.member_roles) and views.secure(
-        couch, c.member_names, c.member_roles)
+        couch, c.member_names, c.member_roles
+    )
     if as_json:
-        emit_json({"database": couch.db, "created": created, "design_docs": outcome,
-                   "members_updated": secured})
+        emit_json(
+            {
+                "database": couch.db,
+                "created": created,
+                "design_docs": outcome,
+                "members_updated": secured,
+            }
+        )
     else:
         click.echo(f"database {couch.db} {'created' if created else 'exists'} at {couch.url}")
         for name, what in outcome.items():
@@ -176,9 +197,13 @@ class _NamesLoader(yaml.SafeLoader):
 
 
 _NamesLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers
-            if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 
 
 def _read_text(path: Path) -> str:
@@ -188,7 +213,9 @@ def _read_text(path: Path) -> str:
     except OSError as exc:
         raise InvalidInput(f"cannot read {path}: {exc.strerror}") from None
     except UnicodeDecodeError as exc:
-        raise InvalidInput(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
+        raise InvalidInput(
+            f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
 
 
 def _load_specs(path: Path) -> list[Any]:
@@ -196,35 +223,65 @@ def _load_specs(path: Path) -> list[Any]:
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.load(text, _NamesLoader)
     except (ValueError, yaml.YAMLError) as exc:
-        raise InvalidInput(f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}:"
-                           f" {str(exc).splitlines()[0]}") from None
+        raise InvalidInput(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}:"
+            f" {str(exc).splitlines()[0]}"
+        ) from None
     if isinstance(data, dict) and "exposures" in data:
         data = data["exposures"]
     if not isinstance(data, list):
-        raise InvalidInput(f"{path}: expected a list of exposures (or a mapping with "
-                           "'exposures')")
+        raise InvalidInput(f"{path}: expected a list of exposures (or a mapping with 'exposures')")
     return [parse_spec(raw, i) for i, raw in enumerate(data)]
 
 
 @tokens.command("create")
 @click.argument("night")
-@click.option("--source", help="Source URL: <source>/<NIGHT>/<EXPOSURE>/ is scanned "
-              "(default: template, then config `source`).")
-@click.option("--dest", "destination", help="Destination URL; files go to <dest>/<NIGHT>/... "
-              "(default: template, then config `destination`).")
-@click.option("--template", type=click.Path(path_type=Path), help="Token-set template (tokens/*.yaml).")
-@click.option("--from", "from_file", type=click.Path(path_type=Path),
-              help="YAML/JSON list of exposures instead of scanning a source.")
-@click.option("--surls", type=click.Path(path_type=Path),
-              help="File of URLs, one per line, grouped --group per token (ADLER32 from storage).")
+@click.option(
+    "--source",
+    help="Source URL: <source>/<NIGHT>/<EXPOSURE>/ is scanned "
+    "(default: template, then config `source`).",
+)
+@click.option(
+    "--dest",
+    "destination",
+    help="Destination URL; files go to <dest>/<NIGHT>/... "
+    "(default: template, then config `destination`).",
+)
+@click.option(
+    "--template", type=click.Path(path_type=Path), help="Token-set template (tokens/*.yaml)."
+)
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(path_type=Path),
+    help="YAML/JSON list of exposures instead of scanning a source.",
+)
+@click.option(
+    "--surls",
+    type=click.Path(path_type=Path),
+    help="File of URLs, one per line, grouped --group per token (ADLER32 from storage).",
+)
 @click.option("--group", type=click.IntRange(min=1), help="Files per token for --surls.")
-@click.option("--manifest", "manifest_algo", type=click.Choice(["sha256", "adler32"]),
-              help="Manifest kind: checksum-<EXPOSURE>.sha256sum or .adler32.")
+@click.option(
+    "--manifest",
+    "manifest_algo",
+    type=click.Choice(["sha256", "adler32"]),
+    help="Manifest kind: checksum-<EXPOSURE>.sha256sum or .adler32.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def tokens_create(app: App, night: str, source: str | None, destination: str | None,
-                  template: Path | None, from_file: Path | None, surls: Path | None,
-                  group: int | None, manifest_algo: str | None, as_json: bool) -> None:
+def tokens_create(
+    app: App,
+    night: str,
+    source: str | None,
+    destination: str | None,
+    template: Path | None,
+    from_file: Path | None,
+    surls: Path | None,
+    group: int | None,
+    manifest_algo: str | None,
+    as_json: bool,
+) -> None:
     """Create NIGHT's tokens from its source; re-running catches up, adding only what is new."""
     from GRID_XFER import scan
 
@@ -249,46 +306,79 @@ def tokens_create(app: App, night: str, source: str | None, destination: str | N
         storage = _storage(app)
         night_dest = scan.join(destination, night) if destination else None
         if not night_dest:
-            raise ConfigError("no destination: give --dest, a template `destination` "
-                              "or config `destination`")
+            raise ConfigError(
+                "no destination: give --dest, a template `destination` or config `destination`"
+            )
         if surls or t.layout == "surl-list":
             if not surls:
                 raise InvalidInput("a surl-list template needs --surls FILE (or `surls:`)")
-            specs = scan.group_surls(storage, scan.read_surl_list(surls),
-                                     group=group or t.group or tc.group, destination=night_dest,
-                                     threads=tc.scan_threads)
+            specs = scan.group_surls(
+                storage,
+                scan.read_surl_list(surls),
+                group=group or t.group or tc.group,
+                destination=night_dest,
+                threads=tc.scan_threads,
+            )
         else:
             if not source:
-                raise ConfigError("no source: give --source, a template `source` or config "
-                                  "`source` (or --from FILE / --surls FILE)")
-            found = scan.scan_night(storage, source, night, destination=destination,
-                                    algo=manifest_algo or t.manifest or tc.manifest,
-                                    threads=tc.scan_threads)
+                raise ConfigError(
+                    "no source: give --source, a template `source` or config "
+                    "`source` (or --from FILE / --surls FILE)"
+                )
+            found = scan.scan_night(
+                storage,
+                source,
+                night,
+                destination=destination,
+                algo=manifest_algo or t.manifest or tc.manifest,
+                threads=tc.scan_threads,
+            )
             specs, problems = found.specs, found.manifest_problems
             not_contained = found.source_problems
             for name in found.ignored:
                 log.warning("ignored %s: not an exposure directory", name)
         if t.max_attempts or t.payload:
-            specs = [s.model_copy(update={"max_attempts": s.max_attempts or t.max_attempts,
-                                          "payload": {**t.payload, **s.payload}}) for s in specs]
+            specs = [
+                s.model_copy(
+                    update={
+                        "max_attempts": s.max_attempts or t.max_attempts,
+                        "payload": {**t.payload, **s.payload},
+                    }
+                )
+                for s in specs
+            ]
         report = pool.create(night, specs)
     if report.outdated:
-        log.warning("%d done token(s) have new or changed files at the source (e.g. %s); "
-                    "they are left alone: `gridxfer tokens reset %s --state done` moves them again",
-                    len(report.outdated), report.outdated[0], night)
+        log.warning(
+            "%d done token(s) have new or changed files at the source (e.g. %s); "
+            "they are left alone: `gridxfer tokens reset %s --state done` moves them again",
+            len(report.outdated),
+            report.outdated[0],
+            night,
+        )
     for exposure, message in sorted(problems.items()):
-        log.warning("%s: %s (the token will fail with 31 unless it is fixed first)",
-                    exposure, message)
+        log.warning(
+            "%s: %s (the token will fail with 31 unless it is fixed first)", exposure, message
+        )
     for exposure, message in sorted(not_contained.items()):
-        log.warning("%s: %s (the token will fail with 34 unless it is fixed first)",
-                    exposure, message)
+        log.warning(
+            "%s: %s (the token will fail with 34 unless it is fixed first)", exposure, message
+        )
     if as_json:
-        emit_json({"night": night, **report.as_dict(), "manifest_problems": problems,
-                   "source_problems": not_contained})
+        emit_json(
+            {
+                "night": night,
+                **report.as_dict(),
+                "manifest_problems": problems,
+                "source_problems": not_contained,
+            }
+        )
     else:
         r = report.as_dict()
-        click.echo(f"night {night}: {r['created']} created, {r['updated']} updated, "
-                   f"{r['unchanged']} unchanged, {r['skipped']} left alone (held or finished)")
+        click.echo(
+            f"night {night}: {r['created']} created, {r['updated']} updated, "
+            f"{r['unchanged']} unchanged, {r['skipped']} left alone (held or finished)"
+        )
 
 
 def _storage(app: App):  # noqa: ANN202
@@ -304,8 +394,9 @@ def _storage(app: App):  # noqa: ANN202
 @click.option("--code", "codes", multiple=True, type=int, help="Only errors with this code.")
 @click.option("--json", "as_json", is_flag=True, help="An array of the token documents.")
 @pass_app
-def tokens_list(app: App, night: str, states: tuple[str, ...], codes: tuple[int, ...],
-                as_json: bool) -> None:
+def tokens_list(
+    app: App, night: str, states: tuple[str, ...], codes: tuple[int, ...], as_json: bool
+) -> None:
     """List NIGHT's tokens (optionally by state or error code)."""
     pool = app.pool()
     pool.require_night(night)
@@ -348,14 +439,25 @@ def tokens_show(app: App, token_id: str, as_json: bool) -> None:
 
 @tokens.command("reset")
 @click.argument("night")
-@click.option("--state", "states", multiple=True, type=click.Choice(STATES),
-              help="States to reset (default: error).")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(STATES),
+    help="States to reset (default: error).",
+)
 @click.option("--code", "codes", multiple=True, type=int, help="Only tokens with this error code.")
 @click.option("--force", is_flag=True, help="Also tokens that live workers hold.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def tokens_reset(app: App, night: str, states: tuple[str, ...], codes: tuple[int, ...],
-                 force: bool, as_json: bool) -> None:
+def tokens_reset(
+    app: App,
+    night: str,
+    states: tuple[str, ...],
+    codes: tuple[int, ...],
+    force: bool,
+    as_json: bool,
+) -> None:
     """Send tokens back to todo with a fresh attempt count."""
     pool = app.pool()
     pool.require_night(night)
@@ -421,22 +523,42 @@ def build_task(app: App, kind: str | None, command: str | None):  # noqa: ANN201
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Stop after K tokens.")
 @click.option("--max-time", type=click.FloatRange(min=0), help="Stop claiming after S seconds.")
 @click.option("--idle-exit", is_flag=True, help="Exit when nothing is claimable.")
-@click.option("--task", "task_kind", type=click.Choice(["command", "noop", "transfer"]),
-              help="Task to run per token (default: worker.task).")
+@click.option(
+    "--task",
+    "task_kind",
+    type=click.Choice(["command", "noop", "transfer"]),
+    help="Task to run per token (default: worker.task).",
+)
 @click.option("--command", help="Command for the command task (default: worker.command).")
 @click.option("--json", "as_json", is_flag=True, help="Print a summary as JSON at the end.")
 @pass_app
-def worker(app: App, night: str | None, max_tokens: int | None, max_time: float | None,
-           idle_exit: bool, task_kind: str | None, command: str | None, as_json: bool) -> None:
+def worker(
+    app: App,
+    night: str | None,
+    max_tokens: int | None,
+    max_time: float | None,
+    idle_exit: bool,
+    task_kind: str | None,
+    command: str | None,
+    as_json: bool,
+) -> None:
     """Claim tokens and process them until done, stopped or out of time."""
     from GRID_XFER.worker import Worker, batch_job_id
 
     w = app.config.worker
     pool = app.pool(outage=w.outage_seconds, job_id=batch_job_id())
     task = build_task(app, task_kind, command)
-    runner = Worker(pool, task, night=night,
-                    max_tokens=max_tokens, max_time=max_time, idle_exit=idle_exit,
-                    idle_sleep=w.idle_sleep, heartbeat=w.heartbeat, **_tape_services(app, task))
+    runner = Worker(
+        pool,
+        task,
+        night=night,
+        max_tokens=max_tokens,
+        max_time=max_time,
+        idle_exit=idle_exit,
+        idle_sleep=w.idle_sleep,
+        heartbeat=w.heartbeat,
+        **_tape_services(app, task),
+    )
     runner.install_signal_handlers()
     try:
         pool.couch.require_db()
@@ -462,19 +584,46 @@ def worker(app: App, night: str | None, max_tokens: int | None, max_time: float 
 @cli.command()
 @click.argument("night", required=False)
 @click.option("--watch", is_flag=True, help="Keep a live display with progress bars until Ctrl-C.")
-@click.option("--interval", type=click.FloatRange(min=0.2), default=2.0, show_default=True,
-              help="Seconds between refreshes with --watch.")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (docs/status.md).")
-@click.option("--serve", is_flag=True, help="Serve the status page from a local web server "
-              "that reads the views with your credentials (works under CouchDB 3's CSP).")
+@click.option(
+    "--serve",
+    is_flag=True,
+    help="Serve the status page from a local web server "
+    "that reads the views with your credentials (works under CouchDB 3's CSP).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address for --serve.")
-@click.option("--port", type=click.IntRange(0, 65535), default=8484, show_default=True,
-              help="Port for --serve (0: any free port).")
-@click.option("--html", "html_file", type=click.Path(path_type=Path, dir_okay=False),
-              help="Write a static snapshot of the page (no script) to this file.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8484,
+    show_default=True,
+    help="Port for --serve (0: any free port).",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write a static snapshot of the page (no script) to this file.",
+)
 @pass_app
-def status(app: App, night: str | None, watch: bool, interval: float, as_json: bool,
-           serve: bool, host: str, port: int, html_file: Path | None) -> None:
+def status(
+    app: App,
+    night: str | None,
+    watch: bool,
+    interval: float,
+    as_json: bool,
+    serve: bool,
+    host: str,
+    port: int,
+    html_file: Path | None,
+) -> None:
     """Progress per night from the views: counts, bytes, rate and ETA.
 
     With NIGHT: that night's error codes (name, count, a sample message) and the
@@ -504,8 +653,9 @@ def status(app: App, night: str | None, watch: bool, interval: float, as_json: b
         return
     rows = max(3, console.size.height - 14)
     try:
-        with Live(st.render(report, bars=True, limit=rows), console=console,
-                  auto_refresh=False) as live:
+        with Live(
+            st.render(report, bars=True, limit=rows), console=console, auto_refresh=False
+        ) as live:
             took = 0.0
             while True:
                 # A slow answer (pouchdb-server reads a row per token) spaces the
@@ -518,8 +668,7 @@ def status(app: App, night: str | None, watch: bool, interval: float, as_json: b
                 except GridXferError as exc:  # keep showing the last report
                     problem = f"{exc} (retrying)"
                 took = time.monotonic() - started
-                live.update(st.render(report, bars=True, limit=rows, problem=problem),
-                            refresh=True)
+                live.update(st.render(report, bars=True, limit=rows, problem=problem), refresh=True)
     except KeyboardInterrupt:
         pass  # Ctrl-C ends a watch; Live has restored the terminal
 
@@ -570,11 +719,20 @@ def _known_secrets(app: App) -> list[str]:
 
 
 @sandbox.command("build")
-@click.option("--dir", "src", type=click.Path(path_type=Path, file_okay=False),
-              help="The sandbox directory (default: sandbox/ of this checkout).")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
-              default=Path("gridxfer-sandbox.tar.gz"), show_default=True,
-              help="The archive; its SHA-256 goes to OUTPUT.sha256.")
+@click.option(
+    "--dir",
+    "src",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="The sandbox directory (default: sandbox/ of this checkout).",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("gridxfer-sandbox.tar.gz"),
+    show_default=True,
+    help="The archive; its SHA-256 goes to OUTPUT.sha256.",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
 def sandbox_build(app: App, src: Path | None, output: Path, as_json: bool) -> None:
@@ -588,22 +746,30 @@ def sandbox_build(app: App, src: Path | None, output: Path, as_json: bool) -> No
     if as_json:
         emit_json(built.as_dict())
     else:
-        click.echo(f"{built.path}: {built.size} bytes, {len(built.files)} files, "
-                   f"sha256 {built.sha256}")
+        click.echo(
+            f"{built.path}: {built.size} bytes, {len(built.files)} files, sha256 {built.sha256}"
+        )
 
 
 @sandbox.command("upload")
 @click.argument("url")
-@click.option("--file", "archive", type=click.Path(path_type=Path, dir_okay=False),
-              default=Path("gridxfer-sandbox.tar.gz"), show_default=True,
-              help="The archive made by `sandbox build`.")
-@click.option("--night", help="Record it for this night (default: for every night without "
-              "one of its own).")
+@click.option(
+    "--file",
+    "archive",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=Path("gridxfer-sandbox.tar.gz"),
+    show_default=True,
+    help="The archive made by `sandbox build`.",
+)
+@click.option(
+    "--night", help="Record it for this night (default: for every night without one of its own)."
+)
 @click.option("--overwrite", is_flag=True, help="Replace a different file at URL.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def sandbox_upload(app: App, url: str, archive: Path, night: str | None, overwrite: bool,
-                   as_json: bool) -> None:
+def sandbox_upload(
+    app: App, url: str, archive: Path, night: str | None, overwrite: bool, as_json: bool
+) -> None:
     """Copy the sandbox to URL (gfal2), verify it, and record {url, sha256} for the workers."""
     from GRID_XFER import sandbox as sb
 
@@ -628,8 +794,10 @@ def sandbox_show(app: App, night: str | None, as_json: bool) -> None:
     couch.require_db()
     doc = sb.lookup(couch, night)
     if doc is None:
-        raise NotFound(f"no sandbox recorded{' for night ' + night if night else ''}; "
-                       "run `gridxfer sandbox upload`")
+        raise NotFound(
+            f"no sandbox recorded{' for night ' + night if night else ''}; "
+            "run `gridxfer sandbox upload`"
+        )
     if as_json:
         emit_json(doc)
     else:
@@ -641,34 +809,80 @@ def sandbox_show(app: App, night: str | None, as_json: bool) -> None:
 @click.option("--workers", type=click.IntRange(min=1), required=True, help="How many workers.")
 @click.option("--night", help="Only this night's tokens (default: any night).")
 @click.option("--dry-run", is_flag=True, help="Write the job files and print them; submit nothing.")
-@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False),
-              help="Job directory (default: ./gridxfer-jobs/<backend>-<night>-<time>-<pid>); "
-              "batch nodes must see it for slurm.")
-@click.option("--time-limit", default="4h", show_default=True,
-              help="Wall-time limit per worker (3600, 90m, 4h, 04:00:00).")
-@click.option("--grace", default="120", show_default=True,
-              help="Seconds between SIGTERM and the kill: the worker hands its token back.")
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Job directory (default: ./gridxfer-jobs/<backend>-<night>-<time>-<pid>); "
+    "batch nodes must see it for slurm.",
+)
+@click.option(
+    "--time-limit",
+    default="4h",
+    show_default=True,
+    help="Wall-time limit per worker (3600, 90m, 4h, 04:00:00).",
+)
+@click.option(
+    "--grace",
+    default="120",
+    show_default=True,
+    help="Seconds between SIGTERM and the kill: the worker hands its token back.",
+)
 @click.option("--partition", help="Slurm partition (jdl: the Site).")
 @click.option("--account", help="Slurm account.")
-@click.option("--memory", type=click.IntRange(min=0), default=1024, show_default=True,
-              help="Memory per worker, MB (0: the site's default).")
-@click.option("--task", "task_kind", type=click.Choice(["command", "noop", "transfer"]),
-              help="Task for the workers (default: worker.task).")
+@click.option(
+    "--memory",
+    type=click.IntRange(min=0),
+    default=1024,
+    show_default=True,
+    help="Memory per worker, MB (0: the site's default).",
+)
+@click.option(
+    "--task",
+    "task_kind",
+    type=click.Choice(["command", "noop", "transfer"]),
+    help="Task for the workers (default: worker.task).",
+)
 @click.option("--command", help="Command for the command task.")
 @click.option("--max-tokens", type=click.IntRange(min=1), help="Each worker stops after K tokens.")
-@click.option("--max-time", type=click.FloatRange(min=0), help="Each worker stops claiming after S s.")
-@click.option("--sandbox", "sandbox_mode", type=click.Choice(["auto", "fetch", "none"]),
-              default="auto", show_default=True,
-              help="Fetch the recorded sandbox on the node (auto: if one is recorded).")
-@click.option("--python", "node_python", help="Python with GRID_XFER on the nodes "
-              "(default: this one for local/slurm, python3 for condor/jdl).")
+@click.option(
+    "--max-time", type=click.FloatRange(min=0), help="Each worker stops claiming after S s."
+)
+@click.option(
+    "--sandbox",
+    "sandbox_mode",
+    type=click.Choice(["auto", "fetch", "none"]),
+    default="auto",
+    show_default=True,
+    help="Fetch the recorded sandbox on the node (auto: if one is recorded).",
+)
+@click.option(
+    "--python",
+    "node_python",
+    help="Python with GRID_XFER on the nodes "
+    "(default: this one for local/slurm, python3 for condor/jdl).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def launch(app: App, backend: str, workers: int, night: str | None, dry_run: bool,
-           workdir: Path | None, time_limit: str, grace: str, partition: str | None,
-           account: str | None, memory: int, task_kind: str | None, command: str | None,
-           max_tokens: int | None, max_time: float | None, sandbox_mode: str,
-           node_python: str | None, as_json: bool) -> None:
+def launch(
+    app: App,
+    backend: str,
+    workers: int,
+    night: str | None,
+    dry_run: bool,
+    workdir: Path | None,
+    time_limit: str,
+    grace: str,
+    partition: str | None,
+    account: str | None,
+    memory: int,
+    task_kind: str | None,
+    command: str | None,
+    max_tokens: int | None,
+    max_time: float | None,
+    sandbox_mode: str,
+    node_python: str | None,
+    as_json: bool,
+) -> None:
     """Start N workers: locally, as a Slurm job array, an HTCondor cluster or a grid JDL.
 
     The database password reaches the jobs as a file (GRIDXFER_COUCHDB_PASSWORD_FILE),
@@ -677,11 +891,22 @@ def launch(app: App, backend: str, workers: int, night: str | None, dry_run: boo
     from GRID_XFER import launch as ln
     from GRID_XFER import sandbox as sb
 
-    spec = ln.LaunchSpec(backend=backend, workers=workers, night=night, workdir=workdir,
-                         time_limit=ln.parse_duration(time_limit), grace=ln.parse_duration(grace),
-                         partition=partition, account=account, memory_mb=memory,
-                         task=task_kind, command=command, max_tokens=max_tokens,
-                         max_time=max_time, python=node_python)
+    spec = ln.LaunchSpec(
+        backend=backend,
+        workers=workers,
+        night=night,
+        workdir=workdir,
+        time_limit=ln.parse_duration(time_limit),
+        grace=ln.parse_duration(grace),
+        partition=partition,
+        account=account,
+        memory_mb=memory,
+        task=task_kind,
+        command=command,
+        max_tokens=max_tokens,
+        max_time=max_time,
+        python=node_python,
+    )
     if dry_run:  # look the sandbox up once, quickly: a dry run works without the database
         from GRID_XFER.couch import Couch
 
@@ -691,13 +916,21 @@ def launch(app: App, backend: str, workers: int, night: str | None, dry_run: boo
         couch.require_db()
         if night:
             app.pool().require_night(night)
-    spec.sandbox = ln.resolve_sandbox_mode(sandbox_mode, lambda: sb.lookup(couch, night),
-                                           dry_run=dry_run)
+    spec.sandbox = ln.resolve_sandbox_mode(
+        sandbox_mode, lambda: sb.lookup(couch, night), dry_run=dry_run
+    )
     job = ln.prepare(app.config, spec)
     job_file = ln.write_job_file(spec, job)
-    result: dict[str, Any] = {"backend": backend, "workers": workers, "night": night,
-                              "sandbox": spec.sandbox, "dry_run": dry_run, **job.as_dict(),
-                              "job_id": None, "submitted": False}
+    result: dict[str, Any] = {
+        "backend": backend,
+        "workers": workers,
+        "night": night,
+        "sandbox": spec.sandbox,
+        "dry_run": dry_run,
+        **job.as_dict(),
+        "job_id": None,
+        "submitted": False,
+    }
     if backend == "local":
         commands = ln.local_commands(spec, job)
         if dry_run:
@@ -710,15 +943,18 @@ def launch(app: App, backend: str, workers: int, night: str | None, dry_run: boo
             for argv in commands:
                 click.echo(" ".join(argv))
             return
-        report = ln.Supervisor(commands, env=ln.local_environment(job), cwd=job.path,
-                               logs=job.logs).run()
+        report = ln.Supervisor(
+            commands, env=ln.local_environment(job), cwd=job.path, logs=job.logs
+        ).run()
         result.update(report.as_dict(), submitted=True)
         if as_json:
             emit_json(result)
         else:
             for w in report.workers:
-                click.echo(f"worker {w.index} (job id {w.job_id}, pid {w.pid}): exit {w.status}, "
-                           f"log {w.log}")
+                click.echo(
+                    f"worker {w.index} (job id {w.job_id}, pid {w.pid}): exit {w.status}, "
+                    f"log {w.log}"
+                )
         if report.status:
             sys.exit(report.status)
         return
@@ -736,11 +972,15 @@ def launch(app: App, backend: str, workers: int, night: str | None, dry_run: boo
         emit_json(result)
     elif job_id is None:
         tool = "condor_submit" if backend == "condor" else "dirac-wms-job-submit"
-        click.echo(f"wrote {job_file}; {tool} is not installed here: submit it from a "
-                   f"submit node (cd {job.path} && {tool} {job_file.name})")
+        click.echo(
+            f"wrote {job_file}; {tool} is not installed here: submit it from a "
+            f"submit node (cd {job.path} && {tool} {job_file.name})"
+        )
     else:
-        click.echo(f"{backend} job {job_id} submitted: {workers} workers; job file {job_file}; "
-                   f"logs {job.logs}")
+        click.echo(
+            f"{backend} job {job_id} submitted: {workers} workers; job file {job_file}; "
+            f"logs {job.logs}"
+        )
 
 
 # -- tape: state-all and stage --------------------------------------------------
@@ -757,8 +997,11 @@ def _tape_services(app: App, task: Any) -> dict[str, Any]:
     from GRID_XFER.staging import Staging
 
     sc = app.config.staging
-    return {"staging": Staging(task.storage, sc), "archive": Archive(task.storage, sc),
-            "poll_every": sc.poll_interval}
+    return {
+        "staging": Staging(task.storage, sc),
+        "archive": Archive(task.storage, sc),
+        "poll_every": sc.poll_interval,
+    }
 
 
 def _urls_of(app: App, target: str) -> tuple[list[tuple[str, str]], list[dict[str, Any]] | None]:
@@ -784,8 +1027,9 @@ def _urls_of(app: App, target: str) -> tuple[list[tuple[str, str]], list[dict[st
 
 @cli.command("state-all")
 @click.argument("target", metavar="NIGHT|FILE")
-@click.option("--threads", type=click.IntRange(1, 256),
-              help="Parallel queries (default: staging.threads).")
+@click.option(
+    "--threads", type=click.IntRange(1, 256), help="Parallel queries (default: staging.threads)."
+)
 @click.option("--summary", is_flag=True, help="Only the summary, not every file.")
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
@@ -813,9 +1057,11 @@ def state_all(app: App, target: str, threads: int | None, summary: bool, as_json
                 extra = f"  ({f.message})" if f.message else ""
                 click.echo(f"{f.state:<20} {f.as_dict()['url']}{extra}")
         counts = ", ".join(f"{n} {s}" for s, n in data["counts"].items() if n)
-        click.echo(f"{target}: {data['total']} files: {counts or 'none'}; "
-                   f"{data['percent_online']:.1f}% on disk, {data['percent_on_tape']:.1f}% on tape "
-                   f"({data['seconds']:.2f} s)")
+        click.echo(
+            f"{target}: {data['total']} files: {counts or 'none'}; "
+            f"{data['percent_online']:.1f}% on disk, {data['percent_on_tape']:.1f}% on tape "
+            f"({data['seconds']:.2f} s)"
+        )
     if report.problems:
         sys.exit(STATE_PROBLEM_EXIT)
 
@@ -831,15 +1077,28 @@ def _staging_for(app: App, method: str | None):  # noqa: ANN202
 
 @cli.command()
 @click.argument("target", metavar="NIGHT|FILE", required=False)
-@click.option("--method", type=click.Choice(["gfal2", "stager"]),
-              help="Staging method (default: staging.method).")
+@click.option(
+    "--method",
+    type=click.Choice(["gfal2", "stager"]),
+    help="Staging method (default: staging.method).",
+)
 @click.option("--status", "status_id", metavar="ID", help="Show the state of staging request ID.")
-@click.option("--poll", is_flag=True, help="Poll open requests once: staged tokens back to todo, "
-              "failures to error 22/23, archived tokens to done (50/51).")
+@click.option(
+    "--poll",
+    is_flag=True,
+    help="Poll open requests once: staged tokens back to todo, "
+    "failures to error 22/23, archived tokens to done (50/51).",
+)
 @click.option("--json", "as_json", is_flag=True)
 @pass_app
-def stage(app: App, target: str | None, method: str | None, status_id: str | None, poll: bool,
-          as_json: bool) -> None:
+def stage(
+    app: App,
+    target: str | None,
+    method: str | None,
+    status_id: str | None,
+    poll: bool,
+    as_json: bool,
+) -> None:
     """Request staging of NIGHT's files on tape (or of a file of URLs), or follow requests.
 
     For a night, the todo tokens with files on tape only move to `staging` under one
@@ -853,16 +1112,20 @@ def stage(app: App, target: str | None, method: str | None, status_id: str | Non
 
         pool = app.pool()
         archive = Archive(staging.storage, app.config.staging)
-        result = {"staging": staging.poll(pool, target).as_dict(),
-                  "archive": archive.poll(pool, target).as_dict()}
+        result = {
+            "staging": staging.poll(pool, target).as_dict(),
+            "archive": archive.poll(pool, target).as_dict(),
+        }
         if as_json:
             emit_json(result)
         else:
             s, a = result["staging"], result["archive"]
-            click.echo(f"staging: {s['staged']} back to todo, {s['failed']} failed (22), "
-                       f"{s['timed_out']} timed out (23), {s['pending']} waiting; archive: "
-                       f"{a['done']} done, {a['failed']} failed (50), {a['timed_out']} timed out "
-                       f"(51), {a['pending']} waiting")
+            click.echo(
+                f"staging: {s['staged']} back to todo, {s['failed']} failed (22), "
+                f"{s['timed_out']} timed out (23), {s['pending']} waiting; archive: "
+                f"{a['done']} done, {a['failed']} failed (50), {a['timed_out']} timed out "
+                f"(51), {a['pending']} waiting"
+            )
         return
     if status_id:
         _stage_status(app, staging, status_id, method, as_json)
@@ -884,8 +1147,13 @@ def _stage_request(app: App, staging: Any, target: str, as_json: bool) -> None:
         wanted = {d["_id"] for d in docs}
         pairs = [(i, u) for i, u in pairs if i in wanted]
     urls = sorted({u for _, u in pairs if state.get(u) == NEARLINE})
-    out: dict[str, Any] = {"target": target, "files": len(urls), "request": None, "tokens": [],
-                           "refused": {}}
+    out: dict[str, Any] = {
+        "target": target,
+        "files": len(urls),
+        "request": None,
+        "tokens": [],
+        "refused": {},
+    }
     if urls:
         request, refused = staging.request(urls)
         out["request"] = {k: v for k, v in request.items() if k != "parts"}
@@ -906,20 +1174,26 @@ def _stage_request(app: App, staging: Any, target: str, as_json: bool) -> None:
         click.echo(f"{target}: nothing to stage (no file on tape only)")
         return
     req = out["request"]
-    click.echo(f"staging request {req['id']} ({req['method']}): {len(urls)} file(s)"
-               + (f", {len(out['tokens'])} token(s) now staging" if docs is not None else ""))
+    click.echo(
+        f"staging request {req['id']} ({req['method']}): {len(urls)} file(s)"
+        + (f", {len(out['tokens'])} token(s) now staging" if docs is not None else "")
+    )
     for url, reason in list(out["refused"].items())[:10]:
         log.warning("refused: %s: %s", redact(url), reason)
 
 
-def _stage_status(app: App, staging: Any, request_id: str, method: str | None,
-                  as_json: bool) -> None:
+def _stage_status(
+    app: App, staging: Any, request_id: str, method: str | None, as_json: bool
+) -> None:
     from GRID_XFER.views import DDOC
 
     couch = app.couch()
     rows = couch.view(DDOC, "staging", include_docs=True)["rows"]
-    docs = [r["doc"] for r in rows if r.get("doc")
-            and str((r["doc"].get("stage_request") or {}).get("id")) == request_id]
+    docs = [
+        r["doc"]
+        for r in rows
+        if r.get("doc") and str((r["doc"].get("stage_request") or {}).get("id")) == request_id
+    ]
     out: dict[str, Any] = {"id": request_id, "tokens": [d["_id"] for d in docs]}
     if method:
         kind = method
@@ -964,8 +1238,11 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as exc:  # a bug: say so in one line, details with --debug
         if debug:
             raise
-        click.echo(f"gridxfer: unexpected error: {type(exc).__name__}: {redact(str(exc))} "
-                   "(run with --debug for details)", err=True)
+        click.echo(
+            f"gridxfer: unexpected error: {type(exc).__name__}: {redact(str(exc))} "
+            "(run with --debug for details)",
+            err=True,
+        )
         sys.exit(1)
 
 

@@ -5,6 +5,7 @@ Search order for the file: ``--config``, ``$GRIDXFER_CONFIG``, ``./gridxfer.yaml
 at the embedded server. A bad value fails before any work starts, with the key
 named, so a night never half-runs on a typo.
 """
+
 from __future__ import annotations
 
 import os
@@ -62,8 +63,12 @@ class CouchDBConfig(_Section):
         for item in items:
             if not isinstance(item, str):
                 raise ValueError("must be a URL or a list of URLs")
-            urls.append(_http_url(item.strip(), "couchdb.user and GRIDXFER_COUCHDB_PASSWORD or "
-                                               "couchdb.password_file").rstrip("/"))
+            urls.append(
+                _http_url(
+                    item.strip(),
+                    "couchdb.user and GRIDXFER_COUCHDB_PASSWORD or couchdb.password_file",
+                ).rstrip("/")
+            )
         if len(set(urls)) != len(urls):
             raise ValueError("lists the same URL twice")
         return urls
@@ -90,8 +95,9 @@ class CouchDBConfig(_Section):
             try:
                 return self.password_file.expanduser().read_text().strip()
             except OSError as exc:
-                raise ConfigError(f"couchdb.password_file: cannot read {self.password_file}: "
-                                  f"{exc.strerror}") from None
+                raise ConfigError(
+                    f"couchdb.password_file: cannot read {self.password_file}: {exc.strerror}"
+                ) from None
         return None
 
 
@@ -204,8 +210,9 @@ ENV_OVERRIDES: dict[str, str] = {
 }
 
 
-def find_config_file(explicit: str | os.PathLike[str] | None = None,
-                     env: dict[str, str] | None = None) -> Path | None:
+def find_config_file(
+    explicit: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None
+) -> Path | None:
     env = dict(os.environ) if env is None else env
     if explicit:
         p = Path(explicit).expanduser()
@@ -247,8 +254,9 @@ def _format_validation(exc: ValidationError, origin: str) -> str:
     return f"invalid configuration in {origin}: {key}: {msg}{more}"
 
 
-def load_config(path: str | os.PathLike[str] | None = None,
-                env: dict[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None
+) -> Config:
     """Read, override and validate; raise ConfigError naming the bad key."""
     env = dict(os.environ) if env is None else env
     file = find_config_file(path, env)

@@ -8,6 +8,7 @@ is used, so pouchdb-server and Apache CouchDB 3 behave the same.
 Credentials live in the client only: URLs we format never carry them, and no
 exception text includes headers, cookies or bodies we sent.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,15 +25,25 @@ from urllib.parse import quote
 import requests
 
 from GRID_XFER.config import CouchDBConfig
-from GRID_XFER.errors import (Conflict, DatabaseError, DatabaseUnavailable, NotFound,
-                              Rejected, ViewError)
+from GRID_XFER.errors import (
+    Conflict,
+    DatabaseError,
+    DatabaseUnavailable,
+    NotFound,
+    Rejected,
+    ViewError,
+)
 
 log = logging.getLogger(__name__)
 
 # A coordinator that went away: refused, timed out, or cut off in mid-answer (a node
 # killed while it was sending).
-_BROKEN = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-           requests.exceptions.ContentDecodingError)
+_BROKEN = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+)
 # Status codes that mean "the server is struggling, try again".
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -40,7 +51,7 @@ _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 def _quote_id(doc_id: str) -> str:
     for prefix in ("_design/", "_local/"):
         if doc_id.startswith(prefix):
-            return prefix + quote(doc_id[len(prefix):], safe="")
+            return prefix + quote(doc_id[len(prefix) :], safe="")
     return quote(doc_id, safe="")
 
 
@@ -101,18 +112,26 @@ class Couch:
                 password = self.cfg.secret()
                 timeout = (min(5.0, self.cfg.timeout), self.cfg.timeout)
                 if user:
-                    client = CouchDB(user, password, url=url, connect=False,
-                                     auto_renew=True, use_basic_auth=self.cfg.auth == "basic",
-                                     timeout=timeout)
+                    client = CouchDB(
+                        user,
+                        password,
+                        url=url,
+                        connect=False,
+                        auto_renew=True,
+                        use_basic_auth=self.cfg.auth == "basic",
+                        timeout=timeout,
+                    )
                 else:
-                    client = CouchDB(None, None, url=url, admin_party=True,
-                                     connect=False, timeout=timeout)
+                    client = CouchDB(
+                        None, None, url=url, admin_party=True, connect=False, timeout=timeout
+                    )
                 try:
                     client.connect()
                 except requests.HTTPError as exc:
                     status = exc.response.status_code if exc.response is not None else "?"
-                    raise DatabaseError(f"login to {url} as {user!r} refused "
-                                        f"(HTTP {status})") from None
+                    raise DatabaseError(
+                        f"login to {url} as {user!r} refused (HTTP {status})"
+                    ) from None
                 self._clients[url] = client
             return client.r_session
 
@@ -120,10 +139,18 @@ class Couch:
         with self._lock:
             self._clients.pop(url, None)
 
-    def request(self, method: str, path: str, *, params: dict[str, Any] | None = None,
-                body: Any = None, data: bytes | None = None,
-                headers: dict[str, str] | None = None, db: bool = True,
-                view: str | None = None) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        body: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        db: bool = True,
+        view: str | None = None,
+    ) -> requests.Response:
         """One HTTP call, failed over and retried on connection errors and 5xx.
 
         Except a 500 from a ``view`` (``ddoc/name``): that is the view failing on
@@ -131,8 +158,10 @@ class Couch:
         and every coordinator, so it is reported at once, not ridden out.
         """
         if params:
-            params = {k: json.dumps(v) if k in _JSON_PARAMS or isinstance(v, bool) else v
-                      for k, v in params.items()}
+            params = {
+                k: json.dumps(v) if k in _JSON_PARAMS or isinstance(v, bool) else v
+                for k, v in params.items()
+            }
         kwargs: dict[str, Any] = {"params": params, "headers": dict(headers or {})}
         if body is not None:
             kwargs["data"] = json.dumps(body)
@@ -154,13 +183,17 @@ class Couch:
                 resp = self._session(base).request(method, url, **kwargs)
             except _BROKEN as exc:
                 self._reset_session(base)
-                problem = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+                problem = (
+                    "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+                )
                 if isinstance(exc, requests.Timeout):
                     problem = f"no answer within {self.cfg.timeout:g}s"
             else:
                 if resp.status_code == 500 and view is not None:
-                    raise ViewError(f"{shown}: view {view} failed on the server: HTTP 500 "
-                                    f"{_reason(resp, with_error=True)}")
+                    raise ViewError(
+                        f"{shown}: view {view} failed on the server: HTTP 500 "
+                        f"{_reason(resp, with_error=True)}"
+                    )
                 if resp.status_code not in _RETRY_STATUS:
                     if rounds:
                         self.recovered_at = time.monotonic()  # see Pool.reap
@@ -175,24 +208,40 @@ class Couch:
                 # Another coordinator of the same cluster: at once, no backoff.
                 with self._lock:
                     self._current = (self._current + 1) % len(self.urls)
-                log.warning("database coordinator %s unavailable (%s); failing over to %s",
-                            base, problem, self.url)
+                log.warning(
+                    "database coordinator %s unavailable (%s); failing over to %s",
+                    base,
+                    problem,
+                    self.url,
+                )
                 continue
             failed_in_round = 0
             rounds += 1
             with self._lock:
                 self._current = (self._current + 1) % len(self.urls)
-            delay = min(30.0, self.cfg.backoff * 2 ** min(rounds - 1, 10)) * random.uniform(0.8, 1.2)
+            delay = min(30.0, self.cfg.backoff * 2 ** min(rounds - 1, 10)) * random.uniform(
+                0.8, 1.2
+            )
             where = base if len(self.urls) == 1 else f"{len(self.urls)} coordinators, last {base}"
-            gave_up = f"database server {where} unavailable ({problem}) after {attempt} " \
+            gave_up = (
+                f"database server {where} unavailable ({problem}) after {attempt} "
                 f"attempt{'s' if attempt > 1 else ''}"
-            if deadline is None and rounds > self.cfg.retries or (
-                    deadline is not None and time.monotonic() + delay > deadline):
+            )
+            if (
+                deadline is None
+                and rounds > self.cfg.retries
+                or (deadline is not None and time.monotonic() + delay > deadline)
+            ):
                 raise DatabaseUnavailable(gave_up)
             if self.stopping.is_set():
                 raise DatabaseUnavailable(f"{gave_up}; not retried: stopping")
-            log.warning("database server %s unavailable (%s); retry %d in %.1fs",
-                        where, problem, rounds, delay)
+            log.warning(
+                "database server %s unavailable (%s); retry %d in %.1fs",
+                where,
+                problem,
+                rounds,
+                delay,
+            )
             if self.stopping.wait(delay):
                 raise DatabaseUnavailable(f"{gave_up}; not retried: stopping")
 
@@ -205,10 +254,17 @@ class Couch:
             raise Conflict(f"{shown}: conflict (document changed meanwhile)")
         if resp.status_code == 404:
             if "/_view/" in shown or "/_design/" in shown:
-                if reason in ("no_db_file", "Database does not exist.", "missing", "missing_named_view",
-                              "deleted"):
-                    raise NotFound(f"{shown}: not found ({reason}); run `gridxfer init` to create "
-                                   "the database and its views")
+                if reason in (
+                    "no_db_file",
+                    "Database does not exist.",
+                    "missing",
+                    "missing_named_view",
+                    "deleted",
+                ):
+                    raise NotFound(
+                        f"{shown}: not found ({reason}); run `gridxfer init` to create "
+                        "the database and its views"
+                    )
             raise NotFound(f"{shown}: not found ({reason})")
         if resp.status_code == 403 and reason.startswith("invalid token"):
             raise Rejected(f"{shown}: refused by the database's write check: {reason}")
@@ -239,8 +295,9 @@ class Couch:
 
     def require_db(self) -> None:
         if not self.db_exists():
-            raise NotFound(f"database {self.db!r} does not exist on {self.url}; "
-                           "run `gridxfer init` first")
+            raise NotFound(
+                f"database {self.db!r} does not exist on {self.url}; run `gridxfer init` first"
+            )
 
     # -- documents ----------------------------------------------------------
     def get(self, doc_id: str, **params: Any) -> dict[str, Any]:
@@ -283,11 +340,16 @@ class Couch:
         wait for each live copy and merge their revision trees, so a branch that
         any reachable copy holds is in the answer. Each leaf has ``_revisions``.
         """
-        params = {"open_revs": "all", "revs": "true", "latest": "true",
-                  "r": str(self.cluster().get("n", 1))}
+        params = {
+            "open_revs": "all",
+            "revs": "true",
+            "latest": "true",
+            "r": str(self.cluster().get("n", 1)),
+        }
         try:
-            rows = self.request("GET", _quote_id(doc_id), params=params,
-                                headers={"Accept": "application/json"}).json()
+            rows = self.request(
+                "GET", _quote_id(doc_id), params=params, headers={"Accept": "application/json"}
+            ).json()
         except NotFound:
             return []
         return [r["ok"] for r in rows if isinstance(r, dict) and "ok" in r]
@@ -313,8 +375,9 @@ class Couch:
 
     def all_docs(self, keys: list[str] | None = None, **params: Any) -> list[dict[str, Any]]:
         if keys is not None:
-            return self.request("POST", "_all_docs", params=params or None,
-                                body={"keys": keys}).json()["rows"]
+            return self.request(
+                "POST", "_all_docs", params=params or None, body={"keys": keys}
+            ).json()["rows"]
         return self.request("GET", "_all_docs", params=params or None).json()["rows"]
 
     def iter_ids(self, prefix: str, *, page: int = 1000) -> Iterator[str]:
@@ -331,17 +394,20 @@ class Couch:
                 return
             params.update(startkey=rows[-1]["id"], skip=1)
 
-    def view(self, ddoc: str, name: str, *, keys: list[Any] | None = None,
-             **params: Any) -> dict[str, Any]:
+    def view(
+        self, ddoc: str, name: str, *, keys: list[Any] | None = None, **params: Any
+    ) -> dict[str, Any]:
         path = f"_design/{quote(ddoc, safe='')}/_view/{quote(name, safe='')}"
         view = f"{ddoc}/{name}"
         if keys is not None:
-            return self.request("POST", path, params=params or None, body={"keys": keys},
-                                view=view).json()
+            return self.request(
+                "POST", path, params=params or None, body={"keys": keys}, view=view
+            ).json()
         return self.request("GET", path, params=params or None, view=view).json()
 
-    def iter_view(self, ddoc: str, name: str, *, page: int = 1000,
-                  **params: Any) -> Iterator[dict[str, Any]]:
+    def iter_view(
+        self, ddoc: str, name: str, *, page: int = 1000, **params: Any
+    ) -> Iterator[dict[str, Any]]:
         """All rows of a view range, paged by key so memory stays flat.
 
         The view's keys must be unique (pouchdb-server ignores startkey_docid, so
@@ -356,11 +422,13 @@ class Couch:
             params["startkey"] = rows[-1]["key"]
             params["skip"] = 1
 
-    def put_attachment(self, doc_id: str, rev: str, name: str, data: bytes,
-                       content_type: str) -> str:
+    def put_attachment(
+        self, doc_id: str, rev: str, name: str, data: bytes, content_type: str
+    ) -> str:
         path = f"{_quote_id(doc_id)}/{quote(name, safe='')}"
-        return self.request("PUT", path, params={"rev": rev}, data=data,
-                            headers={"Content-Type": content_type}).json()["rev"]
+        return self.request(
+            "PUT", path, params={"rev": rev}, data=data, headers={"Content-Type": content_type}
+        ).json()["rev"]
 
     def get_attachment(self, doc_id: str, name: str) -> bytes:
         return self.request("GET", f"{_quote_id(doc_id)}/{quote(name, safe='')}").content

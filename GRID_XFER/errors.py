@@ -4,6 +4,7 @@ Every failure a worker can meet maps to one code of DESIGN.md's table, so a data
 manager reads the same number in the token, the view and the docs. ``transient``
 tells the pool whether a retry with backoff can help.
 """
+
 from __future__ import annotations
 
 from enum import IntEnum
@@ -43,8 +44,16 @@ class Code(IntEnum):
 
 # Codes for which a later attempt can succeed without anyone changing anything.
 TRANSIENT_CODES = frozenset(
-    {Code.TRANSFER_FAILED, Code.TRANSFER_TIMEOUT, Code.SANDBOX_FETCH, Code.DEST_WRITE_FAILED,
-     Code.STAGING_TIMEOUT, Code.ARCHIVE_TIMEOUT, Code.LEASE_EXPIRED, Code.UNEXPECTED}
+    {
+        Code.TRANSFER_FAILED,
+        Code.TRANSFER_TIMEOUT,
+        Code.SANDBOX_FETCH,
+        Code.DEST_WRITE_FAILED,
+        Code.STAGING_TIMEOUT,
+        Code.ARCHIVE_TIMEOUT,
+        Code.LEASE_EXPIRED,
+        Code.UNEXPECTED,
+    }
 )
 
 
@@ -136,8 +145,14 @@ class LeaseLost(GridXferError):
 class TaskError(GridXferError):
     """A task failed with a token error code, optionally naming a file."""
 
-    def __init__(self, code: Code | int, message: str, *, file: str | None = None,
-                 transient: bool | None = None) -> None:
+    def __init__(
+        self,
+        code: Code | int,
+        message: str,
+        *,
+        file: str | None = None,
+        transient: bool | None = None,
+    ) -> None:
         code = Code(code)
         super().__init__(message, code=code)
         self.file = file

@@ -17,6 +17,7 @@ appears in a job file, an argument list or the batch system's copy of the
 submitting environment: jobs get the *name* of the password file in
 ``GRIDXFER_COUCHDB_PASSWORD_FILE``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,6 +60,7 @@ class LaunchError(GridXferError):
 
 # --------------------------------------------------------------------------- spec
 
+
 def parse_duration(text: str | int | float) -> int:
     """Seconds from ``3600``, ``90m``, ``4h``, ``2d``, ``MM:SS``, ``HH:MM:SS`` or ``D-HH:MM:SS``."""
     if isinstance(text, (int, float)):
@@ -76,7 +78,9 @@ def parse_duration(text: str | int | float) -> int:
             hours, minutes, seconds = parts
             value = int(d[1] or 0) * 86400 + hours * 3600 + minutes * 60 + seconds
         else:
-            raise InvalidInput(f"invalid duration {text!r} (e.g. 3600, 90m, 4h, 04:00:00, 1-00:00:00)")
+            raise InvalidInput(
+                f"invalid duration {text!r} (e.g. 3600, 90m, 4h, 04:00:00, 1-00:00:00)"
+            )
     if value <= 0:
         raise InvalidInput(f"duration {text!r} must be positive")
     return value
@@ -112,7 +116,9 @@ class LaunchSpec:
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            raise InvalidInput(f"unknown backend {self.backend!r} (choose from {', '.join(BACKENDS)})")
+            raise InvalidInput(
+                f"unknown backend {self.backend!r} (choose from {', '.join(BACKENDS)})"
+            )
         if self.workers < 1:
             raise InvalidInput("--workers must be at least 1")
         if self.night is not None:
@@ -122,8 +128,9 @@ class LaunchSpec:
         if self.sandbox not in ("fetch", "none"):
             raise InvalidInput(f"sandbox mode {self.sandbox!r}: fetch or none")
         if self.grace < 0 or self.grace >= self.time_limit:
-            raise InvalidInput(f"grace {self.grace}s must be shorter than the time limit "
-                               f"{self.time_limit}s")
+            raise InvalidInput(
+                f"grace {self.grace}s must be shorter than the time limit {self.time_limit}s"
+            )
         if not re.fullmatch(r"[A-Za-z0-9_.+-]{1,64}", self.name):
             raise InvalidInput(f"job name {self.name!r}: 1-64 letters, digits and ._+-")
         for what, value in (("partition", self.partition), ("account", self.account)):
@@ -163,13 +170,18 @@ class JobDir:
     job_file: Path | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"workdir": str(self.path), "config": str(self.config),
-                "launch": str(self.launch), "logs": str(self.logs),
-                "password_file": str(self.password_file) if self.password_file else None,
-                "job_file": str(self.job_file) if self.job_file else None}
+        return {
+            "workdir": str(self.path),
+            "config": str(self.config),
+            "launch": str(self.launch),
+            "logs": str(self.logs),
+            "password_file": str(self.password_file) if self.password_file else None,
+            "job_file": str(self.job_file) if self.job_file else None,
+        }
 
 
 # --------------------------------------------------------------------------- job directory
+
 
 def default_workdir(spec: LaunchSpec) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -220,8 +232,10 @@ def stage_password(cfg: Config, workdir: Path, *, copy: bool) -> Path | None:
 def _launch_source() -> Path:
     src = default_source_dir() / LAUNCH_NAME
     if not src.is_file():
-        raise ConfigError(f"cannot find {LAUNCH_NAME} (looked in {src.parent}); run from the "
-                          "GRID_XFER checkout or one with a sandbox/ directory")
+        raise ConfigError(
+            f"cannot find {LAUNCH_NAME} (looked in {src.parent}); run from the "
+            "GRID_XFER checkout or one with a sandbox/ directory"
+        )
     return src
 
 
@@ -235,8 +249,11 @@ def prepare(cfg: Config, spec: LaunchSpec) -> JobDir:
     shipped = spec.backend in ("condor", "jdl")  # files travel with the job, not a shared FS
     password = stage_password(cfg, workdir, copy=shipped)
     config = workdir / CONFIG_NAME
-    _write_private(config, "# written by gridxfer launch; no credentials in here\n"
-                   + yaml.safe_dump(job_config_data(cfg, spec), sort_keys=False))
+    _write_private(
+        config,
+        "# written by gridxfer launch; no credentials in here\n"
+        + yaml.safe_dump(job_config_data(cfg, spec), sort_keys=False),
+    )
     launch = workdir / LAUNCH_NAME
     shutil.copyfile(_launch_source(), launch)
     launch.chmod(0o755)
@@ -244,19 +261,26 @@ def prepare(cfg: Config, spec: LaunchSpec) -> JobDir:
     def ref(path: Path) -> str:
         return path.name if shipped else str(path)
 
-    env = {"GRIDXFER_CONFIG": ref(config), "GRIDXFER_SANDBOX": spec.sandbox,
-           "GRIDXFER_PYTHON": spec.node_python()}
+    env = {
+        "GRIDXFER_CONFIG": ref(config),
+        "GRIDXFER_SANDBOX": spec.sandbox,
+        "GRIDXFER_PYTHON": spec.node_python(),
+    }
     if password is not None:
         env["GRIDXFER_COUCHDB_PASSWORD_FILE"] = ref(password)
     if spec.night:
         env["GRIDXFER_NIGHT"] = spec.night
     env_file = workdir / ENV_NAME
-    _write_private(env_file, "# GRIDXFER_* settings of this job (read by launch.sh --env)\n"
-                   + "".join(f"{k}={v}\n" for k, v in env.items()))
+    _write_private(
+        env_file,
+        "# GRIDXFER_* settings of this job (read by launch.sh --env)\n"
+        + "".join(f"{k}={v}\n" for k, v in env.items()),
+    )
     return JobDir(workdir, config, launch, env_file, logs, password, env)
 
 
 # --------------------------------------------------------------------------- job files
+
 
 def _q(value: str) -> str:
     return shlex.quote(value)
@@ -351,11 +375,15 @@ def render_condor(spec: LaunchSpec, job: JobDir) -> str:
         ("+GridXferNight", f'"{spec.night or ""}"'),
     ]
     if spec.memory_mb:
-        items.insert(items.index(("request_cpus", "1")) + 1, ("request_memory", str(spec.memory_mb)))
+        items.insert(
+            items.index(("request_cpus", "1")) + 1, ("request_memory", str(spec.memory_mb))
+        )
     width = max(len(k) for k, _ in items)
-    head = [f"# Written by `gridxfer launch --backend condor` at {time.strftime('%Y-%m-%dT%H:%M:%S')}.",
-            f"# Submit: condor_submit {job.path / JOB_FILES['condor']}",
-            "# No password in here: it travels as a 0600 file named by GRIDXFER_COUCHDB_PASSWORD_FILE."]
+    head = [
+        f"# Written by `gridxfer launch --backend condor` at {time.strftime('%Y-%m-%dT%H:%M:%S')}.",
+        f"# Submit: condor_submit {job.path / JOB_FILES['condor']}",
+        "# No password in here: it travels as a 0600 file named by GRIDXFER_COUCHDB_PASSWORD_FILE.",
+    ]
     body = [f"{k.ljust(width)} = {v}" for k, v in items]
     return "\n".join(head + body + [f"queue {spec.workers}", ""])
 
@@ -386,17 +414,23 @@ def render_jdl(spec: LaunchSpec, job: JobDir) -> str:
         ("StdOutput", _jdl_str("worker__PARAM_.out")),
         ("StdError", _jdl_str("worker__PARAM_.err")),
         ("InputSandbox", "{" + ", ".join(_jdl_str(i) for i in inputs) + "}"),
-        ("OutputSandbox", "{" + ", ".join(_jdl_str(o) for o in
-                                          ("worker__PARAM_.out", "worker__PARAM_.err")) + "}"),
+        (
+            "OutputSandbox",
+            "{"
+            + ", ".join(_jdl_str(o) for o in ("worker__PARAM_.out", "worker__PARAM_.err"))
+            + "}",
+        ),
         ("CPUTime", str(spec.time_limit)),
     ]
     if spec.night:
         attrs.append(("GridXferNight", _jdl_str(spec.night)))
     if spec.partition:
         attrs.append(("Site", _jdl_str(spec.partition)))
-    head = [f"# Written by `gridxfer launch --backend jdl` at {time.strftime('%Y-%m-%dT%H:%M:%S')}.",
-            f"# Submit: dirac-wms-job-submit {JOB_FILES['jdl']}   (or glite-wms-job-submit -a)",
-            "# No password in here: it travels as a file in the InputSandbox, named in job.env."]
+    head = [
+        f"# Written by `gridxfer launch --backend jdl` at {time.strftime('%Y-%m-%dT%H:%M:%S')}.",
+        f"# Submit: dirac-wms-job-submit {JOB_FILES['jdl']}   (or glite-wms-job-submit -a)",
+        "# No password in here: it travels as a file in the InputSandbox, named in job.env.",
+    ]
     width = max(len(k) for k, _ in attrs)
     body = [f"{k.ljust(width)} = {v};" for k, v in attrs]
     return "\n".join(head + body + [""])
@@ -418,6 +452,7 @@ def write_job_file(spec: LaunchSpec, job: JobDir) -> Path | None:
 
 # --------------------------------------------------------------------------- submission
 
+
 def submit_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     """Our environment for the submit command, without GRIDXFER_* (the job sets its own)."""
     base = dict(os.environ) if base is None else base
@@ -426,8 +461,15 @@ def submit_environment(base: dict[str, str] | None = None) -> dict[str, str]:
 
 def _run_submit(argv: list[str], what: str, cwd: Path | None = None) -> str:
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=SUBMIT_TIMEOUT,
-                              env=submit_environment(), stdin=subprocess.DEVNULL, cwd=cwd)
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=SUBMIT_TIMEOUT,
+            env=submit_environment(),
+            stdin=subprocess.DEVNULL,
+            cwd=cwd,
+        )
     except FileNotFoundError:
         raise ConfigError(f"{argv[0]} not found: is the {what} client installed?") from None
     except subprocess.TimeoutExpired:
@@ -468,8 +510,9 @@ def submit_jdl(job_file: Path) -> str | None:
         ids = re.findall(r"\b\d+\b", out)
         return ",".join(ids) if ids else out.strip()[:200]
     if shutil.which("glite-wms-job-submit"):
-        out = _run_submit(["glite-wms-job-submit", "-a", job_file.name], "gLite",
-                          cwd=job_file.parent)
+        out = _run_submit(
+            ["glite-wms-job-submit", "-a", job_file.name], "gLite", cwd=job_file.parent
+        )
         m = re.search(r"https://\S+", out)
         return m[0] if m else out.strip()[:200]
     return None
@@ -485,6 +528,7 @@ def submit(spec: LaunchSpec, job: JobDir) -> str | None:
 
 
 # --------------------------------------------------------------------------- local
+
 
 @dataclass
 class WorkerExit:
@@ -515,8 +559,11 @@ class SupervisorReport:
         return 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"workers": [w.as_dict() for w in self.workers], "signal": self.signal,
-                "status": self.status}
+        return {
+            "workers": [w.as_dict() for w in self.workers],
+            "signal": self.signal,
+            "status": self.status,
+        }
 
 
 def local_commands(spec: LaunchSpec, job: JobDir) -> list[list[str]]:
@@ -533,8 +580,15 @@ class Supervisor:
 
     POLL = 0.2
 
-    def __init__(self, commands: list[list[str]], *, env: dict[str, str], cwd: Path,
-                 logs: Path, job_prefix: str | None = None) -> None:
+    def __init__(
+        self,
+        commands: list[list[str]],
+        *,
+        env: dict[str, str],
+        cwd: Path,
+        logs: Path,
+        job_prefix: str | None = None,
+    ) -> None:
         self.commands = commands
         self.env = env
         self.cwd = cwd
@@ -546,14 +600,17 @@ class Supervisor:
     def _forward(self, signum: int, frame: Any) -> None:
         if self.report.signal is None:
             self.report.signal = signum
-        for info, proc in self.procs:
+        for _info, proc in self.procs:
             if proc.poll() is None:
                 try:
                     proc.send_signal(signum)
                 except ProcessLookupError:
                     pass
-        log.warning("signal %d forwarded to %d worker(s)", signum,
-                    sum(p.poll() is None for _, p in self.procs))
+        log.warning(
+            "signal %d forwarded to %d worker(s)",
+            signum,
+            sum(p.poll() is None for _, p in self.procs),
+        )
 
     def run(self) -> SupervisorReport:
         sigs = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -564,14 +621,24 @@ class Supervisor:
                 logfile = self.logs / f"worker-{i}.log"
                 env = {**self.env, "GRIDXFER_JOB_ID": job_id}
                 with open(logfile, "ab") as out:
-                    proc = subprocess.Popen(argv, cwd=self.cwd, env=env, stdout=out,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+                    proc = subprocess.Popen(
+                        argv,
+                        cwd=self.cwd,
+                        env=env,
+                        stdout=out,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
                 info = WorkerExit(i, proc.pid, job_id, None, str(logfile))
                 self.procs.append((info, proc))
                 self.report.workers.append(info)
-                log.info("worker %d started: pid %d, job id %s, log %s", i, proc.pid, job_id, logfile)
-                if self.report.signal is not None:  # stopped while starting: forward to this one too
+                log.info(
+                    "worker %d started: pid %d, job id %s, log %s", i, proc.pid, job_id, logfile
+                )
+                if (
+                    self.report.signal is not None
+                ):  # stopped while starting: forward to this one too
                     proc.send_signal(self.report.signal)
             running = list(self.procs)
             while running:
@@ -584,8 +651,14 @@ class Supervisor:
                     info.status = status
                     running.remove(item)
                     level = logging.INFO if status == 0 else logging.WARNING
-                    log.log(level, "worker %d (pid %d) exited with status %d; log %s",
-                            info.index, info.pid, status if status >= 0 else 128 - status, info.log)
+                    log.log(
+                        level,
+                        "worker %d (pid %d) exited with status %d; log %s",
+                        info.index,
+                        info.pid,
+                        status if status >= 0 else 128 - status,
+                        info.log,
+                    )
         finally:
             for s, h in old.items():
                 signal.signal(s, h)
@@ -600,6 +673,7 @@ def local_environment(job: JobDir, base: dict[str, str] | None = None) -> dict[s
 
 # --------------------------------------------------------------------------- sandbox mode
 
+
 def resolve_sandbox_mode(mode: str, lookup: Any, *, dry_run: bool) -> str:
     """``auto`` becomes ``fetch`` when a sandbox is recorded for the night, else ``none``."""
     if mode != "auto":
@@ -612,6 +686,8 @@ def resolve_sandbox_mode(mode: str, lookup: Any, *, dry_run: bool) -> str:
         log.warning("cannot look up the sandbox record (%s); the job will fetch one", exc)
         return "fetch"
     if not found:
-        log.info("no sandbox recorded for this night: workers run without one "
-                 "(`gridxfer sandbox upload` records one)")
+        log.info(
+            "no sandbox recorded for this night: workers run without one "
+            "(`gridxfer sandbox upload` records one)"
+        )
     return "fetch" if found else "none"

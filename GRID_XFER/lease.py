@@ -8,6 +8,7 @@ also looks at every branch (:func:`GRID_XFER.branches.judge_owner`) before a
 renewal that comes late, after every save that was only accepted, and with each
 heartbeat, and removes the branches of claimants that lost. See docs/tokens.md.
 """
+
 from __future__ import annotations
 
 import base64
@@ -58,9 +59,12 @@ class Lease:
 
     def _ours(self, current: dict[str, Any]) -> bool:
         worker = current.get("worker")  # a hand-edited token may hold anything here
-        return (current.get("state") in tk.HELD
-                and isinstance(worker, dict) and worker.get("id") == self.pool.worker["id"]
-                and current.get("claim") == self.claim_id)
+        return (
+            current.get("state") in tk.HELD
+            and isinstance(worker, dict)
+            and worker.get("id") == self.pool.worker["id"]
+            and current.get("claim") == self.claim_id
+        )
 
     def _freed(self, current: dict[str, Any]) -> bool:
         """Our claim reaped back to todo and claimed by nobody since: still the work we did.
@@ -68,8 +72,11 @@ class Lease:
         Not after a reset or a delete and re-create: those start a new
         incarnation, which must be done anew.
         """
-        return (current.get("state") == "todo" and not current.get("claim")
-                and current.get("incarnation") == self.incarnation)
+        return (
+            current.get("state") == "todo"
+            and not current.get("claim")
+            and current.get("incarnation") == self.incarnation
+        )
 
     # -- branches (clusters only) --------------------------------------------
     def tidy(self) -> None:
@@ -77,11 +84,18 @@ class Lease:
         if not self._couch.replicated:
             return
         with self.lock:
-            verdict = branches.judge_owner(self._couch.leaves(self.id), self.claim_id,
-                                           self.claim_rev, self.doc["_rev"], self._dropped)
+            verdict = branches.judge_owner(
+                self._couch.leaves(self.id),
+                self.claim_id,
+                self.claim_rev,
+                self.doc["_rev"],
+                self._dropped,
+            )
             if verdict.outcome == "overridden":
-                raise LeaseLost(f"token {self.id} was changed by someone else "
-                                "(reset, reaped or deleted) while we held it")
+                raise LeaseLost(
+                    f"token {self.id} was changed by someone else "
+                    "(reset, reaped or deleted) while we held it"
+                )
             assert verdict.current is not None
             if verdict.current["_rev"] != self.doc["_rev"]:
                 # Our last write reached no copy we can reach: go on from our newest.
@@ -154,20 +168,23 @@ class Lease:
             if current is None:
                 raise LeaseLost(f"token {self.id} was deleted") from None
             if not (self._ours(current) or (finishing and self._freed(current))):
-                raise LeaseLost(f"token {self.id} is no longer ours "
-                                f"(now {current.get('state')})") from None
+                raise LeaseLost(
+                    f"token {self.id} is no longer ours (now {current.get('state')})"
+                ) from None
             return adopt(current)
         leaves = self._couch.leaves(self.id)
-        verdict = branches.judge_owner(leaves, self.claim_id, self.claim_rev, self.doc["_rev"],
-                                       self._dropped)
+        verdict = branches.judge_owner(
+            leaves, self.claim_id, self.claim_rev, self.doc["_rev"], self._dropped
+        )
         if verdict.outcome == "own" and verdict.current is not None:
             for rev in verdict.delete:
                 self._delete(rev)
             return adopt(verdict.current)
         alive = branches.live(leaves)
         ours = [leaf for leaf in alive if leaf.get("claim") == self.claim_id]
-        freed = [leaf for leaf in alive if self._freed(leaf)
-                 and branches.descends(leaf, self.claim_rev)]
+        freed = [
+            leaf for leaf in alive if self._freed(leaf) and branches.descends(leaf, self.claim_rev)
+        ]
         if finishing and freed and len(ours) + len(freed) == len(alive):
             for leaf in ours:
                 self._delete(leaf["_rev"])
@@ -176,8 +193,9 @@ class Lease:
 
     def _check_accepted(self, rev: str) -> None:
         """A save only some copies took: did someone else write from the same revision?"""
-        verdict = branches.judge_owner(self._couch.leaves(self.id), self.claim_id,
-                                       self.claim_rev, rev, self._dropped)
+        verdict = branches.judge_owner(
+            self._couch.leaves(self.id), self.claim_id, self.claim_rev, rev, self._dropped
+        )
         if verdict.outcome == "overridden":
             self._delete(rev)
             raise LeaseLost(f"token {self.id} was changed by someone else while we saved")
@@ -189,9 +207,11 @@ class Lease:
     def _saved(self, doc: dict[str, Any]) -> None:
         if self._pending:  # sent inline once; later saves carry stubs
             doc["_attachments"] = {
-                name: ({"stub": True, "content_type": att["content_type"]} if "data" in att
-                       else att)
-                for name, att in doc["_attachments"].items()}
+                name: (
+                    {"stub": True, "content_type": att["content_type"]} if "data" in att else att
+                )
+                for name, att in doc["_attachments"].items()
+            }
             self._pending.clear()
         self.doc = doc
 
@@ -201,22 +221,40 @@ class Lease:
 
     def update(self, **fields: Any) -> None:
         """Save progress (per-file results) and renew the lease with it."""
+
         def change(d: dict[str, Any]) -> None:
             d.update(fields)
             tk.renew(d, self.pool.clock(), self.pool.settings.lease)
+
         self._save(change)
 
     def done(self, **fields: Any) -> None:
         self._save(lambda d: tk.finish(d, self.pool.clock(), **fields), finishing=True)
 
-    def fail(self, code: int, message: str, *, file: str | None = None,
-             transient: bool = False, **fields: Any) -> None:
+    def fail(
+        self,
+        code: int,
+        message: str,
+        *,
+        file: str | None = None,
+        transient: bool = False,
+        **fields: Any,
+    ) -> None:
         s = self.pool.settings
 
         def change(d: dict[str, Any]) -> None:
             d.update(fields)
-            tk.fail(d, code, message, self.pool.clock(), file=file, transient=transient,
-                    backoff_base=s.backoff_base, backoff_max=s.backoff_max)
+            tk.fail(
+                d,
+                code,
+                message,
+                self.pool.clock(),
+                file=file,
+                transient=transient,
+                backoff_base=s.backoff_base,
+                backoff_max=s.backoff_max,
+            )
+
         self._save(change, finishing=True)
 
     def stage(self, request: dict[str, Any]) -> None:
@@ -233,5 +271,7 @@ class Lease:
     def attach(self, name: str, data: bytes, content_type: str = "text/plain") -> None:
         """Store a log with the next save (inline: one request, and a log never costs a result)."""
         with self.lock:
-            self._pending[name] = {"content_type": content_type,
-                                   "data": base64.b64encode(data).decode()}
+            self._pending[name] = {
+                "content_type": content_type,
+                "data": base64.b64encode(data).decode(),
+            }

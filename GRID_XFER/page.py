@@ -9,6 +9,7 @@ queries with the user's own credentials, which never reach the browser; and
 :func:`snapshot` (``gridxfer status --html FILE``) writes a static page with
 the numbers in it and no script at all.
 """
+
 from __future__ import annotations
 
 import html
@@ -45,8 +46,9 @@ class PageServer:
         return f"http://{name}:{port}{self.base}status.html"
 
     def start(self) -> str:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="status-page",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, name="status-page", daemon=True
+        )
         self._thread.start()
         return self.url
 
@@ -67,7 +69,7 @@ class PageServer:
             return 200, "application/json", json.dumps(keep).encode()
         if not path.startswith(self.base):
             return 404, "application/json", b'{"error":"not_found"}'
-        name = path[len(self.base):]
+        name = path[len(self.base) :]
         if name in self.files:
             data, ctype = self.files[name]
             return 200, ctype, data
@@ -107,46 +109,72 @@ class PageServer:
 def snapshot(couch: Couch, *, now: float | None = None) -> str:
     """A self-contained HTML page: every night's counts, and its errors and holders."""
     report = st.gather(couch, now=now)
-    details = {ns.night: st.gather(couch, ns.night, now=report.generated).nights[0]
-               for ns in report.nights if ns.errors or ns.held}
+    details = {
+        ns.night: st.gather(couch, ns.night, now=report.generated).nights[0]
+        for ns in report.nights
+        if ns.errors or ns.held
+    }
     css = status_files()["status.css"][0].decode()
     e = html.escape
     rows = []
     for ns in report.nights:
-        cells = "".join(f'<td class="num" data-state="{s}">{ns.states.get(s, 0)}</td>'
-                        for s in STATES)
-        rows.append(f'<tr data-night="{e(ns.night)}"><td>{e(ns.night)}</td>{cells}'
-                    f'<td class="num">{e(st.human_bytes(ns.bytes_done))} / '
-                    f'{e(st.human_bytes(ns.bytes_total))}</td>'
-                    f"<td>{e(st._rate_text(ns))}</td><td>{e(st._eta_text(ns))}</td></tr>")
+        cells = "".join(
+            f'<td class="num" data-state="{s}">{ns.states.get(s, 0)}</td>' for s in STATES
+        )
+        rows.append(
+            f'<tr data-night="{e(ns.night)}"><td>{e(ns.night)}</td>{cells}'
+            f'<td class="num">{e(st.human_bytes(ns.bytes_done))} / '
+            f"{e(st.human_bytes(ns.bytes_total))}</td>"
+            f"<td>{e(st._rate_text(ns))}</td><td>{e(st._eta_text(ns))}</td></tr>"
+        )
     sections = []
     for night, ns in details.items():
         errs = "".join(
             f'<tr data-code="{c.code}"><td class="num">{c.code}</td><td class="name">{e(c.name)}'
             f'</td><td class="count num">{c.count}</td><td class="message">{e(c.message or "")}'
-            f'</td><td>{e(c.token or "")}</td></tr>' for c in ns.error_codes or [])
+            f"</td><td>{e(c.token or '')}</td></tr>"
+            for c in ns.error_codes or []
+        )
         held = "".join(
             f"<tr><td>{e(h.worker or '?')}</td><td>{e(h.host or '')}</td><td>{e(h.job_id or '')}"
-            f"</td><td class=\"num\">{h.tokens}</td><td>{'expired' if h.expired else 'live'}</td></tr>"
-            for h in ns.holders or [])
+            f'</td><td class="num">{h.tokens}</td>'
+            f"<td>{'expired' if h.expired else 'live'}</td></tr>"
+            for h in ns.holders or []
+        )
         sections.append(
             f'<section data-night="{e(night)}"><h2>Night {e(night)}</h2>'
-            + (f'<table class="errors"><thead><tr><th>code</th><th>name</th><th>tokens</th>'
-               f"<th>sample message</th><th>token</th></tr></thead><tbody>{errs}</tbody></table>"
-               if errs else "")
-            + (f"<table><thead><tr><th>worker</th><th>host</th><th>job</th><th>tokens</th>"
-               f"<th>lease</th></tr></thead><tbody>{held}</tbody></table>" if held else "")
-            + "</section>")
+            + (
+                f'<table class="errors"><thead><tr><th>code</th><th>name</th><th>tokens</th>'
+                f"<th>sample message</th><th>token</th></tr></thead><tbody>{errs}</tbody></table>"
+                if errs
+                else ""
+            )
+            + (
+                f"<table><thead><tr><th>worker</th><th>host</th><th>job</th><th>tokens</th>"
+                f"<th>lease</th></tr></thead><tbody>{held}</tbody></table>"
+                if held
+                else ""
+            )
+            + "</section>"
+        )
     head = "".join(f"<th>{s}</th>" for s in STATES)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(report.generated))
-    unsettled = (f'<p class="problem">not settled: the open counts are off by {report.unsettled} '
-                 "from what a quorum of the cluster's copies says; they are catching up</p>"
-                 if report.unsettled else "")
-    body = (f'<table id="nights"><thead><tr><th>night</th>{head}<th>bytes done / total</th>'
-            f"<th>rate</th><th>ETA</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
-            if rows else '<p id="no-nights">no tokens yet</p>')
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>GRID_XFER status {e(couch.db)}</title><style>{css}</style></head><body>"
-            f'<header><h1>GRID_XFER <span id="db" class="db">{e(couch.db)}</span></h1>'
-            f'<span class="muted">snapshot of {e(stamp)}</span></header>{unsettled}{body}'
-            f"{''.join(sections)}</body></html>\n")
+    unsettled = (
+        f'<p class="problem">not settled: the open counts are off by {report.unsettled} '
+        "from what a quorum of the cluster's copies says; they are catching up</p>"
+        if report.unsettled
+        else ""
+    )
+    body = (
+        f'<table id="nights"><thead><tr><th>night</th>{head}<th>bytes done / total</th>'
+        f"<th>rate</th><th>ETA</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        if rows
+        else '<p id="no-nights">no tokens yet</p>'
+    )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>GRID_XFER status {e(couch.db)}</title><style>{css}</style></head><body>"
+        f'<header><h1>GRID_XFER <span id="db" class="db">{e(couch.db)}</span></h1>'
+        f'<span class="muted">snapshot of {e(stamp)}</span></header>{unsettled}{body}'
+        f"{''.join(sections)}</body></html>\n"
+    )

@@ -6,6 +6,7 @@ very revision it read (from the view with ``include_docs``) and saves against
 it; a 409 means another worker won, and we try another row. PiCaS re-reads
 the document after the view, so it can overwrite a fresh lock: we never do.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,8 +61,14 @@ class PoolSettings:
 
 
 class Pool:
-    def __init__(self, couch: Couch, settings: PoolSettings | None = None, *,
-                 job_id: str | None = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        couch: Couch,
+        settings: PoolSettings | None = None,
+        *,
+        job_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.couch = couch
         self.settings = settings or PoolSettings()
         self.clock = clock
@@ -74,8 +81,15 @@ class Pool:
         self.stats: Counter[str] = Counter()
 
     # -- creating ----------------------------------------------------------
-    def create(self, night: str, specs: Iterable[tk.ExposureSpec], *, source: str | None = None,
-               destination: str | None = None, batch: int = BATCH) -> CreateReport:
+    def create(
+        self,
+        night: str,
+        specs: Iterable[tk.ExposureSpec],
+        *,
+        source: str | None = None,
+        destination: str | None = None,
+        batch: int = BATCH,
+    ) -> CreateReport:
         """Add a night's tokens; re-running adds only what is new (ids are deterministic).
 
         An exposure whose files changed is updated while nobody holds it and it is
@@ -88,8 +102,14 @@ class Pool:
         for chunk in chunked(specs, batch):
             docs = []
             for spec in chunk:
-                doc = tk.new_token(night, spec, source=source, destination=destination,
-                                   max_attempts=self.settings.max_attempts, now=now)
+                doc = tk.new_token(
+                    night,
+                    spec,
+                    source=source,
+                    destination=destination,
+                    max_attempts=self.settings.max_attempts,
+                    now=now,
+                )
                 if doc["_id"] in seen:
                     raise InvalidToken(f"exposure {spec.exposure!r} listed twice")
                 seen.add(doc["_id"])
@@ -100,8 +120,12 @@ class Pool:
             for doc in docs:
                 old = existing.get(doc["_id"])
                 if old is not None and not (tk.is_token(old) and old["token_set"] == night):
-                    log.warning("%s: the id is taken by a document that is no token of night "
-                                "%s; left alone", doc["_id"], night)
+                    log.warning(
+                        "%s: the id is taken by a document that is no token of night "
+                        "%s; left alone",
+                        doc["_id"],
+                        night,
+                    )
                     report.skipped.append(doc["_id"])
                     continue
                 problem = tk.problem(old) if old is not None else None
@@ -120,19 +144,26 @@ class Pool:
                     # gets a fresh start since its inputs changed.
                     if old.get("state") == "error":
                         tk.reset(old, now)
-                    old.update(files=doc["files"], bytes_total=doc["bytes_total"],
-                               source=doc["source"], destination=doc["destination"],
-                               payload=doc["payload"], manifest=doc["manifest"],
-                               incarnation=tk.new_incarnation())  # other work now
+                    old.update(
+                        files=doc["files"],
+                        bytes_total=doc["bytes_total"],
+                        source=doc["source"],
+                        destination=doc["destination"],
+                        payload=doc["payload"],
+                        manifest=doc["manifest"],
+                        incarnation=tk.new_incarnation(),
+                    )  # other work now
                     tk._event(old, now, "updated")
                     to_save.append(old)
-            for result, doc in zip(self.couch.bulk_docs(to_save), to_save):
+            for result, doc in zip(self.couch.bulk_docs(to_save), to_save, strict=False):
                 bucket = report.updated if "_rev" in doc else report.created
                 if result.get("error") == "conflict":
                     report.skipped.append(doc["_id"])  # changed by someone meanwhile
                 elif result.get("error"):
-                    raise InvalidToken(f"token {doc['_id']}: server refused it: "
-                                       f"{result.get('reason') or result['error']}")
+                    raise InvalidToken(
+                        f"token {doc['_id']}: server refused it: "
+                        f"{result.get('reason') or result['error']}"
+                    )
                 else:
                     bucket.append(doc["_id"])
         return report
@@ -150,9 +181,14 @@ class Pool:
             name = "todo"
         rows: list[dict[str, Any]] = []
         for startkey, endkey in ranges:
-            rows += self.couch.view(DDOC, name, startkey=startkey, endkey=endkey,
-                                    limit=self.settings.window - len(rows),
-                                    include_docs=True)["rows"]
+            rows += self.couch.view(
+                DDOC,
+                name,
+                startkey=startkey,
+                endkey=endkey,
+                limit=self.settings.window - len(rows),
+                include_docs=True,
+            )["rows"]
             if len(rows) >= self.settings.window:
                 break
         unique = {r["id"]: r["doc"] for r in rows if r.get("doc")}
@@ -195,8 +231,12 @@ class Pool:
             if not self.couch.replicated:
                 return exc.retried and self._won_anyway(doc)
             self.stats["claims_409"] += 1
-            log.debug("claim %s of %s: 409%s", doc["claim"], doc["_id"],
-                      " after a resent PUT" if exc.retried else "")
+            log.debug(
+                "claim %s of %s: 409%s",
+                doc["claim"],
+                doc["_id"],
+                " after a resent PUT" if exc.retried else "",
+            )
             # Others are taking our candidates: on a cluster a lost race costs a look
             # at the branches too, so read a fresh window rather than race on.
             self._candidates = []
@@ -204,8 +244,13 @@ class Pool:
             if not self.couch.replicated:
                 return True
             self.stats["claims_201" if write.quorum else "claims_202"] += 1
-            log.debug("claim %s of %s: %s %s", doc["claim"], doc["_id"],
-                      201 if write.quorum else 202, write.rev)
+            log.debug(
+                "claim %s of %s: %s %s",
+                doc["claim"],
+                doc["_id"],
+                201 if write.quorum else 202,
+                write.rev,
+            )
         return self._confirm(doc)
 
     def claimable_now(self, night: str | None = None) -> list[dict[str, Any]]:
@@ -216,9 +261,15 @@ class Pool:
         night's tokens (every night with open tokens, without one) are read from a
         quorum of copies, and the claimable ones become the next claim candidates.
         """
-        nights = [night] if night is not None else sorted(
-            n for n, states in self.counts().items()
-            if any(states.get(s, {}).get("count") for s in ("todo", "locked", "staging")))
+        nights = (
+            [night]
+            if night is not None
+            else sorted(
+                n
+                for n, states in self.counts().items()
+                if any(states.get(s, {}).get("count") for s in ("todo", "locked", "staging"))
+            )
+        )
         now = self.clock()
         found = [d for n in nights for d in self._night_tokens(n) if tk.ready(d, now)]
         if found:
@@ -238,11 +289,18 @@ class Pool:
         """Look at every branch until ours is the only live one, or we step aside."""
         delay, waited = 0.05, 0.0
         while True:
-            verdict = branches.judge_claim(self.couch.leaves(doc["_id"]), doc["claim"],
-                                           self.clock())
+            verdict = branches.judge_claim(
+                self.couch.leaves(doc["_id"]), doc["claim"], self.clock()
+            )
             clean = self._delete_leaves(doc["_id"], verdict.delete)
-            log.debug("claim %s of %s: %s, deleted %s%s", doc["claim"], doc["_id"],
-                      verdict.outcome, verdict.delete, "" if clean else " (not all)")
+            log.debug(
+                "claim %s of %s: %s, deleted %s%s",
+                doc["claim"],
+                doc["_id"],
+                verdict.outcome,
+                verdict.delete,
+                "" if clean else " (not all)",
+            )
             if verdict.outcome == "own" and clean:
                 assert verdict.current is not None
                 doc.clear()
@@ -256,8 +314,11 @@ class Pool:
                 # first. Our branch stays (deleting it could race that owner's
                 # cleanup); the owner or the sweeper removes it.
                 self.stats["claims_gave_up"] += 1
-                log.info("claim of %s not confirmed within %.0fs; leaving it", doc["_id"],
-                         CONFIRM_SECONDS)
+                log.info(
+                    "claim of %s not confirmed within %.0fs; leaving it",
+                    doc["_id"],
+                    CONFIRM_SECONDS,
+                )
                 return False
             time.sleep(delay)
             waited += delay
@@ -281,8 +342,11 @@ class Pool:
             self.couch.put(doc)
         except Conflict:
             return False
-        log.error("%s: set to error %d, never run until it is fixed and reset", message,
-                  Code.INVALID_TOKEN)
+        log.error(
+            "%s: set to error %d, never run until it is fixed and reset",
+            message,
+            Code.INVALID_TOKEN,
+        )
         return True
 
     # -- maintenance -------------------------------------------------------
@@ -297,8 +361,10 @@ class Pool:
         """
         recovered = self.couch.recovered_at
         if recovered is not None and time.monotonic() - recovered < self.settings.lease:
-            log.info("not reaping yet: the database was unreachable until %.0f s ago",
-                     time.monotonic() - recovered)
+            log.info(
+                "not reaping yet: the database was unreachable until %.0f s ago",
+                time.monotonic() - recovered,
+            )
             return []
         now = self.clock()
         grace = self.settings.grace
@@ -328,16 +394,23 @@ class Pool:
         quarantined = {d["_id"] for d in invalid}
         reaped = []
         for chunk in chunked(docs + invalid, BATCH):
-            for result, doc in zip(self.couch.bulk_docs(chunk), chunk):
+            for result, doc in zip(self.couch.bulk_docs(chunk), chunk, strict=False):
                 if result.get("error"):
                     continue
                 reaped.append(doc["_id"])
                 if doc["_id"] in quarantined:
-                    log.error("%s: set to error %d, never run until it is fixed and reset",
-                              doc["error"]["message"], Code.INVALID_TOKEN)
+                    log.error(
+                        "%s: set to error %d, never run until it is fixed and reset",
+                        doc["error"]["message"],
+                        Code.INVALID_TOKEN,
+                    )
                 else:
-                    log.warning("reaped %s (lease of %s expired) -> %s", doc["_id"],
-                                doc["history"][-1].get("worker", "?"), doc["state"])
+                    log.warning(
+                        "reaped %s (lease of %s expired) -> %s",
+                        doc["_id"],
+                        doc["history"][-1].get("worker", "?"),
+                        doc["state"],
+                    )
         return reaped
 
     def sweep(self, night: str | None = None) -> list[str]:
@@ -355,12 +428,17 @@ class Pool:
                 continue
             if self._delete_leaves(doc_id, verdict.delete):
                 swept.append(doc_id)
-                log.info("settled conflicted token %s: kept %s, deleted %d branch(es)", doc_id,
-                         verdict.current["_rev"] if verdict.current else "?", len(verdict.delete))
+                log.info(
+                    "settled conflicted token %s: kept %s, deleted %d branch(es)",
+                    doc_id,
+                    verdict.current["_rev"] if verdict.current else "?",
+                    len(verdict.delete),
+                )
         return swept
 
-    def _overdue_staging(self, night: str | None,
-                         now: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    def _overdue_staging(
+        self, night: str | None, now: float
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Staging tokens a lease past their deadline: no poller ran (no transfer
         workers left, no `stage --poll`), so time them out here (23) rather than
         let them wait forever; pollers normally do this first, and abort the request.
@@ -379,15 +457,21 @@ class Pool:
                 continue
             deadline = (d.get("stage_request") or {}).get("deadline")
             if deadline and now > deadline + self.settings.lease:
-                tk.staging_failed(d, Code.STAGING_TIMEOUT, f"staging request "
-                                  f"{d['stage_request'].get('id')} not online "
-                                  f"{now - deadline:.0f} s after its deadline, and no poller "
-                                  "settled it", now)
+                tk.staging_failed(
+                    d,
+                    Code.STAGING_TIMEOUT,
+                    f"staging request "
+                    f"{d['stage_request'].get('id')} not online "
+                    f"{now - deadline:.0f} s after its deadline, and no poller "
+                    "settled it",
+                    now,
+                )
                 out.append(d)
         return out, invalid
 
-    def select(self, night: str, states: Iterable[str] | None = None,
-               codes: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    def select(
+        self, night: str, states: Iterable[str] | None = None, codes: Iterable[int] | None = None
+    ) -> list[dict[str, Any]]:
         """The night's token documents, optionally filtered by state and error code.
 
         On a cluster a view answers from one copy per shard range, and pages of it
@@ -401,24 +485,49 @@ class Pool:
         wanted = set(states) if states else set(tk.STATES)
         code_set = {int(c) for c in codes} if codes else None
         if self.couch.replicated:
-            docs = sorted(self._night_tokens(night),
-                          key=lambda d: (tk.STATES.index(tk.shown_state(d)), d["_id"]))
+            docs = sorted(
+                self._night_tokens(night),
+                key=lambda d: (tk.STATES.index(tk.shown_state(d)), d["_id"]),
+            )
         else:
-            docs = [row["doc"] for state in sorted(wanted, key=tk.STATES.index)
-                    for row in self.couch.iter_view(DDOC, "by_state", reduce=False,
-                                                    include_docs=True, startkey=[night, state],
-                                                    endkey=[night, state, {}]) if row.get("doc")]
-        return [d for d in docs if tk.is_token(d) and tk.shown_state(d) in wanted
-                and (code_set is None or tk.error_code(d) in code_set)]
+            docs = [
+                row["doc"]
+                for state in sorted(wanted, key=tk.STATES.index)
+                for row in self.couch.iter_view(
+                    DDOC,
+                    "by_state",
+                    reduce=False,
+                    include_docs=True,
+                    startkey=[night, state],
+                    endkey=[night, state, {}],
+                )
+                if row.get("doc")
+            ]
+        return [
+            d
+            for d in docs
+            if tk.is_token(d)
+            and tk.shown_state(d) in wanted
+            and (code_set is None or tk.error_code(d) in code_set)
+        ]
 
     def _night_tokens(self, night: str) -> list[dict[str, Any]]:
         """A night's tokens by id (``<night>_<exposure>``), as a quorum of copies has them."""
         ids = list(self.couch.iter_ids(tk.token_id(night, "")))
-        return [d for d in current_tokens(self.couch, ids, self.clock()).values()
-                if d.get("type") == tk.TOKEN_TYPE and d.get("token_set") == night]
+        return [
+            d
+            for d in current_tokens(self.couch, ids, self.clock()).values()
+            if d.get("type") == tk.TOKEN_TYPE and d.get("token_set") == night
+        ]
 
-    def reset(self, night: str, states: Iterable[str] | None = None,
-              codes: Iterable[int] | None = None, *, force: bool = False) -> list[str]:
+    def reset(
+        self,
+        night: str,
+        states: Iterable[str] | None = None,
+        codes: Iterable[int] | None = None,
+        *,
+        force: bool = False,
+    ) -> list[str]:
         """Give tokens a fresh start. Default: every errored token of the night.
 
         A token a live worker holds (lease not expired) is left alone unless
@@ -429,8 +538,12 @@ class Pool:
         docs = self.select(night, states, codes)
         live = [d["_id"] for d in docs if d.get("state") in tk.HELD and not tk.is_expired(d, now)]
         if live and not force:
-            log.warning("left %d token(s) alone that live workers hold (e.g. %s); "
-                        "--force resets them anyway", len(live), live[0])
+            log.warning(
+                "left %d token(s) alone that live workers hold (e.g. %s); "
+                "--force resets them anyway",
+                len(live),
+                live[0],
+            )
             docs = [d for d in docs if d["_id"] not in live]
         for d in docs:
             problem = tk.problem(d)
@@ -448,10 +561,14 @@ class Pool:
     def _bulk_save(self, docs: list[dict[str, Any]]) -> list[str]:
         ok: list[str] = []
         for chunk in chunked(docs, BATCH):
-            for result, doc in zip(self.couch.bulk_docs(chunk), chunk):
+            for result, doc in zip(self.couch.bulk_docs(chunk), chunk, strict=False):
                 if result.get("error") == "forbidden":  # the write check: still malformed
-                    log.warning("%s: refused by the database's write check: %s; fix the "
-                                "document and run this again", doc["_id"], result.get("reason"))
+                    log.warning(
+                        "%s: refused by the database's write check: %s; fix the "
+                        "document and run this again",
+                        doc["_id"],
+                        result.get("reason"),
+                    )
                 elif result.get("error"):
                     log.warning("%s changed meanwhile; left as it is", doc["_id"])
                 else:
@@ -466,8 +583,10 @@ class Pool:
         out: dict[str, dict[str, dict[str, int]]] = {}
         for row in self.couch.view(DDOC, "by_state", **params)["rows"]:
             n, state = row["key"][:2]
-            out.setdefault(n, {})[state] = {"count": int(row["value"]["count"]),
-                                            "bytes": int(row["value"]["sum"])}
+            out.setdefault(n, {})[state] = {
+                "count": int(row["value"]["count"]),
+                "bytes": int(row["value"]["sum"]),
+            }
         return out
 
     # -- tape: tokens nobody holds while they wait ---------------------------
@@ -478,21 +597,30 @@ class Pool:
             params.update(startkey=[night], endkey=[night, {}])
         # Not paged: keys repeat (tokens share a request), which paging by key cannot do.
         # Malformed ones are left to the reaper (error 2): a poll never trips over them.
-        return [r["doc"] for r in self.couch.view(DDOC, "staging", **params)["rows"]
-                if r.get("doc") and r["doc"].get("state") == "staging"
-                and tk.problem(r["doc"]) is None]
+        return [
+            r["doc"]
+            for r in self.couch.view(DDOC, "staging", **params)["rows"]
+            if r.get("doc") and r["doc"].get("state") == "staging" and tk.problem(r["doc"]) is None
+        ]
 
     def archiving(self, night: str | None = None) -> list[dict[str, Any]]:
         """Tokens copied to a tape-backed destination, waiting for migration
         (malformed ones are left to the reaper)."""
         nights = [n for n, states in self.counts(night).items() if states.get("archiving")]
-        return [d for n in nights for d in self.select(n, ["archiving"])
-                if d.get("state") == "archiving" and tk.problem(d) is None]
+        return [
+            d
+            for n in nights
+            for d in self.select(n, ["archiving"])
+            if d.get("state") == "archiving" and tk.problem(d) is None
+        ]
 
     def waiting(self, night: str | None = None) -> int:
         """How many tokens are staging or archiving (work that will come back)."""
-        return sum(states.get(s, {}).get("count", 0) for states in self.counts(night).values()
-                   for s in ("staging", "archiving"))
+        return sum(
+            states.get(s, {}).get("count", 0)
+            for states in self.counts(night).values()
+            for s in ("staging", "archiving")
+        )
 
     def save(self, doc: dict[str, Any]) -> bool:
         """Save a token changed by a poll; False if someone else changed it first (409)."""
@@ -544,7 +672,9 @@ def _work(files: Any) -> list[Any] | None:
 
 
 def _same_work(old: dict[str, Any], new: dict[str, Any]) -> bool:
-    return (_work(old.get("files", [])) == _work(new["files"])
-            and old.get("manifest") == new.get("manifest")
-            and old.get("source") == new["source"]
-            and old.get("destination") == new["destination"])
+    return (
+        _work(old.get("files", [])) == _work(new["files"])
+        and old.get("manifest") == new.get("manifest")
+        and old.get("source") == new["source"]
+        and old.get("destination") == new["destination"]
+    )

@@ -16,6 +16,7 @@ When a token is held (``python -m GRID_XFER.sandbox fetch`` run as a
 ``command`` task) the code reaches the token through the command's exit
 status; otherwise it is the process's exit status.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,15 +61,21 @@ MAX_UNPACKED_BYTES = 1024 * 1024 * 1024
 MAX_MEMBERS = 10_000
 # Sections the sandbox defaults may set; the database and its credentials come
 # from the job's own configuration only.
-DEFAULT_SECTIONS = frozenset({"worker", "transfer", "staging", "log_level", "source", "destination"})
+DEFAULT_SECTIONS = frozenset(
+    {"worker", "transfer", "staging", "log_level", "source", "destination"}
+)
 _SKIP = re.compile(r"(^|/)(__pycache__|\.git|\.svn|\.hg)(/|$)|\.py[co]$|~$|\.swp$")
 _SECRET_NAME = re.compile(
     r"(^|[._-])(passw(or)?d|secrets?|credentials?|netrc)([._-]|$)|\.(pem|key|p12|pfx|jks)$"
-    r"|^(x509up_.*|id_(rsa|dsa|ecdsa|ed25519)(\.pub)?|\.git-credentials|\.pgpass)$", re.I)
+    r"|^(x509up_.*|id_(rsa|dsa|ecdsa|ed25519)(\.pub)?|\.git-credentials|\.pgpass)$",
+    re.I,
+)
 # `key: value` / `KEY=value` whose key names a password or secret (not *_file paths).
 _SECRET_ASSIGNMENT = re.compile(
     r"""^(?!\s*#)\s*(?:export\s+)?["']?(?P<key>[\w.-]*(?:passw(?:or)?d|secret)[\w.-]*)["']?\s*[:=]\s*"""
-    r"""["']?(?P<value>[^\s"'#]+)""", re.I | re.M)
+    r"""["']?(?P<value>[^\s"'#]+)""",
+    re.I | re.M,
+)
 
 
 class SandboxError(GridXferError):
@@ -101,6 +108,7 @@ class SandboxBuildError(GridXferError):
 
 # --------------------------------------------------------------------------- build
 
+
 @dataclass(frozen=True)
 class Built:
     path: Path
@@ -109,8 +117,12 @@ class Built:
     files: list[str]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "sha256": self.sha256, "size": self.size,
-                "files": self.files}
+        return {
+            "path": str(self.path),
+            "sha256": self.sha256,
+            "size": self.size,
+            "files": self.files,
+        }
 
 
 def default_source_dir() -> Path:
@@ -143,27 +155,34 @@ def check_no_credentials(src: Path, secrets: Iterable[str] = ()) -> None:
     literal = [s.encode() for s in secrets if s and len(s) >= 4]
     for rel, path in _walk(src):
         if path.is_symlink():
-            raise SandboxBuildError(f"sandbox {src}: {rel} is a symbolic link; the sandbox "
-                                    "holds plain files only")
+            raise SandboxBuildError(
+                f"sandbox {src}: {rel} is a symbolic link; the sandbox holds plain files only"
+            )
         if path.is_dir():
             continue
         if not path.is_file():
             raise SandboxBuildError(f"sandbox {src}: {rel} is not a regular file")
         if _SECRET_NAME.search(path.name):
-            raise SandboxBuildError(f"sandbox {src}: {rel} looks like a credential; credentials "
-                                    "reach jobs through a password file or the environment, "
-                                    "never the sandbox")
+            raise SandboxBuildError(
+                f"sandbox {src}: {rel} looks like a credential; credentials "
+                "reach jobs through a password file or the environment, "
+                "never the sandbox"
+            )
         data = path.read_bytes()
         if any(s in data for s in literal):
             raise SandboxBuildError(f"sandbox {src}: {rel} contains the database password")
         text = data.decode("utf-8", errors="replace")
         for m in _SECRET_ASSIGNMENT.finditer(text):
             key = m["key"].lower()
-            if key.endswith(("_file", "-file", ".file", "file")) or m["value"].startswith(("$", "{")):
+            if key.endswith(("_file", "-file", ".file", "file")) or m["value"].startswith(
+                ("$", "{")
+            ):
                 continue  # a path to a secret, or a variable reference: not a secret
             line = text.count("\n", 0, m.start()) + 1
-            raise SandboxBuildError(f"sandbox {src}: {rel} line {line} sets {m['key']!r}; "
-                                    "credentials never go into the sandbox")
+            raise SandboxBuildError(
+                f"sandbox {src}: {rel} line {line} sets {m['key']!r}; "
+                "credentials never go into the sandbox"
+            )
     defaults = src / DEFAULTS_NAME
     if defaults.is_file():
         load_defaults(defaults, error=SandboxBuildError, label=f"sandbox {src}: {DEFAULTS_NAME}")
@@ -180,9 +199,11 @@ def build(src: Path, output: Path, *, secrets: Iterable[str] = ()) -> Built:
     tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     files: list[str] = []
     try:
-        with open(tmp, "wb") as raw, \
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz, \
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
             for rel, path in _walk(src):
                 info = tarfile.TarInfo(rel)
                 info.mtime = 0
@@ -208,6 +229,7 @@ def build(src: Path, output: Path, *, secrets: Iterable[str] = ()) -> Built:
 
 # --------------------------------------------------------------------------- record
 
+
 def record_id(night: str | None) -> str:
     """``sandbox:<NIGHT>``, or ``sandbox`` for every night (token ids cannot look like either)."""
     if night is None:
@@ -230,12 +252,21 @@ def lookup(couch: Couch, night: str | None) -> dict[str, Any] | None:
     return None
 
 
-def save_record(couch: Couch, *, url: str, sha256: str, size: int, night: str | None,
-                name: str) -> dict[str, Any]:
+def save_record(
+    couch: Couch, *, url: str, sha256: str, size: int, night: str | None, name: str
+) -> dict[str, Any]:
     _check_plain_url(url)
-    doc: dict[str, Any] = {"_id": record_id(night), "type": DOC_TYPE, "token_set": night,
-                           "url": url, "sha256": sha256, "size": size, "name": name,
-                           "uploaded": time.time(), "uploaded_by": socket.gethostname()}
+    doc: dict[str, Any] = {
+        "_id": record_id(night),
+        "type": DOC_TYPE,
+        "token_set": night,
+        "url": url,
+        "sha256": sha256,
+        "size": size,
+        "name": name,
+        "uploaded": time.time(),
+        "uploaded_by": socket.gethostname(),
+    }
     for _ in range(3):
         current = couch.get_or_none(doc["_id"])
         if current is not None:
@@ -251,6 +282,7 @@ def save_record(couch: Couch, *, url: str, sha256: str, size: int, night: str | 
 
 
 # --------------------------------------------------------------------------- transfer
+
 
 def as_url(location: str) -> str:
     """A plain path becomes a ``file://`` URL; URLs pass through."""
@@ -274,8 +306,15 @@ def _shown(url: str) -> str:
     return redact(url)
 
 
-def upload(storage: Storage, couch: Couch, archive: Path, url: str, *, night: str | None = None,
-           overwrite: bool = False) -> dict[str, Any]:
+def upload(
+    storage: Storage,
+    couch: Couch,
+    archive: Path,
+    url: str,
+    *,
+    night: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Copy ``archive`` to ``url``, check it by reading it back, record it for ``night``."""
     from GRID_XFER.storage import StorageError
 
@@ -298,21 +337,25 @@ def upload(storage: Storage, couch: Couch, archive: Path, url: str, *, night: st
             log.info("%s already holds this sandbox", _shown(url))
         else:
             if present and not overwrite:
-                raise SandboxBuildError(f"{_shown(url)} exists with other content; use --overwrite "
-                                        "(running workers may then fetch a half-written file) "
-                                        "or a new name")
+                raise SandboxBuildError(
+                    f"{_shown(url)} exists with other content; use --overwrite "
+                    "(running workers may then fetch a half-written file) "
+                    "or a new name"
+                )
             storage.copy(as_url(str(archive)), url, size=size, overwrite=overwrite)
             remote, _ = _remote_sha256(storage, url)
             if remote != digest:
-                raise SandboxChecksumError(f"{_shown(url)} reads back with SHA-256 {remote}, "
-                                           f"not {digest}")
+                raise SandboxChecksumError(
+                    f"{_shown(url)} reads back with SHA-256 {remote}, not {digest}"
+                )
     except StorageError as exc:
         raise SandboxUploadError(f"sandbox upload failed: {exc}") from None
     return save_record(couch, url=url, sha256=digest, size=size, night=night, name=archive.name)
 
 
-def fetch(storage: Storage, url: str, sha256: str, dest: Path,
-          limit: int = MAX_ARCHIVE_BYTES) -> Path:
+def fetch(
+    storage: Storage, url: str, sha256: str, dest: Path, limit: int = MAX_ARCHIVE_BYTES
+) -> Path:
     """Download ``url`` to the file ``dest`` and check its SHA-256 (10 / 11 on failure)."""
     from GRID_XFER.storage import StorageError
 
@@ -332,13 +375,16 @@ def fetch(storage: Storage, url: str, sha256: str, dest: Path,
         raise SandboxError(f"sandbox fetch failed: cannot write {dest}: {exc.strerror}") from None
     got = h.hexdigest()
     if got != sha256.strip().lower():
-        raise SandboxChecksumError(f"sandbox {_shown(url)} has SHA-256 {got}, recorded "
-                                   f"{sha256.strip().lower()} (corrupted or replaced)")
+        raise SandboxChecksumError(
+            f"sandbox {_shown(url)} has SHA-256 {got}, recorded "
+            f"{sha256.strip().lower()} (corrupted or replaced)"
+        )
     log.info("fetched sandbox %s (%d bytes, sha256 ok)", _shown(url), size)
     return dest
 
 
 # --------------------------------------------------------------------------- extraction
+
 
 def _clean_name(name: str, what: str = "member") -> str:
     """A member name as a relative path inside the directory, or SandboxError."""
@@ -380,24 +426,30 @@ def _link_escapes(link: str, target: str, links: set[str]) -> str | None:
     return None
 
 
-def check_members(members: list[tarfile.TarInfo], *, max_members: int = MAX_MEMBERS,
-                  max_bytes: int = MAX_UNPACKED_BYTES) -> list[tuple[str, tarfile.TarInfo]]:
+def check_members(
+    members: list[tarfile.TarInfo],
+    *,
+    max_members: int = MAX_MEMBERS,
+    max_bytes: int = MAX_UNPACKED_BYTES,
+) -> list[tuple[str, tarfile.TarInfo]]:
     """Check every member before anything is written; return (clean name, member)."""
     if len(members) > max_members:
         raise SandboxError(f"unsafe sandbox: more than {max_members} members")
     names = [_clean_name(m.name) for m in members]
-    links = {n for n, m in zip(names, members) if m.issym() or m.islnk()}
+    links = {n for n, m in zip(names, members, strict=False) if m.issym() or m.islnk()}
     seen: dict[str, tarfile.TarInfo] = {}
     total = 0
     plan = []
-    for name, m in zip(names, members):
+    for name, m in zip(names, members, strict=False):
         if name == ".":
             if not m.isdir():
                 raise SandboxError(f"unsafe sandbox: member {m.name!r} is the directory itself")
             continue
         if name in seen:
-            raise SandboxError(f"unsafe sandbox: {name!r} appears twice (a later member would "
-                               "replace an earlier one)")
+            raise SandboxError(
+                f"unsafe sandbox: {name!r} appears twice (a later member would "
+                "replace an earlier one)"
+            )
         parts = name.split("/")
         for i in range(1, len(parts)):
             prefix = "/".join(parts[:i])
@@ -418,8 +470,10 @@ def check_members(members: list[tarfile.TarInfo], *, max_members: int = MAX_MEMB
         elif m.islnk():
             target = _clean_name(m.linkname, "hard link target")
             if target not in seen or not seen[target].isreg():
-                raise SandboxError(f"unsafe sandbox: hard link {name!r} -> {m.linkname!r} does not "
-                                   "name an earlier regular file of the sandbox")
+                raise SandboxError(
+                    f"unsafe sandbox: hard link {name!r} -> {m.linkname!r} does not "
+                    "name an earlier regular file of the sandbox"
+                )
         elif not m.isdir():
             raise SandboxError(f"unsafe sandbox: {name!r} is a device, FIFO or other special file")
         seen[name] = m
@@ -447,7 +501,9 @@ def safe_extract(archive: Path, dest: Path) -> list[str]:
     try:
         tar = tarfile.open(archive, mode="r:gz")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-        raise SandboxError(f"sandbox {Path(archive).name} is not a readable tar.gz: {exc}") from None
+        raise SandboxError(
+            f"sandbox {Path(archive).name} is not a readable tar.gz: {exc}"
+        ) from None
     written: list[str] = []
     with tar:
         try:
@@ -483,8 +539,10 @@ def safe_extract(archive: Path, dest: Path) -> list[str]:
         except (tarfile.TarError, EOFError, zlib.error) as exc:
             raise SandboxError(f"sandbox {Path(archive).name} is damaged: {exc}") from None
         except OSError as exc:
-            raise SandboxError(f"cannot unpack the sandbox into {dest}: {exc.strerror or exc}"
-                               f" ({getattr(exc, 'filename', '') or ''})") from None
+            raise SandboxError(
+                f"cannot unpack the sandbox into {dest}: {exc.strerror or exc}"
+                f" ({getattr(exc, 'filename', '') or ''})"
+            ) from None
     return written
 
 
@@ -506,8 +564,10 @@ def _write_new(target: Path, src: io.BufferedIOBase | Any, mode: int, size: int 
 
 # --------------------------------------------------------------------------- defaults
 
-def load_defaults(path: Path, *, error: type[GridXferError] = SandboxError,
-                  label: str | None = None) -> dict[str, Any]:
+
+def load_defaults(
+    path: Path, *, error: type[GridXferError] = SandboxError, label: str | None = None
+) -> dict[str, Any]:
     """The sandbox's worker defaults (``worker.yaml``); only DEFAULT_SECTIONS allowed."""
     label = label or f"sandbox {path.name}"
     try:
@@ -518,9 +578,11 @@ def load_defaults(path: Path, *, error: type[GridXferError] = SandboxError,
         raise error(f"{label}: top level must be a mapping")
     bad = sorted(set(data) - DEFAULT_SECTIONS)
     if bad:
-        raise error(f"{label}: {', '.join(bad)} may not be set by the sandbox (allowed: "
-                    f"{', '.join(sorted(DEFAULT_SECTIONS))}); the database and its credentials "
-                    "come from the job's configuration")
+        raise error(
+            f"{label}: {', '.join(bad)} may not be set by the sandbox (allowed: "
+            f"{', '.join(sorted(DEFAULT_SECTIONS))}); the database and its credentials "
+            "come from the job's configuration"
+        )
     return data
 
 
@@ -537,9 +599,11 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- node side
 
+
 @contextmanager
 def _interruptible() -> Iterator[None]:
     """Until the worker installs its own handlers, SIGTERM/SIGINT clean up and exit 128+N."""
+
     def handler(signum: int, frame: Any) -> None:
         raise Interrupted(signum)
 
@@ -565,8 +629,10 @@ def _resolve_record(couch_factory: Any, night: str | None) -> tuple[str, str]:
         return url, digest
     doc = lookup(couch_factory(), night)
     if doc is None:
-        raise SandboxError(f"no sandbox recorded for {'night ' + night if night else 'any night'}"
-                           " (run `gridxfer sandbox upload`)")
+        raise SandboxError(
+            f"no sandbox recorded for {'night ' + night if night else 'any night'}"
+            " (run `gridxfer sandbox upload`)"
+        )
     return doc["url"], doc["sha256"]
 
 
@@ -579,7 +645,8 @@ def fetch_into(dest: Path, night: str | None, *, config: Any = None) -> Path:
     cfg = config or load_config()
     # Like the worker, ride out a database outage rather than lose the job.
     url, digest = _resolve_record(
-        lambda: Couch(cfg.couchdb, outage_seconds=cfg.worker.outage_seconds), night)
+        lambda: Couch(cfg.couchdb, outage_seconds=cfg.worker.outage_seconds), night
+    )
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / ARCHIVE_NAME
     if archive.exists():
@@ -618,8 +685,14 @@ def job_config(sandbox_dir: Path | None, work: Path) -> Path:
     return out
 
 
-def run(night: str | None, *, fetch_mode: str = "fetch", worker_args: list[str] | None = None,
-        scratch: str | None = None, keep: bool = False) -> int:
+def run(
+    night: str | None,
+    *,
+    fetch_mode: str = "fetch",
+    worker_args: list[str] | None = None,
+    scratch: str | None = None,
+    keep: bool = False,
+) -> int:
     """What ``launch.sh`` does on a node: sandbox, then ``gridxfer worker``; the exit status."""
     from GRID_XFER.config import load_config
 
@@ -639,7 +712,11 @@ def run(night: str | None, *, fetch_mode: str = "fetch", worker_args: list[str] 
         os.chdir(sandbox_dir or work)
         from GRID_XFER import cli
 
-        args = ["worker", "--idle-exit"] + (["--night", night] if night else []) + list(worker_args or [])
+        args = (
+            ["worker", "--idle-exit"]
+            + (["--night", night] if night else [])
+            + list(worker_args or [])
+        )
         try:
             cli.main(args)
         except SystemExit as exc:
@@ -658,8 +735,9 @@ def run(night: str | None, *, fetch_mode: str = "fetch", worker_args: list[str] 
 
 def _setup_logging() -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
-                                            "%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(
+        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
+    )
     root = logging.getLogger("GRID_XFER")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -668,18 +746,25 @@ def _setup_logging() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m GRID_XFER.sandbox fetch|run``: the node side of launch.sh."""
-    p = argparse.ArgumentParser(prog="python -m GRID_XFER.sandbox",
-                                description="Fetch, verify and unpack the worker sandbox on a "
-                                "batch node (exit 10: fetch/unpack failed, 11: checksum mismatch).")
+    p = argparse.ArgumentParser(
+        prog="python -m GRID_XFER.sandbox",
+        description="Fetch, verify and unpack the worker sandbox on a "
+        "batch node (exit 10: fetch/unpack failed, 11: checksum mismatch).",
+    )
     sub = p.add_subparsers(dest="action", required=True)
     f = sub.add_parser("fetch", help="fetch, verify and unpack into DIR/sandbox")
     f.add_argument("--night", default=os.environ.get("GRIDXFER_NIGHT") or None)
     f.add_argument("--into", required=True, metavar="DIR")
-    r = sub.add_parser("run", help="sandbox, then `gridxfer worker --idle-exit`; "
-                       "arguments after -- go to the worker")
+    r = sub.add_parser(
+        "run",
+        help="sandbox, then `gridxfer worker --idle-exit`; arguments after -- go to the worker",
+    )
     r.add_argument("--night", default=os.environ.get("GRIDXFER_NIGHT") or None)
-    r.add_argument("--sandbox", choices=["fetch", "none"],
-                   default=os.environ.get("GRIDXFER_SANDBOX") or "fetch")
+    r.add_argument(
+        "--sandbox",
+        choices=["fetch", "none"],
+        default=os.environ.get("GRIDXFER_SANDBOX") or "fetch",
+    )
     r.add_argument("--keep", action="store_true", help="keep the scratch directory")
     r.add_argument("worker_args", nargs=argparse.REMAINDER)
     args = p.parse_args(argv)

@@ -14,6 +14,7 @@ it, and the worker, walking the source again, fails the token with 34.
 Listing is parallel (one thread per exposure, gfal2 releases the GIL), so a
 night of a thousand exposures is a few seconds even over root://.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +47,9 @@ class ScanReport:
     source_problems: dict[str, str] = field(default_factory=dict)  # links not followed
 
 
-def read_manifest(storage: Storage, exposure_url: str, exposure: str,
-                  algo: str) -> tuple[str, dict[str, str], str]:
+def read_manifest(
+    storage: Storage, exposure_url: str, exposure: str, algo: str
+) -> tuple[str, dict[str, str], str]:
     """(manifest file name, name -> checksum, sha256 of its bytes); ManifestError (31)
     if absent or unreadable."""
     name = manifest_name(exposure, algo)
@@ -63,8 +65,14 @@ def read_manifest(storage: Storage, exposure_url: str, exposure: str,
     return name, parse_manifest(text, algo, source=name), hashlib.sha256(text.encode()).hexdigest()
 
 
-def scan_exposure(storage: Storage, night_url: str, exposure: str, *, algo: str = "sha256",
-                  destination: str | None = None) -> tk.ExposureSpec:
+def scan_exposure(
+    storage: Storage,
+    night_url: str,
+    exposure: str,
+    *,
+    algo: str = "sha256",
+    destination: str | None = None,
+) -> tk.ExposureSpec:
     """One exposure's spec: files at the source and in its manifest, with sizes and checksums.
 
     A link the walk refuses becomes an entry with a ``problem`` (and no size: it was
@@ -96,16 +104,28 @@ def scan_exposure(storage: Storage, night_url: str, exposure: str, *, algo: str 
             entry["problem"] = refused[name]
         files.append(entry)
     if manifest["name"] in present:
-        files.append({"name": manifest["name"], "size": present[manifest["name"]].size,
-                      "role": "manifest"})
-    return tk.ExposureSpec(exposure=exposure, files=files, source=url,
-                           destination=join(destination, exposure) if destination else None,
-                           manifest=manifest)
+        files.append(
+            {"name": manifest["name"], "size": present[manifest["name"]].size, "role": "manifest"}
+        )
+    return tk.ExposureSpec(
+        exposure=exposure,
+        files=files,
+        source=url,
+        destination=join(destination, exposure) if destination else None,
+        manifest=manifest,
+    )
 
 
-def scan_night(storage: Storage, source: str, night: str, *, destination: str | None = None,
-               algo: str = "sha256", threads: int = DEFAULT_THREADS,
-               progress: Callable[[int, int], None] | None = None) -> ScanReport:
+def scan_night(
+    storage: Storage,
+    source: str,
+    night: str,
+    *,
+    destination: str | None = None,
+    algo: str = "sha256",
+    threads: int = DEFAULT_THREADS,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanReport:
     """Specs for every exposure directory of ``<source>/<night>``, listed in parallel."""
     tk.check_id_part(night, "night")
     night_url = join(source, night)
@@ -131,8 +151,10 @@ def scan_night(storage: Storage, source: str, night: str, *, destination: str | 
     night_dest = join(destination, night) if destination else None
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, threads)) as ex:
-        futures = [ex.submit(scan_exposure, storage, night_url, e, algo=algo,
-                             destination=night_dest) for e in exposures]
+        futures = [
+            ex.submit(scan_exposure, storage, night_url, e, algo=algo, destination=night_dest)
+            for e in exposures
+        ]
         for fut in futures:
             spec = fut.result()
             report.specs.append(spec)
@@ -149,6 +171,7 @@ def scan_night(storage: Storage, source: str, night: str, *, destination: str | 
 
 
 # ------------------------------------------------------------------ SURL lists
+
 
 def read_surl_list(path: Path) -> list[str]:
     """One URL per line (GRID_LRT's srmlist); blank lines and # comments ignored."""
@@ -172,13 +195,23 @@ def read_surl_list(path: Path) -> list[str]:
 
 def _surl_entry(storage: Storage, url: str) -> dict[str, Any]:
     st = storage.stat(url)
-    return {"name": url.rstrip("/").rsplit("/", 1)[-1], "url": url, "size": st.size,
-            "checksums": {"adler32": storage.checksum(url, "ADLER32")}}
+    return {
+        "name": url.rstrip("/").rsplit("/", 1)[-1],
+        "url": url,
+        "size": st.size,
+        "checksums": {"adler32": storage.checksum(url, "ADLER32")},
+    }
 
 
-def group_surls(storage: Storage, urls: Iterable[str], *, group: int = 10,
-                destination: str | None = None, prefix: str = "chunk",
-                threads: int = DEFAULT_THREADS) -> list[tk.ExposureSpec]:
+def group_surls(
+    storage: Storage,
+    urls: Iterable[str],
+    *,
+    group: int = 10,
+    destination: str | None = None,
+    prefix: str = "chunk",
+    threads: int = DEFAULT_THREADS,
+) -> list[tk.ExposureSpec]:
     """Specs of ``group`` files each, with sizes and ADLER32 from the storage."""
     urls = list(urls)
     if group < 1:
@@ -190,16 +223,20 @@ def group_surls(storage: Storage, urls: Iterable[str], *, group: int = 10,
         entries = list(ex.map(lambda u: _surl_entry(storage, u), urls))
     specs = []
     for i in range(0, len(entries), group):
-        chunk = entries[i:i + group]
+        chunk = entries[i : i + group]
         # The id names the chunk's content, not only its place: a different or
         # edited list makes new tokens instead of rewriting pending ones.
         digest = hashlib.sha256("\n".join(e["url"] for e in chunk).encode()).hexdigest()[:8]
-        specs.append(tk.ExposureSpec(exposure=f"{prefix}{i // group:05d}-{digest}", files=chunk,
-                                     destination=destination))
+        specs.append(
+            tk.ExposureSpec(
+                exposure=f"{prefix}{i // group:05d}-{digest}", files=chunk, destination=destination
+            )
+        )
     return specs
 
 
 # ------------------------------------------------------------------ templates
+
 
 class Template(BaseModel):
     """A token-set template (tokens/*.yaml): defaults for ``tokens create``."""
@@ -231,8 +268,11 @@ def load_template(path: Path) -> Template:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
-        msg = "unknown key" if err["type"] == "extra_forbidden" else \
-            err["msg"].removeprefix("Value error, ")
+        msg = (
+            "unknown key"
+            if err["type"] == "extra_forbidden"
+            else err["msg"].removeprefix("Value error, ")
+        )
         raise InvalidInput(f"template {path}: {key}: {msg}") from None
     if t.surls is not None and not t.surls.is_absolute():
         t.surls = path.parent / t.surls

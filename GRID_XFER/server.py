@@ -4,6 +4,7 @@ It exists so a data manager can run a night with nothing but this package; sites
 with Apache CouchDB 3 point ``couchdb.url`` there instead. We record the PID we
 started and stop only that process: never anything found by name.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -70,7 +71,9 @@ class EmbeddedServer:
     def executable(self) -> str:
         candidates = []
         if self.cfg.prefix is not None:
-            candidates.append(self.cfg.prefix.expanduser() / "node_modules" / ".bin" / "pouchdb-server")
+            candidates.append(
+                self.cfg.prefix.expanduser() / "node_modules" / ".bin" / "pouchdb-server"
+            )
         candidates.append(REPO_PREFIX / "node_modules" / ".bin" / "pouchdb-server")
         for c in candidates:
             if c.is_file():
@@ -78,8 +81,10 @@ class EmbeddedServer:
         found = shutil.which("pouchdb-server")
         if found:
             return found
-        raise ServerError("pouchdb-server is not installed: run scripts/setup, or set "
-                          "server.prefix to the folder holding node_modules/.bin/pouchdb-server")
+        raise ServerError(
+            "pouchdb-server is not installed: run scripts/setup, or set "
+            "server.prefix to the folder holding node_modules/.bin/pouchdb-server"
+        )
 
     def _read_state(self) -> dict | None:
         try:
@@ -97,10 +102,12 @@ class EmbeddedServer:
     def status(self) -> ServerState:
         st = self._read_state()
         if st and _pid_is_ours(st["pid"]):
-            return ServerState(True, self.url, self.cfg.port, st["pid"], st["data_dir"],
-                               st["log"], st["started"])
-        return ServerState(False, self.url, self.cfg.port, data_dir=str(self.data_dir),
-                           log=str(self.log_file))
+            return ServerState(
+                True, self.url, self.cfg.port, st["pid"], st["data_dir"], st["log"], st["started"]
+            )
+        return ServerState(
+            False, self.url, self.cfg.port, data_dir=str(self.data_dir), log=str(self.log_file)
+        )
 
     def start(self) -> tuple[ServerState, bool]:
         """Start and wait until it answers; returns (state, started_now).
@@ -118,35 +125,60 @@ class EmbeddedServer:
         if current.running:
             return current, False
         if _port_in_use(self.cfg.host, self.cfg.port):
-            raise ServerError(f"port {self.cfg.port} on {self.cfg.host} is already in use by "
-                              "another process; choose another with server.port or "
-                              "GRIDXFER_SERVER_PORT")
+            raise ServerError(
+                f"port {self.cfg.port} on {self.cfg.host} is already in use by "
+                "another process; choose another with server.port or "
+                "GRIDXFER_SERVER_PORT"
+            )
         exe = self.executable()
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [exe, "--port", str(self.cfg.port), "--host", self.cfg.host, "--no-stdout-logs",
-               "--config", str(self.run_dir / f"pouchdb-{self.cfg.port}.config.json")]
+        cmd = [
+            exe,
+            "--port",
+            str(self.cfg.port),
+            "--host",
+            self.cfg.host,
+            "--no-stdout-logs",
+            "--config",
+            str(self.run_dir / f"pouchdb-{self.cfg.port}.config.json"),
+        ]
         if self.cfg.in_memory:
             cmd.append("--in-memory")
         else:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             cmd += ["--dir", str(self.data_dir)]
         with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(cmd, cwd=self.run_dir, stdout=log, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=self.run_dir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + self.cfg.start_timeout
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise ServerError(f"pouchdb-server exited with status {proc.returncode} at "
-                                  f"start; see {self.log_file}: {self._log_tail()}")
+                raise ServerError(
+                    f"pouchdb-server exited with status {proc.returncode} at "
+                    f"start; see {self.log_file}: {self._log_tail()}"
+                )
             if _port_in_use(self.cfg.host, self.cfg.port) and self._answers():
-                state = {"pid": proc.pid, "port": self.cfg.port, "data_dir": str(self.data_dir),
-                         "log": str(self.log_file), "started": time.time()}
+                state = {
+                    "pid": proc.pid,
+                    "port": self.cfg.port,
+                    "data_dir": str(self.data_dir),
+                    "log": str(self.log_file),
+                    "started": time.time(),
+                }
                 self.state_file.write_text(json.dumps(state))
                 return self.status(), True
             time.sleep(0.1)
         proc.kill()
-        raise ServerError(f"pouchdb-server did not answer on {self.url} within "
-                          f"{self.cfg.start_timeout:g}s; see {self.log_file}")
+        raise ServerError(
+            f"pouchdb-server did not answer on {self.url} within "
+            f"{self.cfg.start_timeout:g}s; see {self.log_file}"
+        )
 
     def stop(self, timeout: float = 10.0) -> bool:
         """Stop the process we started; False when none was running."""

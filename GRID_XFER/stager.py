@@ -11,13 +11,13 @@ in this order: ``$GRIDXFER_STAGER_USER`` / ``$GRIDXFER_STAGER_PASSWORD``,
 travel in an Authorization header, never in the URL, and every error message
 is scrubbed of them: a message may end up in a token, a log or a terminal.
 """
+
 from __future__ import annotations
 
 import base64
 import http.client
 import logging
 import os
-import socket
 import time
 import xmlrpc.client
 from collections.abc import Callable, Mapping
@@ -78,20 +78,26 @@ def load_credentials(env: Mapping[str, str] | None = None, home: Path | None = N
     home = Path(os.path.expanduser("~")) if home is None else home
     if env.get(USER_ENV) and env.get(PASSWORD_ENV):
         return Credentials(env[USER_ENV], env[PASSWORD_ENV], "environment")
-    sources = ((home / ".stagingrc", "=", "user", "password"),
-               (home / ".awe" / "Environment.cfg", ":", "database_user", "database_password"))
+    sources = (
+        (home / ".stagingrc", "=", "user", "password"),
+        (home / ".awe" / "Environment.cfg", ":", "database_user", "database_password"),
+    )
     for path, sep, ukey, pkey in sources:
         try:
             values = _key_values(path, sep)
         except FileNotFoundError:
             continue
         except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"cannot read stager credentials from {path}: "
-                              f"{getattr(exc, 'strerror', None) or type(exc).__name__}") from None
+            raise ConfigError(
+                f"cannot read stager credentials from {path}: "
+                f"{getattr(exc, 'strerror', None) or type(exc).__name__}"
+            ) from None
         if values.get(ukey) and values.get(pkey):
             return Credentials(values[ukey], values[pkey], str(path))
-    raise ConfigError(f"no stager credentials: set {USER_ENV} and {PASSWORD_ENV}, or write "
-                      f"user=/password= lines to {home / '.stagingrc'}")
+    raise ConfigError(
+        f"no stager credentials: set {USER_ENV} and {PASSWORD_ENV}, or write "
+        f"user=/password= lines to {home / '.stagingrc'}"
+    )
 
 
 def public_url(url: str) -> str:
@@ -124,19 +130,27 @@ class _Transport(xmlrpc.client.SafeTransport):
         conn.timeout = self._timeout
         return conn
 
-    def send_headers(self, connection: http.client.HTTPConnection,
-                     headers: list[tuple[str, str]]) -> None:
+    def send_headers(
+        self, connection: http.client.HTTPConnection, headers: list[tuple[str, str]]
+    ) -> None:
         super().send_headers(connection, [*headers, ("Authorization", self._authorization())])
 
 
 class StagerClient:
     """Calls with a timeout, retries of transient failures, and scrubbed errors."""
 
-    def __init__(self, url: str, *,
-                 credentials: Credentials | Callable[[], Credentials] | None = None,
-                 timeout: float = 60.0, retries: int = 3, backoff: float = 1.0) -> None:
-        self.url = check_http_url(url, "the stager URL", f"{USER_ENV} / {PASSWORD_ENV} or "
-                                  "~/.stagingrc", error=ConfigError)
+    def __init__(
+        self,
+        url: str,
+        *,
+        credentials: Credentials | Callable[[], Credentials] | None = None,
+        timeout: float = 60.0,
+        retries: int = 3,
+        backoff: float = 1.0,
+    ) -> None:
+        self.url = check_http_url(
+            url, "the stager URL", f"{USER_ENV} / {PASSWORD_ENV} or ~/.stagingrc", error=ConfigError
+        )
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
@@ -169,8 +183,11 @@ class StagerClient:
         return " ".join(text.split())[:500]
 
     def _proxy(self) -> xmlrpc.client.ServerProxy:
-        transport = _Transport(https=self.url.startswith("https:"), timeout=self.timeout,
-                               authorization=self._authorization)
+        transport = _Transport(
+            https=self.url.startswith("https:"),
+            timeout=self.timeout,
+            authorization=self._authorization,
+        )
         return xmlrpc.client.ServerProxy(self.url, transport=transport, allow_none=True)
 
     def _call(self, method: str, *args: Any) -> Any:
@@ -182,15 +199,17 @@ class StagerClient:
             try:
                 return getattr(self._proxy().LtaStager, method)(*args)
             except xmlrpc.client.Fault as exc:
-                raise StagerError(f"stager {where} refused {method}: "
-                                  f"{self._scrub(str(exc.faultString))}") from None
+                raise StagerError(
+                    f"stager {where} refused {method}: {self._scrub(str(exc.faultString))}"
+                ) from None
             except xmlrpc.client.ProtocolError as exc:
                 transient = exc.errcode >= 500 or exc.errcode == 429
-                message = (f"stager {where}: {method} failed: HTTP {exc.errcode} "
-                           f"{self._scrub(exc.errmsg)}")
+                message = (
+                    f"stager {where}: {method} failed: HTTP {exc.errcode} {self._scrub(exc.errmsg)}"
+                )
                 if exc.errcode in (401, 403):
                     message += " (the stager rejected the credentials)"
-            except (OSError, http.client.HTTPException, socket.timeout) as exc:
+            except (TimeoutError, OSError, http.client.HTTPException) as exc:
                 transient = True
                 reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
                 message = f"stager {where}: {method} failed: {self._scrub(reason)}"

@@ -15,6 +15,7 @@ Two methods share one interface: gfal2's bring_online / bring_online_poll
 gfal2 bring-online token (or the stager's request id) with the token's URLs
 in it, so one night-wide request can serve many tokens.
 """
+
 from __future__ import annotations
 
 import errno as E
@@ -49,6 +50,7 @@ MAX_ROUNDS = 3  # staged, then evicted again before the transfer ran: give up af
 
 # ----------------------------------------------------------------------------- locality
 
+
 @dataclass(frozen=True)
 class FileState:
     url: str
@@ -77,11 +79,17 @@ def locality(storage: Storage, url: str) -> FileState:
 
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
-def state_all(storage: Storage, urls: Iterable[str], *, threads: int = 16, batch: int = 50,
-              executor: ThreadPoolExecutor | None = None) -> list[FileState]:
+def state_all(
+    storage: Storage,
+    urls: Iterable[str],
+    *,
+    threads: int = 16,
+    batch: int = 50,
+    executor: ThreadPoolExecutor | None = None,
+) -> list[FileState]:
     """Locality of every URL, queried in parallel batches (one gfal2 context per thread).
 
     A long-lived ``executor`` keeps its threads, and so their gfal2 contexts and
@@ -162,9 +170,14 @@ class StateReport:
         return [f for f in self.files if f.state in PROBLEMS]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"total": len(self.files), "counts": self.counts,
-                "percent_online": self.percent(ON_DISK), "percent_on_tape": self.percent(ON_TAPE),
-                "seconds": round(self.seconds, 3), "files": [f.as_dict() for f in self.files]}
+        return {
+            "total": len(self.files),
+            "counts": self.counts,
+            "percent_online": self.percent(ON_DISK),
+            "percent_on_tape": self.percent(ON_TAPE),
+            "seconds": round(self.seconds, 3),
+            "files": [f.as_dict() for f in self.files],
+        }
 
 
 def token_urls(token: dict[str, Any]) -> list[tuple[str, str]]:
@@ -184,6 +197,7 @@ def may_be_on_tape(url: str) -> bool:
 
 # ----------------------------------------------------------------------------- methods
 
+
 @dataclass
 class Outcome:
     state: str  # "online", "pending" or "failed"
@@ -196,8 +210,9 @@ class Method(Protocol):
     def request(self, urls: list[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
         """Parts ``[{key, urls, t}]`` and the URLs refused at once (url -> reason)."""
 
-    def poll(self, parts: dict[str, list[str]],
-             ages: dict[str, float]) -> dict[tuple[str, str], Outcome]:
+    def poll(
+        self, parts: dict[str, list[str]], ages: dict[str, float]
+    ) -> dict[tuple[str, str], Outcome]:
         """Outcome per (part key, url) for every URL of ``parts`` (key -> urls)."""
 
     def abort(self, parts: list[dict[str, Any]]) -> None: ...
@@ -213,8 +228,15 @@ class Gfal2Method:
 
     name = "gfal2"
 
-    def __init__(self, storage: Storage, *, pin: int, timeout: float, batch: int = 10,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        pin: int,
+        timeout: float,
+        batch: int = 10,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.storage = storage
         self.pin = pin
         self.timeout = int(min(timeout, 2**31 - 1))
@@ -226,14 +248,15 @@ class Gfal2Method:
         refused: dict[str, str] = {}
         for chunk in _chunks(urls, self.batch):
             token, errors = self.storage.bring_online(chunk, pin=self.pin, timeout=self.timeout)
-            for url, err in zip(chunk, errors):
+            for url, err in zip(chunk, errors, strict=False):
                 if err is not None and err.errno not in _PENDING_ERRNOS:
                     refused[url] = _reason(err)
             parts.append({"key": token, "urls": chunk, "t": self.clock()})
         return parts, refused
 
-    def poll(self, parts: dict[str, list[str]],
-             ages: dict[str, float]) -> dict[tuple[str, str], Outcome]:
+    def poll(
+        self, parts: dict[str, list[str]], ages: dict[str, float]
+    ) -> dict[tuple[str, str], Outcome]:
         out: dict[tuple[str, str], Outcome] = {}
         for key, urls in parts.items():
             for chunk in _chunks(sorted(set(urls)), self.batch):
@@ -244,7 +267,7 @@ class Gfal2Method:
                     out.update({(key, u): Outcome("pending", str(err)) for u in chunk})
                     continue
                 lost = []
-                for url, err in zip(chunk, errors):
+                for url, err in zip(chunk, errors, strict=False):
                     if err is None:
                         out[(key, url)] = Outcome("online")
                     elif err.errno == E.ENOENT:
@@ -269,7 +292,7 @@ class Gfal2Method:
 
     def release(self, parts: list[dict[str, Any]]) -> None:
         for p in parts:
-            for url, err in zip(p["urls"], self.storage.release(p["urls"], p["key"])):
+            for url, err in zip(p["urls"], self.storage.release(p["urls"], p["key"]), strict=False):
                 if err is not None:
                     log.info("release of %s: %s", redact(url), err)
 
@@ -287,8 +310,9 @@ class StagerMethod:
         rid = self.client.stage(urls)
         return [{"key": rid, "urls": list(urls), "t": self.clock()}], {}
 
-    def poll(self, parts: dict[str, list[str]],
-             ages: dict[str, float]) -> dict[tuple[str, str], Outcome]:
+    def poll(
+        self, parts: dict[str, list[str]], ages: dict[str, float]
+    ) -> dict[tuple[str, str], Outcome]:
         from GRID_XFER.stager import PENDING, SUCCESS, StagerError
 
         out: dict[tuple[str, str], Outcome] = {}
@@ -306,8 +330,9 @@ class StagerMethod:
                 elif status in PENDING:
                     out[(rid, url)] = Outcome("pending", status)
                 elif status in SUCCESS:
-                    out[(rid, url)] = Outcome("failed", f"stager request {rid} succeeded "
-                                                        "without this file")
+                    out[(rid, url)] = Outcome(
+                        "failed", f"stager request {rid} succeeded without this file"
+                    )
                 else:
                     out[(rid, url)] = Outcome("failed", f"stager request {rid}: {status}")
         return out
@@ -329,6 +354,7 @@ def _reason(err: StorageError) -> str:
 
 # ----------------------------------------------------------------------------- service
 
+
 @dataclass
 class PollReport:
     staged: list[str] = field(default_factory=list)
@@ -345,8 +371,14 @@ class PollReport:
 class Staging:
     """What workers and the CLI need: check a token, request staging, poll requests."""
 
-    def __init__(self, storage: Storage, cfg: StagingConfig, *,
-                 stager: Any = None, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        cfg: StagingConfig,
+        *,
+        stager: Any = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.storage = storage
         self.cfg = cfg
         self.clock = clock
@@ -356,24 +388,31 @@ class Staging:
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=self.cfg.threads,
-                                                thread_name_prefix="state")
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.cfg.threads, thread_name_prefix="state"
+            )
         return self._executor
 
     def method(self, name: str | None = None) -> Method:
         name = name or self.cfg.method
         if name not in self._methods:
             if name == "gfal2":
-                self._methods[name] = Gfal2Method(self.storage, pin=self.cfg.pin_seconds,
-                                                  timeout=self.cfg.timeout_seconds,
-                                                  batch=self.cfg.batch, clock=self.clock)
+                self._methods[name] = Gfal2Method(
+                    self.storage,
+                    pin=self.cfg.pin_seconds,
+                    timeout=self.cfg.timeout_seconds,
+                    batch=self.cfg.batch,
+                    clock=self.clock,
+                )
             elif name == "stager":
                 if self._stager is None:
                     from GRID_XFER.stager import StagerClient
 
-                    self._stager = StagerClient(self.cfg.stager_url,
-                                                timeout=self.cfg.stager_timeout,
-                                                retries=self.cfg.stager_retries)
+                    self._stager = StagerClient(
+                        self.cfg.stager_url,
+                        timeout=self.cfg.stager_timeout,
+                        retries=self.cfg.stager_retries,
+                    )
                 self._methods[name] = StagerMethod(self._stager, clock=self.clock)
             else:
                 raise ConfigError(f"staging.method: unknown method {name!r} (gfal2 or stager)")
@@ -385,13 +424,15 @@ class Staging:
         started = time.monotonic()
         urls = list(urls)
         processes = self.cfg.processes if processes is None else processes
-        files = state_all(self.storage, urls[:PROBE], threads=self.cfg.threads,
-                          executor=self._pool())
+        files = state_all(
+            self.storage, urls[:PROBE], threads=self.cfg.threads, executor=self._pool()
+        )
         rest = urls[PROBE:]
         per_file = (time.monotonic() - started) / max(1, len(files))
         if rest and processes > 1 and per_file * len(rest) > PROCESSES_WORTH:
-            log.debug("%d more files at %.1f ms each: %d processes", len(rest), per_file * 1e3,
-                      processes)
+            log.debug(
+                "%d more files at %.1f ms each: %d processes", len(rest), per_file * 1e3, processes
+            )
             files += state_all_processes(rest, processes=processes, threads=self.cfg.threads)
         elif rest:
             files += state_all(self.storage, rest, threads=self.cfg.threads, executor=self._pool())
@@ -411,14 +452,19 @@ class Staging:
         if not nearline:
             return []
         if token.get("stage_rounds", 0) >= MAX_ROUNDS:
-            raise TaskError(Code.NOT_STAGED, f"staged {MAX_ROUNDS} times, but files were back on "
-                            f"tape only before the copy ran (pins too short?): "
-                            f"{redact(nearline[0])}", file=_name_of(token, nearline[0]),
-                            transient=False)
+            raise TaskError(
+                Code.NOT_STAGED,
+                f"staged {MAX_ROUNDS} times, but files were back on "
+                f"tape only before the copy ran (pins too short?): "
+                f"{redact(nearline[0])}",
+                file=_name_of(token, nearline[0]),
+                transient=False,
+            )
         return nearline + [s.url for s in states if s.state == LOST]
 
-    def prepare(self, token: dict[str, Any],
-                tlog: logging.Logger | None = None) -> dict[str, Any] | None:
+    def prepare(
+        self, token: dict[str, Any], tlog: logging.Logger | None = None
+    ) -> dict[str, Any] | None:
         """For a claimed token: None to copy now, or the stage request it must wait for.
 
         Raises TaskError 22 when the storage or the stager refuses the request
@@ -431,29 +477,47 @@ class Staging:
             request, refused = self.request(urls)
         except GridXferError as exc:
             code = Code.CONFIG if exc.code == Code.CONFIG else Code.NOT_STAGED
-            raise TaskError(code, f"staging request failed: {exc}",
-                            transient=bool(getattr(exc, "transient", False))) from None
+            raise TaskError(
+                code,
+                f"staging request failed: {exc}",
+                transient=bool(getattr(exc, "transient", False)),
+            ) from None
         if refused:
             url, reason = next(iter(refused.items()))
             self.method(request["method"]).abort(request["parts"])
             more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
-            raise TaskError(Code.NOT_STAGED, f"staging failed: {redact(url)}: {reason}{more}",
-                            file=_name_of(token, url), transient=False)
-        (tlog or log).info("%d file(s) on tape only; staging request %s (%s)", len(urls),
-                           request["id"], request["method"])
+            raise TaskError(
+                Code.NOT_STAGED,
+                f"staging failed: {redact(url)}: {reason}{more}",
+                file=_name_of(token, url),
+                transient=False,
+            )
+        (tlog or log).info(
+            "%d file(s) on tape only; staging request %s (%s)",
+            len(urls),
+            request["id"],
+            request["method"],
+        )
         return request
 
-    def request(self, urls: list[str], method: str | None = None,
-                request_id: str | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    def request(
+        self, urls: list[str], method: str | None = None, request_id: str | None = None
+    ) -> tuple[dict[str, Any], dict[str, str]]:
         """Request staging: the request to store in tokens, and URLs refused at once."""
         m = self.method(method)
         parts, refused = m.request(urls)
         now = self.clock()
-        rid = request_id or (parts[0]["key"] if m.name == "stager"
-                             else f"gfal2-{uuid.uuid4().hex[:12]}")
-        request = {"method": m.name, "id": str(rid), "parts": parts, "requested": now,
-                   "deadline": now + self.cfg.timeout_seconds,
-                   "files": len(urls)}
+        rid = request_id or (
+            parts[0]["key"] if m.name == "stager" else f"gfal2-{uuid.uuid4().hex[:12]}"
+        )
+        request = {
+            "method": m.name,
+            "id": str(rid),
+            "parts": parts,
+            "requested": now,
+            "deadline": now + self.cfg.timeout_seconds,
+            "files": len(urls),
+        }
         return request, refused
 
     @staticmethod
@@ -492,8 +556,15 @@ class Staging:
                 self._settle(pool, m, d, outcomes, now, report)
         return report
 
-    def _settle(self, pool: Any, m: Method, doc: dict[str, Any],
-                outcomes: dict[tuple[str, str], Outcome], now: float, report: PollReport) -> None:
+    def _settle(
+        self,
+        pool: Any,
+        m: Method,
+        doc: dict[str, Any],
+        outcomes: dict[tuple[str, str], Outcome],
+        now: float,
+        report: PollReport,
+    ) -> None:
         request = doc["stage_request"]
         mine = [(p["key"], u) for p in request.get("parts", []) for u in p["urls"]]
         results = [(u, outcomes.get((k, u), Outcome("pending"))) for k, u in mine]
@@ -501,19 +572,27 @@ class Staging:
         if failed:
             url, o = failed[0]
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-            tk.staging_failed(doc, Code.NOT_STAGED,
-                              f"staging failed: {redact(url)}: {o.message}{more}", now,
-                              file=_name_of(doc, url))
+            tk.staging_failed(
+                doc,
+                Code.NOT_STAGED,
+                f"staging failed: {redact(url)}: {o.message}{more}",
+                now,
+                file=_name_of(doc, url),
+            )
             bucket = report.failed
         elif all(o.state == "online" for _, o in results):
             tk.staged(doc, now)
             bucket = report.staged
         elif now > request.get("deadline", float("inf")):
             waiting = sum(1 for _, o in results if o.state != "online")
-            tk.staging_failed(doc, Code.STAGING_TIMEOUT,
-                              f"staging request {request.get('id')} ({m.name}): {waiting} of "
-                              f"{len(results)} file(s) not online after "
-                              f"{now - request.get('requested', now):.0f} s", now)
+            tk.staging_failed(
+                doc,
+                Code.STAGING_TIMEOUT,
+                f"staging request {request.get('id')} ({m.name}): {waiting} of "
+                f"{len(results)} file(s) not online after "
+                f"{now - request.get('requested', now):.0f} s",
+                now,
+            )
             m.abort(request.get("parts", []))
             bucket = report.timed_out
         else:
@@ -521,8 +600,13 @@ class Staging:
             return
         if pool.save(doc):
             bucket.append(doc["_id"])
-            log.info("%s: %s", doc["_id"], doc["history"][-1]["event"] if doc["state"] != "error"
-                     else f"error {doc['error']['code']}: {doc['error']['message']}")
+            log.info(
+                "%s: %s",
+                doc["_id"],
+                doc["history"][-1]["event"]
+                if doc["state"] != "error"
+                else f"error {doc['error']['code']}: {doc['error']['message']}",
+            )
         else:
             report.conflicts += 1  # another poller got there first
 

@@ -16,6 +16,7 @@ The status page (``tokens/status/status.js``) makes the same queries and the
 same arithmetic in the browser. This module prints nothing; the rich
 renderables at the end only build what the CLI shows.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,13 @@ class ErrorCode:
         return code_name(self.code)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"code": self.code, "name": self.name, "count": self.count,
-                "message": self.message, "token": self.token}
+        return {
+            "code": self.code,
+            "name": self.name,
+            "count": self.count,
+            "message": self.message,
+            "token": self.token,
+        }
 
 
 @dataclass
@@ -79,9 +85,14 @@ class Holder:
     expired: bool
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.worker, "host": self.host, "job_id": self.job_id,
-                "tokens": self.tokens, "lease_expires": self.lease_expires,
-                "expired": self.expired}
+        return {
+            "id": self.worker,
+            "host": self.host,
+            "job_id": self.job_id,
+            "tokens": self.tokens,
+            "lease_expires": self.lease_expires,
+            "expired": self.expired,
+        }
 
 
 @dataclass
@@ -152,10 +163,14 @@ class NightStatus:
             "bytes_total": self.bytes_total,
             "tokens": self.total,
             "workers": self.workers,
-            "rate": {"tokens_per_s": round(self.tokens_per_s, 6),
-                     "bytes_per_s": round(self.bytes_per_s, 3),
-                     "done": self.recent_done, "errors": self.recent_errors,
-                     "bytes": self.recent_bytes, "seconds": round(self.span, 3)},
+            "rate": {
+                "tokens_per_s": round(self.tokens_per_s, 6),
+                "bytes_per_s": round(self.bytes_per_s, 3),
+                "done": self.recent_done,
+                "errors": self.recent_errors,
+                "bytes": self.recent_bytes,
+                "seconds": round(self.span, 3),
+            },
             "eta_s": None if self.eta is None else round(self.eta, 1),
         }
         if self.error_codes is not None:
@@ -182,17 +197,22 @@ class StatusReport:
 
     def as_dict(self) -> dict[str, Any]:
         """The documented ``gridxfer status --json`` shape (docs/status.md)."""
-        return {"generated": round(self.generated, 3), "window_s": self.window,
-                "settled": not self.unsettled, "unsettled": self.unsettled,
-                "nights": [n.as_dict() for n in self.nights]}
+        return {
+            "generated": round(self.generated, 3),
+            "window_s": self.window,
+            "settled": not self.unsettled,
+            "unsettled": self.unsettled,
+            "nights": [n.as_dict() for n in self.nights],
+        }
 
 
 def _night_range(night: str | None) -> dict[str, Any]:
     return {} if night is None else {"startkey": [night], "endkey": [night, {}]}
 
 
-def gather(couch: Couch, night: str | None = None, *, now: float | None = None,
-           window: float = WINDOW) -> StatusReport:
+def gather(
+    couch: Couch, night: str | None = None, *, now: float | None = None, window: float = WINDOW
+) -> StatusReport:
     """Every night's progress, or one night's with its error codes and lease holders.
 
     On a cluster a view answers from one copy per shard range, which can lag the
@@ -230,24 +250,37 @@ def _unsettled(couch: Couch, report: StatusReport) -> int:
             if count and len(listed) + count > VERIFY_MAX:
                 continue  # a night in full swing: its counts move anyway
             checked.add((ns.night, state))
-            listed.update(row["id"] for row in couch.iter_view(
-                DDOC, "by_state", reduce=False, startkey=[ns.night, state],
-                endkey=[ns.night, state, {}]))
+            listed.update(
+                row["id"]
+                for row in couch.iter_view(
+                    DDOC,
+                    "by_state",
+                    reduce=False,
+                    startkey=[ns.night, state],
+                    endkey=[ns.night, state, {}],
+                )
+            )
     truth: dict[tuple[str, str], int] = {}
     for doc in (current_tokens(couch, sorted(listed), time.time()) if listed else {}).values():
         if is_token(doc):
             key = (doc["token_set"], shown_state(doc))
             truth[key] = truth.get(key, 0) + 1
-    return sum(abs(ns.states.get(state, 0) - truth.get((ns.night, state), 0))
-               for ns in report.nights for state in OPEN_STATES if (ns.night, state) in checked)
+    return sum(
+        abs(ns.states.get(state, 0) - truth.get((ns.night, state), 0))
+        for ns in report.nights
+        for state in OPEN_STATES
+        if (ns.night, state) in checked
+    )
 
 
-def _gather(couch: Couch, night: str | None, *, now: float | None,
-            window: float) -> StatusReport:
+def _gather(couch: Couch, night: str | None, *, now: float | None, window: float) -> StatusReport:
     now = time.time() if now is None else now
     nights: dict[str, NightStatus] = {}
-    counts = (state_counts(couch) if night is None else
-              _by_state(couch.view(DDOC, "by_state", group_level=2, **_night_range(night))["rows"]))
+    counts = (
+        state_counts(couch)
+        if night is None
+        else _by_state(couch.view(DDOC, "by_state", group_level=2, **_night_range(night))["rows"])
+    )
     for n, states in counts.items():
         ns = nights[n] = NightStatus(n, {}, {})
         for state, (count, nbytes) in states.items():
@@ -264,8 +297,9 @@ def _gather(couch: Couch, night: str | None, *, now: float | None,
 
     start = math.floor((now - window) / BUCKET) * BUCKET
     first: dict[str, float] = {}
-    for row in couch.view(DDOC, "finished", group_level=2, startkey=[start],
-                          endkey=[now, {}])["rows"]:
+    for row in couch.view(DDOC, "finished", group_level=2, startkey=[start], endkey=[now, {}])[
+        "rows"
+    ]:
         bucket, n = row["key"][:2]
         if n not in nights:
             continue
@@ -287,14 +321,16 @@ def _gather(couch: Couch, night: str | None, *, now: float | None,
 
     if night is not None:
         ns = nights[night]
-        ns.error_codes = [_sample(couch, night, code, count)
-                          for code, count in sorted(ns.errors.items())]
+        ns.error_codes = [
+            _sample(couch, night, code, count) for code, count in sorted(ns.errors.items())
+        ]
         ns.holders = []
         for row in couch.view(DDOC, "holders", group_level=4, **_night_range(night))["rows"]:
             _, worker, host, job = row["key"][:4]
             earliest = float(row["value"]["min"])
-            ns.holders.append(Holder(worker, host, job, int(row["value"]["count"]), earliest,
-                                     0 < earliest < now))
+            ns.holders.append(
+                Holder(worker, host, job, int(row["value"]["count"]), earliest, 0 < earliest < now)
+            )
     return StatusReport(now, window, [nights[n] for n in sorted(nights)])
 
 
@@ -319,15 +355,21 @@ def state_counts(couch: Couch) -> dict[str, dict[str, list[int]]]:
         return _by_state(couch.view(DDOC, "by_state", group_level=2)["rows"])
     cache = couch.get_or_none(CACHE_ID)
     if cache is not None and cache.get("version") == CACHE_VERSION and _cache_ok(cache):
-        feed = couch.request("GET", "_changes", params={"since": str(cache["seq"]),
-                                                         "limit": CHANGES_LIMIT}).json()
+        feed = couch.request(
+            "GET", "_changes", params={"since": str(cache["seq"]), "limit": CHANGES_LIMIT}
+        ).json()
         if len(feed["results"]) < CHANGES_LIMIT:
             counts: dict[str, dict[str, list[int]]] = cache["nights"]
-            dirty = {r["id"].split("_", 1)[0] for r in feed["results"] if not r["id"].startswith("_")}
+            dirty = {
+                r["id"].split("_", 1)[0] for r in feed["results"] if not r["id"].startswith("_")
+            }
             for n in sorted(dirty):
                 counts.pop(n, None)
-                counts.update(_by_state(couch.view(DDOC, "by_state", group_level=2,
-                                                   **_night_range(n))["rows"]))
+                counts.update(
+                    _by_state(
+                        couch.view(DDOC, "by_state", group_level=2, **_night_range(n))["rows"]
+                    )
+                )
             if dirty:
                 _save_cache(couch, cache, feed["last_seq"], counts)
             return counts
@@ -340,14 +382,23 @@ def state_counts(couch: Couch) -> dict[str, dict[str, list[int]]]:
 def _cache_ok(cache: dict[str, Any]) -> bool:
     """The cache as _save_cache writes it (anyone can write a local document)."""
     nights = cache.get("nights")
-    return ("seq" in cache and isinstance(nights, dict) and all(
-        isinstance(states, dict) and all(
-            isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)
-            for v in states.values()) for states in nights.values()))
+    return (
+        "seq" in cache
+        and isinstance(nights, dict)
+        and all(
+            isinstance(states, dict)
+            and all(
+                isinstance(v, list) and len(v) == 2 and all(type(x) is int for x in v)
+                for v in states.values()
+            )
+            for states in nights.values()
+        )
+    )
 
 
-def _save_cache(couch: Couch, old: dict[str, Any] | None, seq: Any,
-                counts: dict[str, dict[str, list[int]]]) -> None:
+def _save_cache(
+    couch: Couch, old: dict[str, Any] | None, seq: Any, counts: dict[str, dict[str, list[int]]]
+) -> None:
     doc = {"_id": CACHE_ID, "version": CACHE_VERSION, "seq": seq, "nights": counts}
     if old and "_rev" in old:
         doc["_rev"] = old["_rev"]
@@ -403,8 +454,14 @@ def nights_table(report: StatusReport, *, bars: bool = False, limit: int | None 
     from rich.table import Table
     from rich.text import Text
 
-    colours = {"todo": "", "locked": "cyan", "staging": "magenta", "archiving": "blue",
-               "done": "green", "error": "red"}
+    colours = {
+        "todo": "",
+        "locked": "cyan",
+        "staging": "magenta",
+        "archiving": "blue",
+        "done": "green",
+        "error": "red",
+    }
     table = Table(expand=False)
     table.add_column("night", no_wrap=True)
     if bars:
@@ -424,13 +481,22 @@ def nights_table(report: StatusReport, *, bars: bool = False, limit: int | None 
     for ns in shown:
         cells: list[Any] = [Text(ns.night)]  # data, not markup
         if bars:
-            cells += [ProgressBar(total=max(ns.total, 1), completed=ns.total - ns.remaining,
-                                  width=20, complete_style="red" if ns.states.get("error")
-                                  else "green", finished_style="green"),
-                      f"{math.floor(100 * ns.fraction)}%"]
+            cells += [
+                ProgressBar(
+                    total=max(ns.total, 1),
+                    completed=ns.total - ns.remaining,
+                    width=20,
+                    complete_style="red" if ns.states.get("error") else "green",
+                    finished_style="green",
+                ),
+                f"{math.floor(100 * ns.fraction)}%",
+            ]
         cells += [str(ns.states.get(s, 0)) for s in STATES]
-        cells += [f"{human_bytes(ns.bytes_done)}/{human_bytes(ns.bytes_total)}",
-                  _rate_text(ns), _eta_text(ns)]
+        cells += [
+            f"{human_bytes(ns.bytes_done)}/{human_bytes(ns.bytes_total)}",
+            _rate_text(ns),
+            _eta_text(ns),
+        ]
         table.add_row(*cells)
     if hidden:
         table.caption = f"{hidden} more nights without work left (gridxfer status)"
@@ -464,19 +530,33 @@ def night_detail(ns: NightStatus, now: float) -> Any:
             holders.add_column(col, justify="right" if col in ("tokens", "lease") else "left")
         for h in ns.holders:
             left = h.lease_expires - now
-            lease = Text("EXPIRED", style="bold red") if h.expired else Text(
-                "no lease", style="bold red") if h.lease_expires <= 0 else Text(
-                f"expires in {human_duration(left)}")
-            holders.add_row(Text(h.worker or "?"), Text(h.host or "?"), Text(h.job_id or "-"),
-                            str(h.tokens), lease)
+            lease = (
+                Text("EXPIRED", style="bold red")
+                if h.expired
+                else Text("no lease", style="bold red")
+                if h.lease_expires <= 0
+                else Text(f"expires in {human_duration(left)}")
+            )
+            holders.add_row(
+                Text(h.worker or "?"),
+                Text(h.host or "?"),
+                Text(h.job_id or "-"),
+                str(h.tokens),
+                lease,
+            )
         parts.append(holders)
     else:
         parts.append(Text("no worker holds a lease"))
     return Group(*parts)
 
 
-def render(report: StatusReport, *, bars: bool = False, limit: int | None = None,
-           problem: str | None = None) -> Any:
+def render(
+    report: StatusReport,
+    *,
+    bars: bool = False,
+    limit: int | None = None,
+    problem: str | None = None,
+) -> Any:
     """Everything ``gridxfer status`` shows for a report."""
     from rich.console import Group
     from rich.text import Text
@@ -489,13 +569,22 @@ def render(report: StatusReport, *, bars: bool = False, limit: int | None = None
     if len(report.nights) == 1 and report.nights[0].error_codes is not None:
         parts.append(night_detail(report.nights[0], report.generated))
     if report.unsettled:
-        parts.append(Text(f"not settled: the open counts are off by {report.unsettled} from "
-                          "what a quorum of the cluster's copies says; they are catching up",
-                          style="bold yellow"))
+        parts.append(
+            Text(
+                f"not settled: the open counts are off by {report.unsettled} from "
+                "what a quorum of the cluster's copies says; they are catching up",
+                style="bold yellow",
+            )
+        )
     if bars:
         stamp = time.strftime("%H:%M:%S", time.localtime(report.generated))
-        parts.append(Text(f"updated {stamp}; rate over the last {human_duration(report.window)}"
-                          "; Ctrl-C to stop", style="dim"))
+        parts.append(
+            Text(
+                f"updated {stamp}; rate over the last {human_duration(report.window)}"
+                "; Ctrl-C to stop",
+                style="dim",
+            )
+        )
     if problem:
         parts.append(Text(problem, style="bold red"))
     return Group(*parts)

@@ -12,6 +12,7 @@ gfal2 contexts carry state: a cancelled context stays cancelled. Every transfer
 so :meth:`Storage.cancel` can stop them all; quick metadata calls share one
 context per thread.
 """
+
 from __future__ import annotations
 
 import errno as E
@@ -45,14 +46,23 @@ from GRID_XFER.urls import check_plain_url, join, redact  # re-exported: storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Cancelled", "CopyResult", "NotContained", "Stat", "Storage", "StorageError",
-           "check_plain_url", "redact"]
+__all__ = [
+    "Cancelled",
+    "CopyResult",
+    "NotContained",
+    "Stat",
+    "Storage",
+    "StorageError",
+    "check_plain_url",
+    "redact",
+]
 
 T = TypeVar("T")
 
 CHUNK_SIZE = 4 * 1024 * 1024
 STREAM_CHUNK = 4 * 1024 * 1024  # measured: 4 MiB streams faster than 1 or 8 to XRootD
 _DIR_MODE = 0o755
+
 
 def _one_line(text: str) -> str:
     # gfal2/XrdCl messages carry NULs (raw and as literal "\x00") and newlines.
@@ -62,6 +72,7 @@ def _one_line(text: str) -> str:
 
 # --------------------------------------------------------------------------- errors
 
+
 class StorageError(GridXferError):
     """A storage operation failed; ``transient`` says whether retrying later can help.
 
@@ -70,8 +81,15 @@ class StorageError(GridXferError):
     ``url`` is already redacted.
     """
 
-    def __init__(self, message: str, *, url: str = "", errno: int = 0, transient: bool = False,
-                 code: Code = Code.TRANSFER_FAILED) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str = "",
+        errno: int = 0,
+        transient: bool = False,
+        code: Code = Code.TRANSFER_FAILED,
+    ) -> None:
         super().__init__(_one_line(redact(message)), code=code)
         self.url = redact(url)
         self.errno = errno
@@ -88,19 +106,59 @@ class Cancelled(StorageError):
 # The xrootd plugin passes some XRootD protocol codes (kXR_*, 3000..) through
 # as if they were errnos; translate them as XProtocol.hh's toErrno() does.
 _XRD_ERRNO = {
-    3000: E.EINVAL, 3001: E.EINVAL, 3002: E.ENAMETOOLONG, 3003: E.EDEADLK, 3004: E.EBADF,
-    3005: E.ENODEV, 3006: E.EBADRQC, 3007: E.EIO, 3008: E.ENOMEM, 3009: E.ENOSPC,
-    3010: E.EACCES, 3011: E.ENOENT, 3012: E.EFAULT, 3013: E.ENOTSUP, 3014: E.EHOSTUNREACH,
-    3015: E.ENOTBLK, 3016: E.EISDIR, 3017: E.ECANCELED, 3018: E.EEXIST, 3019: E.EDOM,
-    3020: E.EINPROGRESS, 3021: E.EDQUOT, 3022: E.EILSEQ, 3023: E.ERANGE, 3024: E.EUSERS,
-    3025: E.EROFS, 3026: E.EINVAL, 3027: E.ENODATA, 3028: E.EPROTOTYPE, 3029: E.EADDRNOTAVAIL,
-    3030: E.EACCES, 3031: E.EIDRM, 3032: E.ENOTTY, 3033: E.ETOOMANYREFS, 3034: E.ETIMEDOUT,
+    3000: E.EINVAL,
+    3001: E.EINVAL,
+    3002: E.ENAMETOOLONG,
+    3003: E.EDEADLK,
+    3004: E.EBADF,
+    3005: E.ENODEV,
+    3006: E.EBADRQC,
+    3007: E.EIO,
+    3008: E.ENOMEM,
+    3009: E.ENOSPC,
+    3010: E.EACCES,
+    3011: E.ENOENT,
+    3012: E.EFAULT,
+    3013: E.ENOTSUP,
+    3014: E.EHOSTUNREACH,
+    3015: E.ENOTBLK,
+    3016: E.EISDIR,
+    3017: E.ECANCELED,
+    3018: E.EEXIST,
+    3019: E.EDOM,
+    3020: E.EINPROGRESS,
+    3021: E.EDQUOT,
+    3022: E.EILSEQ,
+    3023: E.ERANGE,
+    3024: E.EUSERS,
+    3025: E.EROFS,
+    3026: E.EINVAL,
+    3027: E.ENODATA,
+    3028: E.EPROTOTYPE,
+    3029: E.EADDRNOTAVAIL,
+    3030: E.EACCES,
+    3031: E.EIDRM,
+    3032: E.ENOTTY,
+    3033: E.ETOOMANYREFS,
+    3034: E.ETIMEDOUT,
 }
 
-_TRANSIENT = frozenset({
-    E.ECONNREFUSED, E.ECONNRESET, E.ECONNABORTED, E.EAGAIN, E.EHOSTUNREACH, E.EHOSTDOWN,
-    E.ENETUNREACH, E.ENETDOWN, E.ECOMM, E.EIO, E.EBUSY, E.EUSERS,
-})
+_TRANSIENT = frozenset(
+    {
+        E.ECONNREFUSED,
+        E.ECONNRESET,
+        E.ECONNABORTED,
+        E.EAGAIN,
+        E.EHOSTUNREACH,
+        E.EHOSTDOWN,
+        E.ENETUNREACH,
+        E.ENETDOWN,
+        E.ECOMM,
+        E.EIO,
+        E.EBUSY,
+        E.EUSERS,
+    }
+)
 _NO_SPACE = frozenset({E.ENOSPC, E.EDQUOT})
 _UNSUPPORTED = frozenset({E.ENOSYS, E.ENOTSUP, E.EOPNOTSUPP, E.EPROTONOSUPPORT})
 _NO_XATTR = frozenset({E.ENODATA, E.ENOTSUP, E.EOPNOTSUPP, E.ENOSYS})
@@ -146,8 +204,15 @@ def _classify(errno: int, message: str, *, copy: bool = False) -> tuple[Code, bo
         return Code.DEST_WRITE_FAILED, True
     if errno in _TRANSIENT:
         return Code.TRANSFER_FAILED, True
-    if side == "destination" and errno in (E.ENOENT, E.ENOTDIR, E.EACCES, E.EPERM, E.EEXIST,
-                                           E.EROFS, E.EISDIR):
+    if side == "destination" and errno in (
+        E.ENOENT,
+        E.ENOTDIR,
+        E.EACCES,
+        E.EPERM,
+        E.EEXIST,
+        E.EROFS,
+        E.EISDIR,
+    ):
         return Code.DEST_WRITE_FAILED, False
     if errno == E.ENOENT:
         return Code.SOURCE_MISSING, False
@@ -174,7 +239,9 @@ def _write_error(label: str, url: str, exc: gfal2.GError) -> StorageError:
     return StorageError(message, url=url, errno=errno, transient=transient, code=code)
 
 
-def _from_gerror(label: str, url: str, exc: gfal2.GError, *, dst: str | None = None) -> StorageError:
+def _from_gerror(
+    label: str, url: str, exc: gfal2.GError, *, dst: str | None = None
+) -> StorageError:
     """StorageError for a failed call described by ``label`` ("stat <url>");
     ``dst`` marks a copy, whose errors may concern the destination instead."""
     errno = _errno_of(exc)
@@ -186,12 +253,15 @@ def _from_gerror(label: str, url: str, exc: gfal2.GError, *, dst: str | None = N
         return Cancelled(message, url=url, errno=errno)
     code, transient = _classify(errno, reason, copy=dst is not None)
     if code is Code.CONFIG and dst is not None:
-        message = f"{label} failed: not supported by the storage (checksum type or copy mode): " \
-                  f"{reason} [{_errname(errno)}]"
+        message = (
+            f"{label} failed: not supported by the storage (checksum type or copy mode): "
+            f"{reason} [{_errname(errno)}]"
+        )
     return StorageError(message, url=url, errno=errno, transient=transient, code=code)
 
 
 # --------------------------------------------------------------------------- results
+
 
 @dataclass(frozen=True)
 class Stat:
@@ -229,18 +299,20 @@ class NotContained(StorageError):
     """
 
     def __init__(self, message: str, *, url: str, path: str) -> None:
-        super().__init__(message, url=url, errno=E.ELOOP, transient=False,
-                         code=Code.SOURCE_NOT_CONTAINED)
+        super().__init__(
+            message, url=url, errno=E.ELOOP, transient=False, code=Code.SOURCE_NOT_CONTAINED
+        )
         self.path = path
 
 
 def _local_path(url: str) -> str | None:
     """The path gfal2's file plugin uses for a file:// URL (taken as is, not decoded)."""
-    return url[len("file://"):] if url.startswith("file://") else None
+    return url[len("file://") :] if url.startswith("file://") else None
 
 
-def _follow(real_dir: str, name: str, st: Stat, real_root: str,
-            chain: tuple[str, ...]) -> tuple[str | None, str]:
+def _follow(
+    real_dir: str, name: str, st: Stat, real_root: str, chain: tuple[str, ...]
+) -> tuple[str | None, str]:
     """(real path, '') of a link that stays inside ``real_root``; else (None, why not).
 
     ``chain`` holds the real directories from the root down to ``real_dir``: a link
@@ -263,12 +335,16 @@ def _follow(real_dir: str, name: str, st: Stat, real_root: str,
 
 # --------------------------------------------------------------------------- storage
 
+
 def _new_context() -> gfal2.Gfal2Context:
     try:
         return gfal2.creat_context()
     except gfal2.GError as exc:  # broken gfal2 installation or configuration
-        raise StorageError(f"cannot set up gfal2: {exc.message} [{_errname(int(exc.code))}]",
-                           errno=int(exc.code), code=Code.CONFIG) from None
+        raise StorageError(
+            f"cannot set up gfal2: {exc.message} [{_errname(int(exc.code))}]",
+            errno=int(exc.code),
+            code=Code.CONFIG,
+        ) from None
 
 
 class _Operation:
@@ -377,12 +453,17 @@ class _Pipe:
         if self.error is not None:
             raise self.error
         if time.monotonic() > deadline:
-            raise StorageError(f"{self.label} failed: not done within {timeout:.0f} s [ETIMEDOUT]",
-                               url=self.src, errno=E.ETIMEDOUT, transient=True,
-                               code=Code.TRANSFER_TIMEOUT)
+            raise StorageError(
+                f"{self.label} failed: not done within {timeout:.0f} s [ETIMEDOUT]",
+                url=self.src,
+                errno=E.ETIMEDOUT,
+                transient=True,
+                code=Code.TRANSFER_TIMEOUT,
+            )
 
-    def run(self, observe: Callable[[bytes], None], op: _Operation, deadline: float,
-            timeout: float) -> None:
+    def run(
+        self, observe: Callable[[bytes], None], op: _Operation, deadline: float, timeout: float
+    ) -> None:
         while True:
             self._check(op, deadline, timeout)
             try:
@@ -432,7 +513,9 @@ class Storage:
         return ctx
 
     @staticmethod
-    def _call(op: str, url: str, fn: Callable[..., T], *args: object, label: str | None = None) -> T:
+    def _call(
+        op: str, url: str, fn: Callable[..., T], *args: object, label: str | None = None
+    ) -> T:
         try:
             return fn(*args)
         except gfal2.GError as exc:
@@ -450,7 +533,9 @@ class Storage:
             yield op
         except gfal2.GError as exc:
             if op.cancelled.is_set():
-                raise Cancelled(f"{label} cancelled: {_one_line(str(exc.message))}", url=url) from None
+                raise Cancelled(
+                    f"{label} cancelled: {_one_line(str(exc.message))}", url=url
+                ) from None
             raise _from_gerror(label, url, exc) from None
         finally:
             op.done.set()
@@ -477,7 +562,9 @@ class Storage:
 
     def stat(self, url: str) -> Stat:
         st = self._call("stat", url, self._meta().stat, url)
-        return Stat(size=int(st.st_size), is_dir=_stat.S_ISDIR(st.st_mode), mtime=float(st.st_mtime))
+        return Stat(
+            size=int(st.st_size), is_dir=_stat.S_ISDIR(st.st_mode), mtime=float(st.st_mtime)
+        )
 
     def exists(self, url: str) -> bool:
         try:
@@ -518,8 +605,16 @@ class Storage:
                     break
                 if entry.d_name in (".", ".."):
                     continue
-                out.append((entry.d_name, Stat(size=int(st.st_size), is_dir=_stat.S_ISDIR(st.st_mode),
-                                               mtime=float(st.st_mtime))))
+                out.append(
+                    (
+                        entry.d_name,
+                        Stat(
+                            size=int(st.st_size),
+                            is_dir=_stat.S_ISDIR(st.st_mode),
+                            mtime=float(st.st_mtime),
+                        ),
+                    )
+                )
         except gfal2.GError as exc:
             err = _from_gerror(label, url, exc)
             if "not a directory" in str(exc.message).lower():
@@ -544,11 +639,21 @@ class Storage:
                 try:
                     st = ctx.stat(entry)
                 except gfal2.GError:  # dangling, or a loop: the walk says which
-                    out.append((name, Stat(size=0, is_dir=False, mtime=float(st.st_mtime),
-                                           link=link)))
+                    out.append(
+                        (name, Stat(size=0, is_dir=False, mtime=float(st.st_mtime), link=link))
+                    )
                     continue
-            out.append((name, Stat(size=int(st.st_size), is_dir=_stat.S_ISDIR(st.st_mode),
-                                   mtime=float(st.st_mtime), link=link)))
+            out.append(
+                (
+                    name,
+                    Stat(
+                        size=int(st.st_size),
+                        is_dir=_stat.S_ISDIR(st.st_mode),
+                        mtime=float(st.st_mtime),
+                        link=link,
+                    ),
+                )
+            )
         return sorted(out)
 
     def walk(self, url: str, *, refused: dict[str, str] | None = None) -> dict[str, Stat]:
@@ -584,10 +689,12 @@ class Storage:
                 try:
                     real_root = real = os.path.realpath(root, strict=True)
                 except OSError as exc:  # removed (or made unreadable) since the listing
-                    raise StorageError(f"walk {redact(url)} failed: {exc.strerror}", url=url,
-                                       errno=exc.errno or 0,
-                                       code=Code.SOURCE_MISSING if exc.errno == E.ENOENT
-                                       else Code.TRANSFER_FAILED) from None
+                    raise StorageError(
+                        f"walk {redact(url)} failed: {exc.strerror}",
+                        url=url,
+                        errno=exc.errno or 0,
+                        code=Code.SOURCE_MISSING if exc.errno == E.ENOENT else Code.TRANSFER_FAILED,
+                    ) from None
                 chain = (real_root,)
             for name, st in entries:
                 path = f"{rel}/{name}" if rel else name
@@ -621,11 +728,15 @@ class Storage:
         except OSError as exc:
             if exc.errno == E.ENOENT and not os.path.lexists(os.path.join(root, rel)):
                 return  # simply missing: the copy says so (20)
-            raise NotContained(f"{rel} in {redact(base)}: link cannot be followed "
-                               f"({exc.strerror})", url=base, path=rel) from None
+            raise NotContained(
+                f"{rel} in {redact(base)}: link cannot be followed ({exc.strerror})",
+                url=base,
+                path=rel,
+            ) from None
         if os.path.commonpath([real_root, target]) != real_root:
-            raise NotContained(f"{rel} in {redact(base)}: link leaves the source directory",
-                               url=base, path=rel)
+            raise NotContained(
+                f"{rel} in {redact(base)}: link leaves the source directory", url=base, path=rel
+            )
 
     def read_text(self, url: str, limit: int = 64 * 1024 * 1024) -> str:
         """A small text file (a manifest), UTF-8; refuses anything over ``limit`` bytes."""
@@ -633,13 +744,21 @@ class Storage:
         for chunk in self.open_read(url, 1024 * 1024):
             data += chunk
             if len(data) > limit:
-                raise StorageError(f"read {redact(url)}: larger than {limit} bytes", url=url,
-                                   errno=E.EFBIG, code=Code.MANIFEST_MISSING)
+                raise StorageError(
+                    f"read {redact(url)}: larger than {limit} bytes",
+                    url=url,
+                    errno=E.EFBIG,
+                    code=Code.MANIFEST_MISSING,
+                )
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise StorageError(f"read {redact(url)}: not UTF-8 text (byte {exc.start})", url=url,
-                               errno=E.EILSEQ, code=Code.MANIFEST_MISSING) from None
+            raise StorageError(
+                f"read {redact(url)}: not UTF-8 text (byte {exc.start})",
+                url=url,
+                errno=E.EILSEQ,
+                code=Code.MANIFEST_MISSING,
+            ) from None
 
     def mkdir(self, url: str, *, parents: bool = True) -> None:
         """Create a directory; an existing directory is fine, an existing file is not."""
@@ -656,13 +775,23 @@ class Storage:
                 if err.errno != E.EEXIST:
                     raise err from None
         if not self.stat(url).is_dir:
-            raise StorageError(f"mkdir {redact(url)} failed: a file with that name exists [EEXIST]",
-                               url=url, errno=E.EEXIST, code=Code.DEST_WRITE_FAILED)
+            raise StorageError(
+                f"mkdir {redact(url)} failed: a file with that name exists [EEXIST]",
+                url=url,
+                errno=E.EEXIST,
+                code=Code.DEST_WRITE_FAILED,
+            )
 
     def rename(self, src: str, dst: str) -> None:
         """Rename within one storage. Like POSIX rename, an existing ``dst`` is replaced."""
-        self._call("rename", src, self._meta().rename, src, dst,
-                   label=f"rename {redact(src)} -> {redact(dst)}")
+        self._call(
+            "rename",
+            src,
+            self._meta().rename,
+            src,
+            dst,
+            label=f"rename {redact(src)} -> {redact(dst)}",
+        )
 
     def unlink(self, url: str, *, missing_ok: bool = False) -> None:
         try:
@@ -687,7 +816,9 @@ class Storage:
 
     # ----------------------------------------------------------------- tape
 
-    def bring_online(self, urls: list[str], *, pin: int, timeout: int) -> tuple[str, list[StorageError | None]]:
+    def bring_online(
+        self, urls: list[str], *, pin: int, timeout: int
+    ) -> tuple[str, list[StorageError | None]]:
         """Ask the storage to recall ``urls`` from tape, asynchronously.
 
         Returns the request token and, per URL, None or the error the storage
@@ -696,7 +827,9 @@ class Storage:
         label = f"bring_online {redact(urls[0])} (+{len(urls) - 1})"
         with self._operation(label, urls[0]) as op:
             errors, token = op.ctx.bring_online(list(urls), int(pin), int(timeout), True)
-        return str(token or ""), [self._file_error("bring_online", u, e) for u, e in zip(urls, errors)]
+        return str(token or ""), [
+            self._file_error("bring_online", u, e) for u, e in zip(urls, errors, strict=False)
+        ]
 
     def bring_online_poll(self, urls: list[str], token: str) -> list[StorageError | None]:
         """Per URL: None once online, else the storage's answer (EAGAIN while recalling).
@@ -706,7 +839,9 @@ class Storage:
         label = f"bring_online_poll {redact(urls[0])} (+{len(urls) - 1})"
         with self._operation(label, urls[0]) as op:
             errors = op.ctx.bring_online_poll(list(urls), token)
-        return [self._file_error("bring_online_poll", u, e) for u, e in zip(urls, errors)]
+        return [
+            self._file_error("bring_online_poll", u, e) for u, e in zip(urls, errors, strict=False)
+        ]
 
     def release(self, urls: list[str], token: str = "") -> list[StorageError | None]:
         """Release pins (a tape-backed disk buffer may then evict the disk copies)."""
@@ -746,16 +881,29 @@ class Storage:
                 errno, reason = _errno_of(exc), _one_line(str(exc.message))
                 # file:// says ENOSYS; xrootd says EILSEQ "Got 'adler32' while expecting ..."
                 if not op.cancelled.is_set() and (
-                        errno in _UNSUPPORTED or (errno == E.EILSEQ and "expecting" in reason)):
+                    errno in _UNSUPPORTED or (errno == E.EILSEQ and "expecting" in reason)
+                ):
                     raise StorageError(
-                        f"{label} failed: {algo.upper()} not supported there: {reason} [{_errname(errno)}]",
-                        url=url, errno=errno, transient=False, code=Code.CONFIG) from None
+                        f"{label} failed: {algo.upper()} not supported there: "
+                        f"{reason} [{_errname(errno)}]",
+                        url=url,
+                        errno=errno,
+                        transient=False,
+                        code=Code.CONFIG,
+                    ) from None
                 raise
         return str(value).strip().lower()
 
-    def copy(self, src: str, dst: str, *, size: int | None = None,
-             checksum: tuple[str, str] | None = None, overwrite: bool = False,
-             create_parents: bool = True) -> CopyResult:
+    def copy(
+        self,
+        src: str,
+        dst: str,
+        *,
+        size: int | None = None,
+        checksum: tuple[str, str] | None = None,
+        overwrite: bool = False,
+        create_parents: bool = True,
+    ) -> CopyResult:
         """Copy one file; with ``checksum=(algo, value)`` both ends are verified.
 
         ``value`` may be '' to only compare source and destination. A failed copy
@@ -768,8 +916,12 @@ class Storage:
         # local file fails with EEXIST *and deletes that file*.
         existed = self.exists(dst)
         if existed and not overwrite:
-            raise StorageError(f"{label} failed: destination exists and overwrite is not set [EEXIST]",
-                               url=dst, errno=E.EEXIST, code=Code.DEST_WRITE_FAILED)
+            raise StorageError(
+                f"{label} failed: destination exists and overwrite is not set [EEXIST]",
+                url=dst,
+                errno=E.EEXIST,
+                code=Code.DEST_WRITE_FAILED,
+            )
         if size is None:
             size = self.stat(src).size
         timeout = self.base_timeout + size / self.min_rate
@@ -782,7 +934,9 @@ class Storage:
                 params.timeout = max(1, math.ceil(timeout))
                 if checksum is not None:
                     algo, value = checksum
-                    params.set_checksum(gfal2.checksum_mode.both, algo.upper(), value.strip().lower())
+                    params.set_checksum(
+                        gfal2.checksum_mode.both, algo.upper(), value.strip().lower()
+                    )
                 watchdog = threading.Timer(timeout, op.stop, args=(op.expired,))
                 watchdog.daemon = True
                 watchdog.start()
@@ -790,9 +944,13 @@ class Storage:
                     op.ctx.filecopy(params, src, dst)
                 except gfal2.GError as exc:
                     if op.expired.is_set() and not op.cancelled.is_set():
-                        raise StorageError(f"{label} failed: not done within {timeout:.0f} s [ETIMEDOUT]",
-                                           url=src, errno=E.ETIMEDOUT, transient=True,
-                                           code=Code.TRANSFER_TIMEOUT) from None
+                        raise StorageError(
+                            f"{label} failed: not done within {timeout:.0f} s [ETIMEDOUT]",
+                            url=src,
+                            errno=E.ETIMEDOUT,
+                            transient=True,
+                            code=Code.TRANSFER_TIMEOUT,
+                        ) from None
                     if op.cancelled.is_set():
                         raise
                     raise _from_gerror(label, src, exc, dst=dst) from None
@@ -806,8 +964,15 @@ class Storage:
         log.debug("copied %s -> %s: %d bytes in %.2f s", redact(src), redact(dst), size, seconds)
         return CopyResult(bytes=size, seconds=seconds)
 
-    def stream(self, src: str, dst: str, observe: Callable[[bytes], None], *,
-               size: int | None = None, chunk_size: int = STREAM_CHUNK) -> CopyResult:
+    def stream(
+        self,
+        src: str,
+        dst: str,
+        observe: Callable[[bytes], None],
+        *,
+        size: int | None = None,
+        chunk_size: int = STREAM_CHUNK,
+    ) -> CopyResult:
         """Copy ``src`` to a new file ``dst`` through this process, showing ``observe``
         every chunk on its way: what it hashes is exactly what was written.
 
@@ -821,8 +986,12 @@ class Storage:
         """
         label = f"copy {redact(src)} -> {redact(dst)}"
         if self.exists(dst):
-            raise StorageError(f"{label} failed: destination exists [EEXIST]", url=dst,
-                               errno=E.EEXIST, code=Code.DEST_WRITE_FAILED)
+            raise StorageError(
+                f"{label} failed: destination exists [EEXIST]",
+                url=dst,
+                errno=E.EEXIST,
+                code=Code.DEST_WRITE_FAILED,
+            )
         if size is None:
             size = self.stat(src).size
         timeout = self.base_timeout + size / self.min_rate
@@ -844,8 +1013,9 @@ class Storage:
             self._discard(dst)
             raise
         seconds = time.monotonic() - started
-        log.debug("streamed %s -> %s: %d bytes in %.2f s", redact(src), redact(dst), pipe.bytes,
-                  seconds)
+        log.debug(
+            "streamed %s -> %s: %d bytes in %.2f s", redact(src), redact(dst), pipe.bytes, seconds
+        )
         return CopyResult(bytes=pipe.bytes, seconds=seconds)
 
     def _discard(self, url: str) -> None:

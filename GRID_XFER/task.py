@@ -5,6 +5,7 @@ fields to store on success or raises :class:`TaskError` with a code. ``cancel``
 is called from another thread (a signal, a lost lease) and must make ``run``
 return promptly.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,14 +53,16 @@ class NoopTask:
 
 def token_environment(token: dict[str, Any]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
-    env.update({
-        "GRIDXFER_TOKEN_ID": token["_id"],
-        "GRIDXFER_NIGHT": token.get("token_set", ""),
-        "GRIDXFER_EXPOSURE": token.get("exposure", ""),
-        "GRIDXFER_SOURCE": token.get("source") or "",
-        "GRIDXFER_DESTINATION": token.get("destination") or "",
-        "GRIDXFER_ATTEMPT": str(token.get("attempts", 0)),
-    })
+    env.update(
+        {
+            "GRIDXFER_TOKEN_ID": token["_id"],
+            "GRIDXFER_NIGHT": token.get("token_set", ""),
+            "GRIDXFER_EXPOSURE": token.get("exposure", ""),
+            "GRIDXFER_SOURCE": token.get("source") or "",
+            "GRIDXFER_DESTINATION": token.get("destination") or "",
+            "GRIDXFER_ATTEMPT": str(token.get("attempts", 0)),
+        }
+    )
     return env
 
 
@@ -89,13 +92,18 @@ class CommandTask:
                 if ctx.cancelled.is_set():
                     raise TaskError(Code.INTERRUPTED, "cancelled before start")
                 try:
-                    self._proc = subprocess.Popen(self.argv, env=env, stdout=subprocess.PIPE,
-                                                  stderr=subprocess.STDOUT,
-                                                  stdin=subprocess.DEVNULL,
-                                                  start_new_session=True)
+                    self._proc = subprocess.Popen(
+                        self.argv,
+                        env=env,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
                 except OSError as exc:
-                    raise TaskError(Code.CONFIG, f"cannot run {self.argv[0]!r}: "
-                                    f"{exc.strerror}", transient=False) from None
+                    raise TaskError(
+                        Code.CONFIG, f"cannot run {self.argv[0]!r}: {exc.strerror}", transient=False
+                    ) from None
             if ctx.cancelled.is_set():  # a stop that waited for the lock above
                 self.cancel()
             proc = self._proc
@@ -105,8 +113,9 @@ class CommandTask:
                 self.cancel()
                 out, _ = proc.communicate()
                 ctx.log.info("%s", out.decode(errors="replace"))
-                raise TaskError(Code.UNEXPECTED, f"command timed out after {self.timeout:g}s",
-                                transient=True) from None
+                raise TaskError(
+                    Code.UNEXPECTED, f"command timed out after {self.timeout:g}s", transient=True
+                ) from None
             finally:
                 with self._lock:
                     self._proc = None
@@ -126,8 +135,9 @@ class CommandTask:
         last = text.strip().splitlines()[-1][:300] if text.strip() else "no output"
         if status > 0 and status in Code._value2member_map_:
             raise TaskError(status, f"command exited with status {status}: {last}")
-        raise TaskError(Code.UNEXPECTED, f"command exited with status {status}: {last}",
-                        transient=False)
+        raise TaskError(
+            Code.UNEXPECTED, f"command exited with status {status}: {last}", transient=False
+        )
 
     def cancel(self) -> None:
         """Stop the command's whole process group: TERM, then KILL after 5 s."""
@@ -148,4 +158,5 @@ class CommandTask:
                     os.killpg(proc.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+
         threading.Thread(target=_kill_later, daemon=True).start()

@@ -14,6 +14,7 @@ keeps the PiCaS fields (``lock``, ``done``, ``output``, ``hostname``,
     done       claim time      finish time 0
     error      99              99          code  (PiCaS convention)
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from GRID_XFER.errors import Code, InvalidInput, InvalidToken, code_name
 from GRID_XFER.urls import PlainURL
@@ -205,8 +205,10 @@ def check_token_id(value: str) -> str:
     a listing, a design document): it must never reach a request.
     """
     if not _TOKEN_ID.fullmatch(value):
-        raise InvalidInput(f"invalid token id {value!r}: token ids are <night>_<exposure>, "
-                           f"each part 1-128 letters, digits and ._+- (not starting with a symbol)")
+        raise InvalidInput(
+            f"invalid token id {value!r}: token ids are <night>_<exposure>, "
+            f"each part 1-128 letters, digits and ._+- (not starting with a symbol)"
+        )
     return value
 
 
@@ -231,9 +233,15 @@ def parse_spec(raw: Any, index: int | None = None) -> ExposureSpec:
         raise InvalidToken(f"invalid exposure {where}{_first_error(exc)}") from None
 
 
-def new_token(night: str, spec: ExposureSpec, *, source: str | None = None,
-              destination: str | None = None, max_attempts: int = 3,
-              now: float | None = None) -> dict[str, Any]:
+def new_token(
+    night: str,
+    spec: ExposureSpec,
+    *,
+    source: str | None = None,
+    destination: str | None = None,
+    max_attempts: int = 3,
+    now: float | None = None,
+) -> dict[str, Any]:
     check_id_part(night, "night")
     now = time.time() if now is None else now
     doc: dict[str, Any] = {
@@ -302,8 +310,12 @@ def is_token(doc: Any) -> bool:
     """One of ours: a token of a night. Anything else in the database is foreign
     (design documents, other applications' documents, a PiCaS token of another
     tool, which has no ``token_set``) and no command touches it."""
-    return (isinstance(doc, dict) and doc.get("type") == TOKEN_TYPE
-            and isinstance(doc.get("token_set"), str) and doc["token_set"] != "")
+    return (
+        isinstance(doc, dict)
+        and doc.get("type") == TOKEN_TYPE
+        and isinstance(doc.get("token_set"), str)
+        and doc["token_set"] != ""
+    )
 
 
 def shown_state(doc: dict[str, Any]) -> str:
@@ -349,8 +361,12 @@ def _event(doc: dict[str, Any], now: float, event: str, **extra: Any) -> None:
 def worker_identity(job_id: str | None = None, worker_id: str | None = None) -> dict[str, Any]:
     import os
 
-    return {"host": socket.gethostname(), "pid": os.getpid(), "job_id": job_id,
-            "id": worker_id or f"{socket.gethostname()}:{os.getpid()}"}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "job_id": job_id,
+        "id": worker_id or f"{socket.gethostname()}:{os.getpid()}",
+    }
 
 
 def claim(doc: dict[str, Any], worker: dict[str, Any], now: float, lease: float) -> None:
@@ -359,9 +375,17 @@ def claim(doc: dict[str, Any], worker: dict[str, Any], now: float, lease: float)
     # ``claimed_from`` is the generation claimed from: a branch that grew past
     # generation claimed_from + 1 was worked on after its claim.
     parent = str(doc.get("_rev") or "0-").split("-")[0]
-    doc.update(state="locked", lock=int(now), done=0, hostname=worker["host"],
-               worker=worker, lease_expires=now + lease, claimed=now, claim=uuid.uuid4().hex,
-               claimed_from=int(parent) if parent.isdigit() else 0)
+    doc.update(
+        state="locked",
+        lock=int(now),
+        done=0,
+        hostname=worker["host"],
+        worker=worker,
+        lease_expires=now + lease,
+        claimed=now,
+        claim=uuid.uuid4().hex,
+        claimed_from=int(parent) if parent.isdigit() else 0,
+    )
     doc["attempts"] = doc.get("attempts", 0) + 1
     if worker.get("job_id"):
         doc["job_id"] = worker["job_id"]
@@ -375,21 +399,43 @@ def renew(doc: dict[str, Any], now: float, lease: float) -> None:
 
 def finish(doc: dict[str, Any], now: float, **fields: Any) -> None:
     doc.update(fields)
-    doc.update(state="done", done=int(now), output=0, exit_code=0, error=None,
-               lease_expires=0, not_before=0, finished=now)
+    doc.update(
+        state="done",
+        done=int(now),
+        output=0,
+        exit_code=0,
+        error=None,
+        lease_expires=0,
+        not_before=0,
+        finished=now,
+    )
     if not doc.get("lock"):
         doc["lock"] = int(now)
     _event(doc, now, "done")
 
 
 def _error_record(code: int, message: str, file: str | None, now: float) -> dict[str, Any]:
-    return {"code": int(code), "name": code_name(code), "message": message[:2000],
-            "file": file, "time": now}
+    return {
+        "code": int(code),
+        "name": code_name(code),
+        "message": message[:2000],
+        "file": file,
+        "time": now,
+    }
 
 
-def fail(doc: dict[str, Any], code: int, message: str, now: float, *, file: str | None = None,
-         transient: bool = False, backoff_base: float = 30.0, backoff_max: float = 3600.0,
-         count_attempt: bool = True) -> None:
+def fail(
+    doc: dict[str, Any],
+    code: int,
+    message: str,
+    now: float,
+    *,
+    file: str | None = None,
+    transient: bool = False,
+    backoff_base: float = 30.0,
+    backoff_max: float = 3600.0,
+    count_attempt: bool = True,
+) -> None:
     """Record a failure; retry later (todo + not_before) or end in error."""
     if not count_attempt:
         doc["attempts"] = max(0, doc.get("attempts", 0) - 1)
@@ -415,8 +461,21 @@ def release(doc: dict[str, Any], now: float, reason: str) -> None:
 
 
 # What a quarantine sets; the values they had are kept under ``quarantined.was``.
-_QUARANTINE_SETS = ("state", "lock", "done", "output", "exit_code", "error", "lease_expires",
-                    "not_before", "claim", "attempts", "scrub_count", "updated", "quarantined")
+_QUARANTINE_SETS = (
+    "state",
+    "lock",
+    "done",
+    "output",
+    "exit_code",
+    "error",
+    "lease_expires",
+    "not_before",
+    "claim",
+    "attempts",
+    "scrub_count",
+    "updated",
+    "quarantined",
+)
 
 
 def quarantine(doc: dict[str, Any], message: str, now: float) -> None:
@@ -433,16 +492,27 @@ def quarantine(doc: dict[str, Any], message: str, now: float) -> None:
     old = {k: doc[k] for k in _QUARANTINE_SETS if k in doc}
     history = doc.get("history", [])
     events = [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
-    doc.update(state="error", lock=PICAS_ERROR, done=PICAS_ERROR, output=code, exit_code=code,
-               error=_error_record(code, message, None, now), lease_expires=0, not_before=0,
-               claim=None)
+    doc.update(
+        state="error",
+        lock=PICAS_ERROR,
+        done=PICAS_ERROR,
+        output=code,
+        exit_code=code,
+        error=_error_record(code, message, None, now),
+        lease_expires=0,
+        not_before=0,
+        claim=None,
+    )
     for key in ("attempts", "scrub_count"):
         if key in doc and not (type(doc[key]) is int and doc[key] >= 0):
             doc[key] = 0
     doc["history"] = events
     _event(doc, now, "error", code=code)
-    was = {k: v for k, v in old.items()
-           if k == "quarantined" or type(doc[k]) is not type(v) or doc[k] != v}
+    was = {
+        k: v
+        for k, v in old.items()
+        if k == "quarantined" or type(doc[k]) is not type(v) or doc[k] != v
+    }
     if events != history:  # not a list, or entries that are no events
         was["history"] = history
     doc["quarantined"] = {"time": now, "was": was}
@@ -464,9 +534,21 @@ def expire(doc: dict[str, Any], now: float) -> None:
 def reset(doc: dict[str, Any], now: float) -> None:
     """A user's fresh start: like PiCaS's scrub, plus our retry bookkeeping."""
     doc["scrub_count"] = doc.get("scrub_count", 0) + 1
-    doc.update(state="todo", lock=0, done=0, output=0, exit_code="", attempts=0,
-               not_before=0, lease_expires=0, worker=None, error=None, stage_request=None,
-               claim=None, incarnation=new_incarnation())
+    doc.update(
+        state="todo",
+        lock=0,
+        done=0,
+        output=0,
+        exit_code="",
+        attempts=0,
+        not_before=0,
+        lease_expires=0,
+        worker=None,
+        error=None,
+        stage_request=None,
+        claim=None,
+        incarnation=new_incarnation(),
+    )
     doc.pop("stage_rounds", None)
     _event(doc, now, "reset")
 
@@ -478,11 +560,25 @@ def to_staging(doc: dict[str, Any], request: dict[str, Any], now: float) -> None
     """
     if doc.get("state") == "locked":
         doc["attempts"] = max(0, doc.get("attempts", 0) - 1)
-    doc.update(state="staging", lock=int(now), done=0, lease_expires=0, worker=None,
-               not_before=0, stage_request=dict(request), claim=None)
+    doc.update(
+        state="staging",
+        lock=int(now),
+        done=0,
+        lease_expires=0,
+        worker=None,
+        not_before=0,
+        stage_request=dict(request),
+        claim=None,
+    )
     doc["stage_rounds"] = doc.get("stage_rounds", 0) + 1
-    _event(doc, now, "staging", request=request.get("id"), method=request.get("method"),
-           files=request.get("files"))
+    _event(
+        doc,
+        now,
+        "staging",
+        request=request.get("id"),
+        method=request.get("method"),
+        files=request.get("files"),
+    )
 
 
 def staged(doc: dict[str, Any], now: float) -> None:
@@ -493,8 +589,9 @@ def staged(doc: dict[str, Any], now: float) -> None:
     _event(doc, now, "staged", request=request.get("id"))
 
 
-def staging_failed(doc: dict[str, Any], code: int, message: str, now: float, *,
-                   file: str | None = None) -> None:
+def staging_failed(
+    doc: dict[str, Any], code: int, message: str, now: float, *, file: str | None = None
+) -> None:
     """22 (recall failed, file missing on tape) or 23 (timeout): error until a reset."""
     fail(doc, code, message, now, file=file, transient=False)
 
@@ -514,8 +611,9 @@ def archived(doc: dict[str, Any], now: float) -> None:
     finish(doc, now, archived=now)
 
 
-def archive_failed(doc: dict[str, Any], code: int, message: str, now: float, *,
-                   file: str | None = None) -> None:
+def archive_failed(
+    doc: dict[str, Any], code: int, message: str, now: float, *, file: str | None = None
+) -> None:
     """50 (a file lost or refused by tape) or 51 (not on tape in time)."""
     fail(doc, code, message, now, file=file, transient=False)
 

@@ -13,6 +13,7 @@ shows up under a final name unverified.
 A destination already holding the manifest's content is skipped, so re-running
 a token after a crash only moves what is missing.
 """
+
 from __future__ import annotations
 
 import errno
@@ -52,8 +53,14 @@ def _few(names: list[str], limit: int = 5) -> str:
 
 
 class TransferTask:
-    def __init__(self, storage: Storage | None = None, *, verify: Verify = "source",
-                 mismatch_retries: int = 1, progress_every: float = 5.0) -> None:
+    def __init__(
+        self,
+        storage: Storage | None = None,
+        *,
+        verify: Verify = "source",
+        mismatch_retries: int = 1,
+        progress_every: float = 5.0,
+    ) -> None:
         if verify not in ("source", "destination"):
             raise ValueError(f"verify must be 'source' or 'destination', not {verify!r}")
         self.storage = storage or Storage()
@@ -86,10 +93,16 @@ class TransferTask:
                     try:
                         self.storage.check_contained(src, f["name"])
                     except NotContained as err:
-                        raise TaskError(err.code, str(err), file=f["name"],
-                                        transient=False) from None
-        ctx.log.info("%d file(s), %d bytes: %s -> %s", len(files),
-                     sum(f.get("size") or 0 for f in files), redact(src or "(urls)"), redact(dst))
+                        raise TaskError(
+                            err.code, str(err), file=f["name"], transient=False
+                        ) from None
+        ctx.log.info(
+            "%d file(s), %d bytes: %s -> %s",
+            len(files),
+            sum(f.get("size") or 0 for f in files),
+            redact(src or "(urls)"),
+            redact(dst),
+        )
         self._remove_stale_parts(token, files, dst, ctx)
         last_save = time.monotonic()
         moved = 0
@@ -111,8 +124,9 @@ class TransferTask:
             raise
         return {"files": files, "bytes_done": moved, "exit_code": 0}
 
-    def _remove_stale_parts(self, token: dict[str, Any], files: list[dict[str, Any]], dst: str,
-                            ctx: TaskContext) -> None:
+    def _remove_stale_parts(
+        self, token: dict[str, Any], files: list[dict[str, Any]], dst: str, ctx: TaskContext
+    ) -> None:
         """Delete temporary copies an earlier attempt left when its worker died mid-copy.
 
         A SIGKILLed worker (lost node, batch system hard kill) cannot clean up, and
@@ -135,8 +149,9 @@ class TransferTask:
                 names = self.storage.listdir(url)
             except StorageError as err:
                 if err.errno not in (errno.ENOENT, errno.ENOTDIR):
-                    ctx.log.warning("could not look for stale temporary copies in %s: %s",
-                                    redact(url), err)
+                    ctx.log.warning(
+                        "could not look for stale temporary copies in %s: %s", redact(url), err
+                    )
                 continue
             for name in names:
                 base, mark, tail = name.rpartition(PART_MARK)
@@ -147,8 +162,9 @@ class TransferTask:
                     except StorageError as err:
                         ctx.log.warning("could not remove stale %s: %s", name, err)
 
-    def _check_source(self, src: str, exposure: str, manifest: dict[str, Any],
-                      files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _check_source(
+        self, src: str, exposure: str, manifest: dict[str, Any], files: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """The source as it is now, against its manifest: 20, 31, 32, 33 or 34, or the file list.
 
         The walk is contained (docs/transfer.md, links at the source): a link that
@@ -161,44 +177,61 @@ class TransferTask:
             raise TaskError(err.code, str(err), file=err.path, transient=False) from None
         except StorageError as err:
             if err.code == Code.SOURCE_MISSING:
-                raise TaskError(Code.SOURCE_MISSING, f"exposure directory {redact(src)} not found",
-                                transient=False) from None
+                raise TaskError(
+                    Code.SOURCE_MISSING,
+                    f"exposure directory {redact(src)} not found",
+                    transient=False,
+                ) from None
             raise _task_error(err, exposure) from None
         algo = manifest.get("algo", "sha256")
         try:
             mname, expected, digest = read_manifest(self.storage, src, exposure, algo)
         except ManifestError as err:
-            raise TaskError(Code.MANIFEST_MISSING, str(err), file=manifest.get("name"),
-                            transient=False) from None
+            raise TaskError(
+                Code.MANIFEST_MISSING, str(err), file=manifest.get("name"), transient=False
+            ) from None
         except StorageError as err:
             raise _task_error(err, manifest.get("name", "manifest")) from None
         missing = sorted(n for n in expected if n not in present)
         if missing:
-            raise TaskError(Code.MISSING_AT_SOURCE, f"{len(missing)} file(s) listed in {mname} "
-                            f"not at the source: {_few(missing)}", file=missing[0], transient=False)
+            raise TaskError(
+                Code.MISSING_AT_SOURCE,
+                f"{len(missing)} file(s) listed in {mname} not at the source: {_few(missing)}",
+                file=missing[0],
+                transient=False,
+            )
         extra = sorted(n for n in present if n not in expected and n != mname)
         if extra:
-            raise TaskError(Code.NOT_IN_MANIFEST, f"{len(extra)} file(s) at the source not in "
-                            f"{mname}: {_few(extra)}", file=extra[0], transient=False)
+            raise TaskError(
+                Code.NOT_IN_MANIFEST,
+                f"{len(extra)} file(s) at the source not in {mname}: {_few(extra)}",
+                file=extra[0],
+                transient=False,
+            )
         before = {f["name"]: f for f in files}
         out = []
         for name in sorted(expected):
-            entry: dict[str, Any] = {"name": name, "size": present[name].size,
-                                     "checksums": {algo: expected[name]}}
+            entry: dict[str, Any] = {
+                "name": name,
+                "size": present[name].size,
+                "checksums": {algo: expected[name]},
+            }
             old = before.get(name, {})
             if old.get("checksums") == entry["checksums"] and "result" in old:
                 entry["result"] = old["result"]
             out.append(entry)
         # Same shape as the scan's entry (FileEntry dumps an empty ``checksums``), so
         # the next `tokens create` finds this token's work unchanged, not "different".
-        out.append({"name": mname, "size": present[mname].size, "checksums": {},
-                    "role": "manifest"})
+        out.append(
+            {"name": mname, "size": present[mname].size, "checksums": {}, "role": "manifest"}
+        )
         self._manifest = (mname, digest)
         return out
 
     # ------------------------------------------------------------------ file
-    def _one(self, f: dict[str, Any], src_base: str | None, dst_base: str,
-             ctx: TaskContext) -> dict[str, Any]:
+    def _one(
+        self, f: dict[str, Any], src_base: str | None, dst_base: str, ctx: TaskContext
+    ) -> dict[str, Any]:
         name = f["name"]
         src = f.get("url") or join(src_base or "", name)
         dst = join(dst_base, name)
@@ -207,32 +240,44 @@ class TransferTask:
             if self.storage.exists(dst):
                 same, detail = self._same_content(src, dst, f)
                 if same:
-                    ctx.log.info("%s: already at the destination with the same content; skipped",
-                                 name)
-                    return {"status": "skipped", "bytes": 0,
-                            "seconds": round(time.monotonic() - started, 3),
-                            **{k: v for k, v in f.get("checksums", {}).items()}}
+                    ctx.log.info(
+                        "%s: already at the destination with the same content; skipped", name
+                    )
+                    return {
+                        "status": "skipped",
+                        "bytes": 0,
+                        "seconds": round(time.monotonic() - started, 3),
+                        **{k: v for k, v in f.get("checksums", {}).items()},
+                    }
                 if not self._is_manifest(f):
-                    raise TaskError(Code.DEST_EXISTS_DIFFERENT, f"{name}: destination "
-                                    f"{redact(dst)} exists with different content ({detail})",
-                                    file=name, transient=False)
+                    raise TaskError(
+                        Code.DEST_EXISTS_DIFFERENT,
+                        f"{name}: destination "
+                        f"{redact(dst)} exists with different content ({detail})",
+                        file=name,
+                        transient=False,
+                    )
                 # The manifest goes last, so every file it lists is verified at the
                 # destination by now; the one there is an older manifest of this
                 # exposure (late files, then `tokens reset` of the done token).
                 # Refusing it (41) would leave no way to complete the catch-up.
-                ctx.log.info("%s: replacing the older manifest at the destination (%s)",
-                             name, detail)
+                ctx.log.info(
+                    "%s: replacing the older manifest at the destination (%s)", name, detail
+                )
             for attempt in range(self.mismatch_retries + 1):
                 try:
                     result = self._copy_verified(src, dst, f, ctx)
-                    ctx.log.info("%s: %d bytes in %.2f s, verified", name, result["bytes"],
-                                 result["seconds"])
+                    ctx.log.info(
+                        "%s: %d bytes in %.2f s, verified", name, result["bytes"], result["seconds"]
+                    )
                     return result
                 except _Mismatch as m:
                     if attempt < self.mismatch_retries:
                         ctx.log.warning("%s; copying again from scratch", m)
                         continue
-                    raise TaskError(Code.CHECKSUM_MISMATCH, str(m), file=name, transient=False) from None
+                    raise TaskError(
+                        Code.CHECKSUM_MISMATCH, str(m), file=name, transient=False
+                    ) from None
         except StorageError as err:
             raise _task_error(err, name) from None
         raise AssertionError("unreachable")
@@ -241,8 +286,9 @@ class TransferTask:
         """The manifest this task read and checked, never a file merely labelled so."""
         return self._manifest is not None and f["name"] == self._manifest[0]
 
-    def _copy_verified(self, src: str, dst: str, f: dict[str, Any],
-                       ctx: TaskContext) -> dict[str, Any]:
+    def _copy_verified(
+        self, src: str, dst: str, f: dict[str, Any], ctx: TaskContext
+    ) -> dict[str, Any]:
         """One read of the source feeds the copy and both checksums, then the
         destination is checked against the checksum of the very bytes sent."""
         name = f["name"]
@@ -265,39 +311,57 @@ class TransferTask:
             sent_sha, sent_adler = sha.hexdigest(), adler.hexdigest()
             if want_sha and sent_sha != want_sha:
                 if manifest:
-                    raise TaskError(Code.TRANSFER_FAILED, f"{name}: the manifest changed at the "
-                                    "source during the transfer; will retry", file=name,
-                                    transient=True)
-                raise _Mismatch(f"{name}: sha256 {sent_sha} of the bytes read from the source "
-                                f"does not match the manifest's {want_sha}")
+                    raise TaskError(
+                        Code.TRANSFER_FAILED,
+                        f"{name}: the manifest changed at the "
+                        "source during the transfer; will retry",
+                        file=name,
+                        transient=True,
+                    )
+                raise _Mismatch(
+                    f"{name}: sha256 {sent_sha} of the bytes read from the source "
+                    f"does not match the manifest's {want_sha}"
+                )
             if want_adler and sent_adler != want_adler:
-                raise _Mismatch(f"{name}: adler32 {sent_adler} of the bytes read from the source "
-                                f"does not match the expected {want_adler}")
+                raise _Mismatch(
+                    f"{name}: adler32 {sent_adler} of the bytes read from the source "
+                    f"does not match the expected {want_adler}"
+                )
             self._check_written(tmp, name, sent_sha, sent_adler, ctx)
             if not manifest and self.storage.exists(dst):
                 # Someone wrote the final name while we copied: never replace it blindly.
                 same, detail = self._same_content(src, dst, f)
                 if not same:
-                    raise TaskError(Code.DEST_EXISTS_DIFFERENT, f"{name}: destination "
-                                    f"{redact(dst)} appeared during the copy with different "
-                                    f"content ({detail})", file=name, transient=False)
+                    raise TaskError(
+                        Code.DEST_EXISTS_DIFFERENT,
+                        f"{name}: destination "
+                        f"{redact(dst)} appeared during the copy with different "
+                        f"content ({detail})",
+                        file=name,
+                        transient=False,
+                    )
                 self.storage.unlink(tmp, missing_ok=True)
             else:
                 self.storage.rename(tmp, dst)
         except BaseException:
             if not self.storage.discard(tmp):
-                ctx.log.warning("could not remove temporary %s now; the next attempt will",
-                                redact(tmp))
+                ctx.log.warning(
+                    "could not remove temporary %s now; the next attempt will", redact(tmp)
+                )
             raise
-        result: dict[str, Any] = {"status": "copied", "bytes": copied.bytes,
-                                  "seconds": round(time.monotonic() - started, 3)}
+        result: dict[str, Any] = {
+            "status": "copied",
+            "bytes": copied.bytes,
+            "seconds": round(time.monotonic() - started, 3),
+        }
         if not manifest:
             result["sha256"] = sent_sha
         result["adler32"] = sent_adler
         return result
 
-    def _check_written(self, tmp: str, name: str, sent_sha: str, sent_adler: str,
-                       ctx: TaskContext) -> None:
+    def _check_written(
+        self, tmp: str, name: str, sent_sha: str, sent_adler: str, ctx: TaskContext
+    ) -> None:
         """The destination holds the bytes sent: its ADLER32 (computed by the storage,
         server-side on XRootD) against ours, or, with ``verify: destination`` or where
         the storage computes none, the SHA-256 of the file read back."""
@@ -310,13 +374,17 @@ class TransferTask:
                 ctx.log.info("%s: %s; verifying by reading the destination", name, err)
             else:
                 if got != sent_adler:
-                    raise _Mismatch(f"{name}: adler32 {got} at the destination differs from "
-                                    f"{sent_adler} of the bytes sent")
+                    raise _Mismatch(
+                        f"{name}: adler32 {got} at the destination differs from "
+                        f"{sent_adler} of the bytes sent"
+                    )
                 return
         got = hash_chunks(self.storage.open_read(tmp, READ_CHUNK), "sha256")
         if got != sent_sha:
-            raise _Mismatch(f"{name}: sha256 {got} of the copy read back differs from "
-                            f"{sent_sha} of the bytes sent")
+            raise _Mismatch(
+                f"{name}: sha256 {got} of the copy read back differs from "
+                f"{sent_sha} of the bytes sent"
+            )
 
     def _same_content(self, src: str, dst: str, f: dict[str, Any]) -> tuple[bool, str]:
         """Whether ``dst`` already holds what the token expects, and if not, how it differs."""

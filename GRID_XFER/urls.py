@@ -16,6 +16,7 @@ the check can never accept a URL whose output would have to hide something.
 Redaction knows a secret by where it sits (userinfo) or by its parameter's name;
 a secret value runs to the next ``&``, ``;``, ``#`` or blank, as servers split it.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,17 @@ from pydantic import AfterValidator
 
 from GRID_XFER.errors import GridXferError, InvalidInput
 
-__all__ = ["PlainURL", "RedactingFormatter", "check_http_url", "check_plain_url",
-           "http_url_problem", "join", "redact", "secret_name", "url_problem"]
+__all__ = [
+    "PlainURL",
+    "RedactingFormatter",
+    "check_http_url",
+    "check_plain_url",
+    "http_url_problem",
+    "join",
+    "redact",
+    "secret_name",
+    "url_problem",
+]
 
 MASK = "***"
 
@@ -44,7 +54,9 @@ _PARAM = re.compile(r"[?&;#](?P<name>[^=&;#?\s]+)=")
 _VALUE_END = re.compile(r"[&;#\s]")
 _SECRET_NAME = re.compile(
     r"token|passw|pwd|^pass$|secret|auth|sig|credential|key|session|bearer|cert|proxy|"
-    r"macaroon|jwt", re.I)
+    r"macaroon|jwt",
+    re.I,
+)
 _BEARER = re.compile(r"(?i)\b(bearer\s+)\S+")
 
 
@@ -116,8 +128,10 @@ def url_problem(url: object) -> str | None:
     if not _SCHEME.match(url):
         return "must be a URL with a scheme (root://, file://, davs://, ...)"
     if redact(url) != url or _USERINFO.match(url):
-        return ("must not carry credentials (user:password@ or a secret parameter such as "
-                "access_token=); use the storage's own authentication (proxy, token file)")
+        return (
+            "must not carry credentials (user:password@ or a secret parameter such as "
+            "access_token=); use the storage's own authentication (proxy, token file)"
+        )
     return None
 
 
@@ -148,8 +162,7 @@ def http_url_problem(url: object, credentials_from: str) -> str | None:
     return None
 
 
-def check_plain_url(url: str, what: str,
-                    error: type[GridXferError] = InvalidInput) -> str:
+def check_plain_url(url: str, what: str, error: type[GridXferError] = InvalidInput) -> str:
     """``url`` if :func:`url_problem` finds nothing; else ``error`` naming ``what``.
 
     The message shows the URL redacted, never the credential it carried.
@@ -174,8 +187,9 @@ PlainURL = Annotated[str, AfterValidator(_valid_plain)]
 """A storage URL field of a pydantic model (config, templates, exposure entries)."""
 
 
-def check_http_url(url: str, what: str, credentials_from: str,
-                   error: type[GridXferError] = InvalidInput) -> str:
+def check_http_url(
+    url: str, what: str, credentials_from: str, error: type[GridXferError] = InvalidInput
+) -> str:
     """``url`` if :func:`http_url_problem` finds nothing; else ``error`` naming ``what``
     (without the URL: a refused service URL may hold anything)."""
     problem = http_url_problem(url, credentials_from)

@@ -9,6 +9,7 @@ codes) is stored as attachments of ``_design/gridxfer``, so CouchDB serves it at
 ``/<db>/_design/gridxfer/status.html``. An attachment is uploaded only when its
 content changed (compared by digest), and attachments survive view updates.
 """
+
 from __future__ import annotations
 
 import base64
@@ -35,9 +36,14 @@ _DIGESTS = "gridxfer_attachments"
 VALIDATE = "validate_doc_update.js"
 # The fields of a design document that install owns (views: only its own names).
 _OWNED = ("language", "validate_doc_update")
-_CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "application/javascript",
-                  ".css": "text/css", ".json": "application/json", ".png": "image/png",
-                  ".svg": "image/svg+xml"}
+_CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "application/javascript",
+    ".css": "text/css",
+    ".json": "application/json",
+    ".png": "image/png",
+    ".svg": "image/svg+xml",
+}
 
 
 def _strip_comments(source: str) -> str:
@@ -79,8 +85,10 @@ def status_files() -> dict[str, tuple[bytes, str]]:
         if f.is_file() and suffix in _CONTENT_TYPES and not f.name.startswith("."):
             files[f.name] = (f.read_bytes(), _CONTENT_TYPES[suffix])
     codes = {str(int(c)): {"name": c.name, "label": c.label} for c in Code}
-    files["codes.json"] = (json.dumps(codes, indent=1, sort_keys=True).encode(),
-                           _CONTENT_TYPES[".json"])
+    files["codes.json"] = (
+        json.dumps(codes, indent=1, sort_keys=True).encode(),
+        _CONTENT_TYPES[".json"],
+    )
     return files
 
 
@@ -88,8 +96,9 @@ def _md5(data: bytes) -> str:
     return "md5-" + base64.b64encode(hashlib.md5(data).digest()).decode()  # noqa: S324
 
 
-def _changed_files(current: dict[str, Any] | None,
-                   files: dict[str, tuple[bytes, str]]) -> list[str]:
+def _changed_files(
+    current: dict[str, Any] | None, files: dict[str, tuple[bytes, str]]
+) -> list[str]:
     """Names of the page files the stored design doc lacks or holds in another version.
 
     A stored attachment counts as current when the server's digest is the MD5
@@ -104,9 +113,14 @@ def _changed_files(current: dict[str, Any] | None,
         stub, want = stored.get(name), _md5(data)
         entry = recorded.get(name)
         mine: dict[str, Any] = entry if isinstance(entry, dict) else {}
-        same = stub is not None and stub.get("content_type") == ctype and (
-            stub.get("digest") == want
-            or (mine.get("md5") == want and mine.get("revpos") == stub.get("revpos")))
+        same = (
+            stub is not None
+            and stub.get("content_type") == ctype
+            and (
+                stub.get("digest") == want
+                or (mine.get("md5") == want and mine.get("revpos") == stub.get("revpos"))
+            )
+        )
         if not same:
             changed.append(name)
     return changed
@@ -138,16 +152,21 @@ def install(couch: Couch) -> dict[str, str]:
             current = couch.get_or_none(doc["_id"])
             changed = _changed_files(current, files)
             wanted = _wanted(current, doc)
-            if current is not None and not changed and all(
-                    current.get(k) == wanted.get(k) for k in ("views", *_OWNED)):
+            if (
+                current is not None
+                and not changed
+                and all(current.get(k) == wanted.get(k) for k in ("views", *_OWNED))
+            ):
                 outcome[name] = "unchanged"
                 break
             if changed:
                 attachments = dict(wanted.get("_attachments") or {})
                 for fname in changed:
                     data, ctype = files[fname]
-                    attachments[fname] = {"content_type": ctype,
-                                          "data": base64.b64encode(data).decode()}
+                    attachments[fname] = {
+                        "content_type": ctype,
+                        "data": base64.b64encode(data).decode(),
+                    }
                 wanted["_attachments"] = attachments
                 gen = int(current["_rev"].split("-")[0]) + 1 if current else 1
                 record = dict(wanted.get(_DIGESTS) or {})
@@ -175,8 +194,10 @@ def secure(couch: Couch, names: list[str], roles: list[str]) -> bool:
     members); admins stay as they are. True when it changed anything."""
     current = couch.request("GET", "_security").json() or {}
     members = current.get("members") or {}
-    wanted = {"names": sorted(set(members.get("names") or []) | set(names)),
-              "roles": sorted(set(members.get("roles") or []) | set(roles))}
+    wanted = {
+        "names": sorted(set(members.get("names") or []) | set(names)),
+        "roles": sorted(set(members.get("roles") or []) | set(roles)),
+    }
     if members.get("names", []) == wanted["names"] and members.get("roles", []) == wanted["roles"]:
         return False
     current["members"] = wanted

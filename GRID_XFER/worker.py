@@ -7,6 +7,7 @@ expire and be reaped. The first signal also ends any wait for the database: a
 worker riding out an outage stops at once (its token, if the database cannot
 take it back, is reaped once its lease runs out).
 """
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,14 @@ def batch_job_id(env: dict[str, str] | None = None) -> str | None:
     env = dict(os.environ) if env is None else env
     if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
         return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
-    for key in ("SLURM_JOB_ID", "GRIDXFER_JOB_ID", "CONDOR_JOB_ID", "DIRACJOBID",
-                "GLITE_WMS_JOBID", "PBS_JOBID"):
+    for key in (
+        "SLURM_JOB_ID",
+        "GRIDXFER_JOB_ID",
+        "CONDOR_JOB_ID",
+        "DIRACJOBID",
+        "GLITE_WMS_JOBID",
+        "PBS_JOBID",
+    ):
         if env.get(key):
             return env[key]
     return None
@@ -60,12 +67,22 @@ class WorkerReport:
 
 
 class Worker:
-    def __init__(self, pool: Pool, task: Task, *, night: str | None = None,
-                 max_tokens: int | None = None, max_time: float | None = None,
-                 idle_exit: bool = False, idle_sleep: float = 10.0,
-                 heartbeat: float = 60.0, reap_every: float = 60.0,
-                 staging: Staging | None = None, archive: Archive | None = None,
-                 poll_every: float = 60.0) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        task: Task,
+        *,
+        night: str | None = None,
+        max_tokens: int | None = None,
+        max_time: float | None = None,
+        idle_exit: bool = False,
+        idle_sleep: float = 10.0,
+        heartbeat: float = 60.0,
+        reap_every: float = 60.0,
+        staging: Staging | None = None,
+        archive: Archive | None = None,
+        poll_every: float = 60.0,
+    ) -> None:
         self.pool = pool
         self.task = task
         self.night = night
@@ -155,16 +172,23 @@ class Worker:
             lease = self.pool.claim(self.night)
             if lease is None:
                 waiting = self._tape and self.pool.waiting(self.night)
-                if self.idle_exit and not waiting and self.pool.couch.replicated \
-                        and self.pool.claimable_now(self.night):
+                if (
+                    self.idle_exit
+                    and not waiting
+                    and self.pool.couch.replicated
+                    and self.pool.claimable_now(self.night)
+                ):
                     continue  # the view lagged behind: claim what the quorum says is there
                 if self.idle_exit and not waiting:
-                    log.info("no claimable tokens%s; exiting",
-                             f" for night {self.night}" if self.night else "")
+                    log.info(
+                        "no claimable tokens%s; exiting",
+                        f" for night {self.night}" if self.night else "",
+                    )
                     break
                 # Tokens on their way back from tape: look again at the poll's pace.
-                self._stop.wait(min(self.idle_sleep, self.poll_every) if waiting
-                                else self.idle_sleep)
+                self._stop.wait(
+                    min(self.idle_sleep, self.poll_every) if waiting else self.idle_sleep
+                )
                 last_reap = 0.0  # idle is a good moment to look for lost workers
                 continue
             self._process(lease)
@@ -220,8 +244,12 @@ class Worker:
         beater.start()
         ctx = TaskContext(log=tlog, cancelled=self._cancelled, save_progress=lease.update)
         outcome: tuple[str, Any] = ("done", None)
-        tlog.info("worker %s claimed %s (attempt %s)", self.pool.worker["id"], lease.id,
-                  lease.doc.get("attempts"))
+        tlog.info(
+            "worker %s claimed %s (attempt %s)",
+            self.pool.worker["id"],
+            lease.id,
+            lease.doc.get("attempts"),
+        )
         try:
             request = self.staging.prepare(lease.doc, tlog) if self.staging is not None else None
             if request is not None:
@@ -236,8 +264,10 @@ class Worker:
             outcome = ("lost", str(exc))
         except Exception as exc:
             log.exception("unexpected error in task for %s", lease.id)
-            outcome = ("fail", TaskError(Code.UNEXPECTED, f"{type(exc).__name__}: {exc}",
-                                         transient=True))
+            outcome = (
+                "fail",
+                TaskError(Code.UNEXPECTED, f"{type(exc).__name__}: {exc}", transient=True),
+            )
         finally:
             beat_stop.set()
             beater.join()
@@ -257,8 +287,9 @@ class Worker:
                 lease.abandon()
                 return
             if text:
-                lease.attach(f"worker-{lease.doc.get('attempts', 0)}.log",
-                             text.encode()[-512 * 1024:])
+                lease.attach(
+                    f"worker-{lease.doc.get('attempts', 0)}.log", text.encode()[-512 * 1024 :]
+                )
             if kind == "staging":
                 lease.stage(value)
                 self.report.staging += 1
@@ -267,8 +298,11 @@ class Worker:
                 if self.staging is not None:
                     self.staging.release(lease.doc)
                 if self.archive is not None:
-                    lease.archive(self.archive.hold(self.pool.settings.lease),
-                                  **value, **self.archive.fields())
+                    lease.archive(
+                        self.archive.hold(self.pool.settings.lease),
+                        **value,
+                        **self.archive.fields(),
+                    )
                     self.report.archiving += 1
                     log.info("%s copied; waiting for the archive to tape", lease.id)
                 else:
@@ -283,9 +317,14 @@ class Worker:
                 err: TaskError = value
                 lease.fail(err.code, str(err), file=err.file, transient=err.transient)
                 self.report.failed += 1
-                log.warning("%s failed with %d %s: %s (%s)", lease.id, err.code,
-                            Code(err.code).name, err,
-                            "will retry" if lease.doc["state"] == "todo" else "final")
+                log.warning(
+                    "%s failed with %d %s: %s (%s)",
+                    lease.id,
+                    err.code,
+                    Code(err.code).name,
+                    err,
+                    "will retry" if lease.doc["state"] == "todo" else "final",
+                )
         except LeaseLost as exc:
             self.report.lost += 1
             log.error("%s; result dropped", exc)

@@ -14,6 +14,7 @@ A worker prints ``ready`` once it is connected, waits for a line on stdin (the
 start signal, so interpreter start-up is not timed), runs the loop, and writes
 a JSON result (claimed ids, request counts, its monotonic start/end) to RESULT.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,13 +32,13 @@ from picas.iterators import TaskViewIterator
 # The PiCaS standard Monitor views (as in picas's own examples), on type "task".
 MONITOR_VIEWS = {
     "todo": 'function(doc) { if (doc.type == "task" && doc.lock == 0 && doc.done == 0) '
-            '{ emit(doc._id, doc._id); } }',
+    "{ emit(doc._id, doc._id); } }",
     "locked": 'function(doc) { if (doc.type == "task" && doc.lock > 0 && doc.done == 0) '
-              '{ emit(doc._id, doc._id); } }',
+    "{ emit(doc._id, doc._id); } }",
     "done": 'function(doc) { if (doc.type == "task" && doc.lock > 0 && doc.done > 0 '
-            '&& !(doc.lock == 99 && doc.done == 99)) { emit(doc._id, doc._id); } }',
+    "&& !(doc.lock == 99 && doc.done == 99)) { emit(doc._id, doc._id); } }",
     "error": 'function(doc) { if (doc.type == "task" && doc.lock == 99 && doc.done == 99) '
-             '{ emit(doc._id, doc._id); } }',
+    "{ emit(doc._id, doc._id); } }",
 }
 
 # HTTP requests made by this process, by kind; installed before any request.
@@ -68,8 +69,13 @@ couchdb.http.Session.request = _counting_request
 
 def _client(url: str, db_name: str, create: bool = False) -> CouchDB:
     user = os.environ.get("PICAS_USER") or None
-    return CouchDB(url=url, db=db_name, username=user, password=os.environ.get("PICAS_PASSWORD", ""),
-                   create=create)
+    return CouchDB(
+        url=url,
+        db=db_name,
+        username=user,
+        password=os.environ.get("PICAS_PASSWORD", ""),
+        create=create,
+    )
 
 
 def setup(url: str, db_name: str, count: int, batch: int = 1000) -> None:
@@ -79,8 +85,10 @@ def setup(url: str, db_name: str, count: int, batch: int = 1000) -> None:
     ids = [f"bench_e{i:06d}" for i in range(count)]
     saved = 0
     for start in range(0, count, batch):
-        tasks = [Task({"_id": i, "input": {"exposure": i.split("_", 1)[1]}})
-                 for i in ids[start:start + batch]]
+        tasks = [
+            Task({"_id": i, "input": {"exposure": i.split("_", 1)[1]}})
+            for i in ids[start : start + batch]
+        ]
         saved += sum(db.save_documents(tasks))
     # Build the todo index now so that no worker pays for it inside the timing.
     list(db.view("todo", limit=1))
@@ -95,8 +103,8 @@ def work(url: str, db_name: str, result_path: str) -> None:
     sys.stdin.readline()
     t_start = time.monotonic()
     claimed: list[str] = []
-    gave_up = 0          # EnvironmentError "Unable to claim task." (10 conflicts in a row)
-    done_conflicts = 0   # the done-save lost to another worker's write (a double claim)
+    gave_up = 0  # EnvironmentError "Unable to claim task." (10 conflicts in a row)
+    done_conflicts = 0  # the done-save lost to another worker's write (a double claim)
     while True:
         try:
             # picas's standard loop, as in its examples and AbstractRunActor.run.
@@ -110,12 +118,21 @@ def work(url: str, db_name: str, result_path: str) -> None:
                     # more important"); the token was re-locked or finished by another.
                     done_conflicts += 1
             break  # StopIteration: the todo view is empty
-        except EnvironmentError:
+        except OSError:
             gave_up += 1  # too much contention: start the loop again
     t_end = time.monotonic()
     with open(result_path, "w") as f:
-        json.dump({"claimed": claimed, "gave_up": gave_up, "done_conflicts": done_conflicts,
-                   "requests": dict(REQUESTS), "t_start": t_start, "t_end": t_end}, f)
+        json.dump(
+            {
+                "claimed": claimed,
+                "gave_up": gave_up,
+                "done_conflicts": done_conflicts,
+                "requests": dict(REQUESTS),
+                "t_start": t_start,
+                "t_end": t_end,
+            },
+            f,
+        )
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,5 @@
 """Byte sizes for the benchmarks' options and reports (binary units)."""
+
 from __future__ import annotations
 
 import argparse

@@ -14,6 +14,7 @@ figures; it asserts nothing about timing. See bench/README.md.
 A benchmark, not a test: it exits non-zero only when it cannot run, or when a
 GRID_XFER token was claimed twice or did not end done (those are bugs).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,10 @@ try:
     from GRID_XFER.pool import Pool
     from GRID_XFER.server import EmbeddedServer
 except ImportError as exc:  # pragma: no cover - environment problem
-    sys.exit(f"claim.py: cannot import GRID_XFER ({exc}); run it with the project's "
-             "virtualenv: .venv/bin/python bench/claim.py (scripts/setup creates it)")
+    sys.exit(
+        f"claim.py: cannot import GRID_XFER ({exc}); run it with the project's "
+        "virtualenv: .venv/bin/python bench/claim.py (scripts/setup creates it)"
+    )
 
 
 def say(msg: str) -> None:
@@ -88,8 +91,17 @@ def _ours_worker(target_path: str, db: str, result_path: str) -> None:
         lease.done()
     t_end = time.monotonic()
     with open(result_path, "w") as f:
-        json.dump({"claimed": claimed, "requests": dict(requests), "worker": pool.worker["id"],
-                   "protocol": dict(pool.stats), "t_start": t_start, "t_end": t_end}, f)
+        json.dump(
+            {
+                "claimed": claimed,
+                "requests": dict(requests),
+                "worker": pool.worker["id"],
+                "protocol": dict(pool.stats),
+                "t_start": t_start,
+                "t_end": t_end,
+            },
+            f,
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -101,8 +113,9 @@ class Target:
     Handed to worker processes as a file (the password in a 0600 file beside it),
     never on a command line."""
 
-    def __init__(self, name: str, urls: list[str], user: str | None = None,
-                 password_file: str | None = None) -> None:
+    def __init__(
+        self, name: str, urls: list[str], user: str | None = None, password_file: str | None = None
+    ) -> None:
         self.name, self.urls, self.user, self.password_file = name, urls, user, password_file
 
     def config(self, db: str) -> CouchDBConfig:
@@ -130,8 +143,14 @@ class Servers:
 
     def start(self, kind: str) -> Target:
         if kind == "pouchdb":
-            server = EmbeddedServer(ServerConfig(host="127.0.0.1", port=free_port(),
-                                                 data_dir=self.tmp / "pouchdb", start_timeout=60))
+            server = EmbeddedServer(
+                ServerConfig(
+                    host="127.0.0.1",
+                    port=free_port(),
+                    data_dir=self.tmp / "pouchdb",
+                    start_timeout=60,
+                )
+            )
             state, _ = server.start()
             self.stops.append(server.stop)
             say(f"pouchdb-server pid {state.pid} on {server.url}")
@@ -140,22 +159,41 @@ class Servers:
         secret = self.tmp / f"{kind}.password"
         secret.write_text(password)
         secret.chmod(0o600)
-        env = {**os.environ, "GRIDXFER_RUN": str(self.tmp / "run"), "COUCHDB_USER": "admin",
-               "COUCHDB_PASSWORD": password}
+        env = {
+            **os.environ,
+            "GRIDXFER_RUN": str(self.tmp / "run"),
+            "COUCHDB_USER": "admin",
+            "COUCHDB_PASSWORD": password,
+        }
         name = f"bench{kind}{os.getpid()}"
         for _ in range(5):
             base = free_port_range(4)
-            out = subprocess.run([str(REPO / "scripts" / "couchdb"),
-                                  "start" if kind == "couchdb" else "cluster", name, str(base)],
-                                 capture_output=True, text=True, env=env, timeout=300)
+            out = subprocess.run(
+                [
+                    str(REPO / "scripts" / "couchdb"),
+                    "start" if kind == "couchdb" else "cluster",
+                    name,
+                    str(base),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=300,
+            )
             if out.returncode == 0:
                 break
             if out.returncode == 3:
                 sys.exit(f"claim.py: --server {kind}: {out.stderr.strip()}")
         else:
             sys.exit(f"claim.py: could not start {kind}: {out.stderr.strip()}")
-        self.stops.append(lambda: subprocess.run([str(REPO / "scripts" / "couchdb"), "stop", name],
-                                                 capture_output=True, env=env, timeout=300))
+        self.stops.append(
+            lambda: subprocess.run(
+                [str(REPO / "scripts" / "couchdb"), "stop", name],
+                capture_output=True,
+                env=env,
+                timeout=300,
+            )
+        )
         urls = [f"http://127.0.0.1:{base + i}" for i in range(1 if kind == "couchdb" else 3)]
         say(f"{kind}: Apache CouchDB 3 on {', '.join(urls)}")
         return Target(kind, urls, "admin", str(secret))
@@ -191,8 +229,10 @@ def free_port() -> int:
 
 
 def _python_facts(python: str) -> dict[str, str] | None:
-    code = ("import sys, importlib.metadata as m, picas, couchdb; "
-            "print(sys.prefix); print(m.version('picas'))")
+    code = (
+        "import sys, importlib.metadata as m, picas, couchdb; "
+        "print(sys.prefix); print(m.version('picas'))"
+    )
     try:
         out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
     except OSError:
@@ -224,28 +264,38 @@ def find_picas_python(explicit: str | None) -> tuple[str, str]:
                 sys.exit(f"claim.py: {python} cannot import picas")
             continue
         if os.path.realpath(facts["prefix"]) == ours:
-            sys.exit(f"claim.py: {python} is our own virtualenv; picas must stay in a "
-                     "separate one")
+            sys.exit(f"claim.py: {python} is our own virtualenv; picas must stay in a separate one")
         if facts["version"] != PICAS_VERSION:
             say(f"warning: {python} has picas {facts['version']}, not {PICAS_VERSION}")
         return python, facts["version"]
     base = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else shutil.which("python3")
     if not base:
         sys.exit("claim.py: no python3 to create the picas virtualenv with")
-    say(f"creating a picas virtualenv at {own} (python3 -m venv + pip install "
-        f"picas=={PICAS_VERSION})")
+    say(
+        f"creating a picas virtualenv at {own} (python3 -m venv + pip install "
+        f"picas=={PICAS_VERSION})"
+    )
     own.parent.mkdir(parents=True, exist_ok=True)
     subprocess.run([base, "-m", "venv", str(own)], check=True)
-    subprocess.run([str(own / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                    f"picas=={PICAS_VERSION}"], check=True)
+    subprocess.run(
+        [
+            str(own / "bin" / "pip"),
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            f"picas=={PICAS_VERSION}",
+        ],
+        check=True,
+    )
     facts = _python_facts(str(own / "bin" / "python"))
     if facts is None:
         sys.exit(f"claim.py: picas did not install into {own}")
     return str(own / "bin" / "python"), facts["version"]
 
 
-def run_workers(cmds: list[list[str]], workdir: Path, tag: str,
-                env: dict[str, str] | None = None) -> tuple[float, list[dict]]:
+def run_workers(
+    cmds: list[list[str]], workdir: Path, tag: str, env: dict[str, str] | None = None
+) -> tuple[float, list[dict]]:
     """Start the worker processes, wait until all are ready, release them together.
 
     Returns (wall seconds from the start signal to the last worker's end, results).
@@ -261,25 +311,36 @@ def run_workers(cmds: list[list[str]], workdir: Path, tag: str,
             paths.append(result)
             errs.append(err)
             with open(err, "w") as ef:
-                procs.append(subprocess.Popen(cmd + [str(result)], stdin=subprocess.PIPE,
-                                              stdout=subprocess.PIPE, stderr=ef, text=True,
-                                              cwd=REPO, env=env))
-        for p, err in zip(procs, errs):
+                procs.append(
+                    subprocess.Popen(
+                        cmd + [str(result)],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=ef,
+                        text=True,
+                        cwd=REPO,
+                        env=env,
+                    )
+                )
+        for p, err in zip(procs, errs, strict=False):
             line = p.stdout.readline() if p.stdout else ""
             if line.strip() != "ready":
-                raise RuntimeError(f"{tag}: a worker did not start: "
-                                   f"{err.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"{tag}: a worker did not start: {err.read_text(errors='replace')[-2000:]}"
+                )
         t0 = time.monotonic()
         for p in procs:
             assert p.stdin is not None
             p.stdin.write("go\n")
             p.stdin.flush()
         deadline = t0 + WORKER_TIMEOUT
-        for p, err in zip(procs, errs):
+        for p, err in zip(procs, errs, strict=False):
             rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
             if rc != 0:
-                raise RuntimeError(f"{tag}: worker pid {p.pid} exited {rc}: "
-                                   f"{err.read_text(errors='replace')[-2000:]}")
+                raise RuntimeError(
+                    f"{tag}: worker pid {p.pid} exited {rc}: "
+                    f"{err.read_text(errors='replace')[-2000:]}"
+                )
         results = [json.loads(path.read_text()) for path in paths]
     finally:
         for p in procs:  # only the processes we started, by their handle
@@ -324,8 +385,9 @@ def drop_db(couch: Couch) -> None:
 # ---------------------------------------------------------------------------
 # The measurements
 # ---------------------------------------------------------------------------
-def bench_ours(target: Target, n: int, k: int, workdir: Path, *,
-               validate: bool = True) -> dict[str, Any]:
+def bench_ours(
+    target: Target, n: int, k: int, workdir: Path, *, validate: bool = True
+) -> dict[str, Any]:
     db = f"ours_w{n}" + ("" if validate else "_unchecked")
     couch = Couch(target.config(db))
     couch.create_db()
@@ -343,39 +405,63 @@ def bench_ours(target: Target, n: int, k: int, workdir: Path, *,
     if len(report.created) != k:
         raise RuntimeError(f"ours: created {len(report.created)} of {k} tokens")
     couch.view(views.DDOC, "todo", limit=1)  # build the index outside the timing
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--ours-worker",
-           target.save(workdir / f"target-{target.name}.json"), db]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--ours-worker",
+        target.save(workdir / f"target-{target.name}.json"),
+        db,
+    ]
     wall, results = run_workers([cmd] * n, workdir, f"ours-{target.name}-w{n}-{validate}")
     doubles, total = double_claims(results)
     time.sleep(1 if couch.replicated else 0)  # let the copies agree before counting
     docs = all_docs(couch)
     not_done = [d["_id"] for d in docs if d.get("state") != "done"]
-    reclaimed = [d["_id"] for d in docs
-                 if sum(1 for h in d.get("history", []) if h.get("event") == "claimed") != 1]
+    reclaimed = [
+        d["_id"]
+        for d in docs
+        if sum(1 for h in d.get("history", []) if h.get("event") == "claimed") != 1
+    ]
     conflicted = [d["_id"] for d in docs if d.get("_conflicts")]
     protocol: Counter[str] = Counter()
     for r in results:
         protocol.update(r.get("protocol", {}))
     drop_db(couch)
-    return {"wall": wall, "rate": k / wall, "doubles": doubles, "claims": total,
-            "docs": len(docs), "not_done": not_done, "reclaimed_in_db": reclaimed,
-            "conflicted": conflicted, "protocol": dict(protocol),
-            "requests": sum_requests(results), "per_worker": [len(r["claimed"]) for r in results]}
+    return {
+        "wall": wall,
+        "rate": k / wall,
+        "doubles": doubles,
+        "claims": total,
+        "docs": len(docs),
+        "not_done": not_done,
+        "reclaimed_in_db": reclaimed,
+        "conflicted": conflicted,
+        "protocol": dict(protocol),
+        "requests": sum_requests(results),
+        "per_worker": [len(r["claimed"]) for r in results],
+    }
 
 
 def bench_picas(target: Target, n: int, k: int, workdir: Path, picas_python: str) -> dict[str, Any]:
     db = f"picas_w{n}"
     env = {**os.environ, "PICAS_USER": target.user or "", "PICAS_PASSWORD": target.password()}
-    out = subprocess.run([picas_python, str(PICAS_WORKER), "setup", target.urls[0], db, str(k)],
-                         capture_output=True, text=True, cwd=REPO, env=env)
+    out = subprocess.run(
+        [picas_python, str(PICAS_WORKER), "setup", target.urls[0], db, str(k)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"picas setup failed: {out.stderr[-2000:]}")
     saved = json.loads(out.stdout.strip().splitlines()[-1])["saved"]
     if saved != k:
         raise RuntimeError(f"picas: saved {saved} of {k} tasks")
     # PiCaS takes one URL: its workers are spread over the coordinators.
-    cmds = [[picas_python, str(PICAS_WORKER), "work", target.urls[i % len(target.urls)], db]
-            for i in range(n)]
+    cmds = [
+        [picas_python, str(PICAS_WORKER), "work", target.urls[i % len(target.urls)], db]
+        for i in range(n)
+    ]
     wall, results = run_workers(cmds, workdir, f"picas-{target.name}-w{n}", env=env)
     doubles, total = double_claims(results)
     couch = Couch(target.config(db))
@@ -386,12 +472,20 @@ def bench_picas(target: Target, n: int, k: int, workdir: Path, picas_python: str
     rewritten = [d["_id"] for d in docs if int(d["_rev"].split("-")[0]) > 3]
     conflicted = [d["_id"] for d in docs if d.get("_conflicts")]
     drop_db(couch)
-    return {"wall": wall, "rate": k / wall, "doubles": doubles, "claims": total,
-            "docs": len(docs), "not_done": not_done, "rewritten_in_db": rewritten,
-            "conflicted": conflicted,
-            "gave_up": sum(r["gave_up"] for r in results),
-            "done_conflicts": sum(r["done_conflicts"] for r in results),
-            "requests": sum_requests(results), "per_worker": [len(r["claimed"]) for r in results]}
+    return {
+        "wall": wall,
+        "rate": k / wall,
+        "doubles": doubles,
+        "claims": total,
+        "docs": len(docs),
+        "not_done": not_done,
+        "rewritten_in_db": rewritten,
+        "conflicted": conflicted,
+        "gave_up": sum(r["gave_up"] for r in results),
+        "done_conflicts": sum(r["done_conflicts"] for r in results),
+        "requests": sum_requests(results),
+        "per_worker": [len(r["claimed"]) for r in results],
+    }
 
 
 def bench_create(target: Target, count: int) -> dict[str, Any]:
@@ -438,25 +532,35 @@ def print_report(facts: str, k: int, runs: dict[str, list[Row]], create: dict | 
     print()
     print(facts)
     print()
-    print(f"Claim throughput: {k} no-op tokens per run, N worker processes, claim -> done "
-          "until empty; 'runs twice' = tokens two workers both went ahead with")
-    head = (f"{'server':>8} | {'N':>2} | {'ours tok/s':>10} | {'ours runs twice':>15} | "
-            f"{'no check tok/s':>14} | {'picas tok/s':>11} | {'picas runs twice':>16}")
+    print(
+        f"Claim throughput: {k} no-op tokens per run, N worker processes, claim -> done "
+        "until empty; 'runs twice' = tokens two workers both went ahead with"
+    )
+    head = (
+        f"{'server':>8} | {'N':>2} | {'ours tok/s':>10} | {'ours runs twice':>15} | "
+        f"{'no check tok/s':>14} | {'picas tok/s':>11} | {'picas runs twice':>16}"
+    )
     print(head)
     print("-" * len(head))
     for server, rows in runs.items():
         for n, o, u, p in rows:
             unchecked = f"{u['rate']:>14.1f}" if u else f"{'-':>14}"
-            print(f"{server:>8} | {n:>2} | {o['rate']:>10.1f} | {len(o['doubles']):>15} | "
-                  f"{unchecked} | {p['rate']:>11.1f} | {len(p['doubles']):>16}")
+            print(
+                f"{server:>8} | {n:>2} | {o['rate']:>10.1f} | {len(o['doubles']):>15} | "
+                f"{unchecked} | {p['rate']:>11.1f} | {len(p['doubles']):>16}"
+            )
     print()
-    print("Per claimed token (HTTP requests incl. the done-save; 409 = lost a race); "
-          "'no check' = ours without validate_doc_update:")
+    print(
+        "Per claimed token (HTTP requests incl. the done-save; 409 = lost a race); "
+        "'no check' = ours without validate_doc_update:"
+    )
     for server, rows in runs.items():
         for n, o, u, p in rows:
             extra = f"   no check {per_token(u['requests'], k)}" if u else ""
-            print(f"  {server} N={n}: ours {per_token(o['requests'], k)}{extra}   "
-                  f"picas {per_token(p['requests'], k)}")
+            print(
+                f"  {server} N={n}: ours {per_token(o['requests'], k)}{extra}   "
+                f"picas {per_token(p['requests'], k)}"
+            )
     print()
     print("Details:")
     for server, rows in runs.items():
@@ -464,46 +568,68 @@ def print_report(facts: str, k: int, runs: dict[str, list[Row]], create: dict | 
             for tag, r in (("ours", o), ("ours, no check", u)):
                 if r is None:
                     continue
-                print(f"  {server} N={n} {tag}: wall {r['wall']:.2f}s, {r['claims']} claims, "
-                      f"per worker {r['per_worker']}, tokens not done {len(r['not_done'])}/"
-                      f"{r['docs']}, conflicted left {len(r['conflicted'])}; "
-                      f"{breakdown(r['requests'])}"
-                      + (f"; claims {dict(sorted(r['protocol'].items()))}" if r["protocol"] else ""))
+                print(
+                    f"  {server} N={n} {tag}: wall {r['wall']:.2f}s, {r['claims']} claims, "
+                    f"per worker {r['per_worker']}, tokens not done {len(r['not_done'])}/"
+                    f"{r['docs']}, conflicted left {len(r['conflicted'])}; "
+                    f"{breakdown(r['requests'])}"
+                    + (f"; claims {dict(sorted(r['protocol'].items()))}" if r["protocol"] else "")
+                )
                 if r["doubles"]:
                     print(f"  {server} N={n} OURS RAN TWICE: {r['doubles'][:20]}")
-            print(f"  {server} N={n} picas: wall {p['wall']:.2f}s, {p['claims']} claims, per "
-                  f"worker {p['per_worker']}, tasks not done {len(p['not_done'])}/{p['docs']}, "
-                  f"rev > 3 (locked again) {len(p['rewritten_in_db'])}, conflicted left "
-                  f"{len(p['conflicted'])}, 'Unable to claim task' {p['gave_up']}, done-save 409 "
-                  f"{p['done_conflicts']}; {breakdown(p['requests'])}")
+            print(
+                f"  {server} N={n} picas: wall {p['wall']:.2f}s, {p['claims']} claims, per "
+                f"worker {p['per_worker']}, tasks not done {len(p['not_done'])}/{p['docs']}, "
+                f"rev > 3 (locked again) {len(p['rewritten_in_db'])}, conflicted left "
+                f"{len(p['conflicted'])}, 'Unable to claim task' {p['gave_up']}, done-save 409 "
+                f"{p['done_conflicts']}; {breakdown(p['requests'])}"
+            )
             if p["doubles"]:
                 print(f"  {server} N={n} picas double-claimed ids (first 10): {p['doubles'][:10]}")
     if create:
         c = create["count"]
         print()
         print(f"Token creation: {c} tokens on a fresh database ({create['server']})")
-        print(f"  bulk (Pool.create, _bulk_docs in batches) {create['bulk_s']:8.2f} s "
-              f"{c / create['bulk_s']:9.1f} docs/s")
-        print(f"  one PUT per document (Couch.put)          {create['put_s']:8.2f} s "
-              f"{c / create['put_s']:9.1f} docs/s")
+        print(
+            f"  bulk (Pool.create, _bulk_docs in batches) {create['bulk_s']:8.2f} s "
+            f"{c / create['bulk_s']:9.1f} docs/s"
+        )
+        print(
+            f"  one PUT per document (Couch.put)          {create['put_s']:8.2f} s "
+            f"{c / create['put_s']:9.1f} docs/s"
+        )
         print(f"  speed-up {create['put_s'] / create['bulk_s']:.1f}x  (stored: {create['stored']})")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="Claim throughput (GRID_XFER vs PiCaS 1.1.2) "
-                                 "and token creation, on pouchdb-server and Apache CouchDB 3.")
-    ap.add_argument("--server", default="pouchdb",
-                    help="comma-separated: pouchdb (embedded), couchdb (CouchDB 3, one node), "
-                    "cluster (CouchDB 3, three nodes); side by side in one run (default pouchdb)")
+    ap = argparse.ArgumentParser(
+        description="Claim throughput (GRID_XFER vs PiCaS 1.1.2) "
+        "and token creation, on pouchdb-server and Apache CouchDB 3."
+    )
+    ap.add_argument(
+        "--server",
+        default="pouchdb",
+        help="comma-separated: pouchdb (embedded), couchdb (CouchDB 3, one node), "
+        "cluster (CouchDB 3, three nodes); side by side in one run (default pouchdb)",
+    )
     ap.add_argument("--tokens", type=int, help="tokens per claim run (default 5000)")
     ap.add_argument("--workers", help="comma-separated worker counts (default 1,2,4,8)")
-    ap.add_argument("--create-tokens", type=int,
-                    help="tokens for the creation benchmark (default 10000; 0 skips it)")
-    ap.add_argument("--picas-python", help="python of a separate virtualenv holding picas "
-                    "(default: $PICAS_PYTHON, /tmp/boot/picasvenv/bin/python, or one created "
-                    "under .gridxfer/bench/picas-venv)")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 300 tokens, workers 1,2, 1000 created tokens")
+    ap.add_argument(
+        "--create-tokens",
+        type=int,
+        help="tokens for the creation benchmark (default 10000; 0 skips it)",
+    )
+    ap.add_argument(
+        "--picas-python",
+        help="python of a separate virtualenv holding picas "
+        "(default: $PICAS_PYTHON, /tmp/boot/picasvenv/bin/python, or one created "
+        "under .gridxfer/bench/picas-venv)",
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 300 tokens, workers 1,2, 1000 created tokens",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = ap.parse_args(argv)
     quick = {"tokens": 300, "workers": "1,2", "create_tokens": 1000}
@@ -535,9 +661,11 @@ def main(argv: list[str]) -> int:
     create = None
     critical = False
     try:
-        facts = (f"machine: nproc {os.cpu_count()}, python {platform.python_version()} "
-                 f"({platform.system()} {platform.release()}), picas {picas_version} "
-                 f"({picas_python})")
+        facts = (
+            f"machine: nproc {os.cpu_count()}, python {platform.python_version()} "
+            f"({platform.system()} {platform.release()}), picas {picas_version} "
+            f"({picas_python})"
+        )
         workdir = tmp / "results"
         workdir.mkdir()
         for kind in args.servers:
@@ -548,10 +676,15 @@ def main(argv: list[str]) -> int:
             for n in args.worker_counts:
                 say(f"{kind} N={n}: ours ({args.tokens} tokens) ...")
                 o = bench_ours(target, n, args.tokens, workdir)
-                u = bench_ours(target, n, args.tokens, workdir, validate=False) \
-                    if kind != "pouchdb" else None
-                say(f"{kind} N={n}: ours {o['rate']:.1f} tok/s, ran twice {len(o['doubles'])}; "
-                    "picas ...")
+                u = (
+                    bench_ours(target, n, args.tokens, workdir, validate=False)
+                    if kind != "pouchdb"
+                    else None
+                )
+                say(
+                    f"{kind} N={n}: ours {o['rate']:.1f} tok/s, ran twice {len(o['doubles'])}; "
+                    "picas ..."
+                )
                 p = bench_picas(target, n, args.tokens, workdir, picas_python)
                 say(f"{kind} N={n}: picas {p['rate']:.1f} tok/s, ran twice {len(p['doubles'])}")
                 rows.append((n, o, u, p))

@@ -21,9 +21,11 @@ local endpoint as it is (no network latency: both are bound by gfal2's CPU cost
 per call, ~0.3 ms, on however many cores there are), and with 2 ms added to
 every stat by the testbed's stat plugin (GRIDXFER_TAPE_STAT_LATENCY_US), like a
 storage across a network, where the one-at-a-time loop waits for each answer.
-It stops the endpoint by its recorded PID at the end. It is a benchmark, not a test: it asserts nothing about timing.
+It stops the endpoint by its recorded PID at the end. It is a benchmark, not a test:
+it asserts nothing about timing.
 Progress goes to stderr, the report (JSON) to stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,14 +95,22 @@ def measure(files: int, rounds: int, threads: int, latency_ms: float) -> dict[st
     base = Path(tempfile.mkdtemp(prefix="gx-bench-tape-"))
     base.chmod(0o755)
     name = f"bench{os.getpid()}"
-    env = {**os.environ, "GRIDXFER_RUN": str(base / "run"), "GRIDXFER_XROOTD_LIFETIME": "30m",
-           "GRIDXFER_TAPE_STAT_LATENCY_US": str(int(latency_ms * 1000))}
+    env = {
+        **os.environ,
+        "GRIDXFER_RUN": str(base / "run"),
+        "GRIDXFER_XROOTD_LIFETIME": "30m",
+        "GRIDXFER_TAPE_STAT_LATENCY_US": str(int(latency_ms * 1000)),
+    }
     started = False
     try:
         port = free_port()
-        run = subprocess.run([str(SCRIPT), "start", name, str(port), str(base / "disk"),
-                              str(base / "mss")], env=env, capture_output=True, text=True,
-                             timeout=90)
+        run = subprocess.run(
+            [str(SCRIPT), "start", name, str(port), str(base / "disk"), str(base / "mss")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
         if run.returncode != 0:
             say(f"could not start the tape endpoint: {run.stderr.strip()}")
             return None
@@ -125,10 +135,13 @@ def measure(files: int, rounds: int, threads: int, latency_ms: float) -> dict[st
                 say(f"states differ at {urls[diff]}: {a[diff]} vs {b[diff]}")
                 return None
             say(f"round {r + 1}: one at a time {theirs[-1]:.2f} s, state-all {ours[-1]:.2f} s")
-        return {"latency_ms": latency_ms, "states": {s: b.count(s) for s in sorted(set(b))},
-                "one_at_a_time_s": round(statistics.median(theirs), 3),
-                "state_all_s": round(statistics.median(ours), 3),
-                "speedup": round(statistics.median(theirs) / statistics.median(ours), 1)}
+        return {
+            "latency_ms": latency_ms,
+            "states": {s: b.count(s) for s in sorted(set(b))},
+            "one_at_a_time_s": round(statistics.median(theirs), 3),
+            "state_all_s": round(statistics.median(ours), 3),
+            "speedup": round(statistics.median(theirs) / statistics.median(ours), 1),
+        }
     finally:
         if started:
             subprocess.run([str(SCRIPT), "stop", name], env=env, capture_output=True, timeout=60)
@@ -140,9 +153,12 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=16)
-    ap.add_argument("--latency-ms", default="0,2",
-                    help="Comma-separated per-stat latencies to emulate (0: the local endpoint "
-                    "as it is; 2: a nearby remote storage).")
+    ap.add_argument(
+        "--latency-ms",
+        default="0,2",
+        help="Comma-separated per-stat latencies to emulate (0: the local endpoint "
+        "as it is; 2: a nearby remote storage).",
+    )
     args = ap.parse_args()
     results = []
     for latency in [float(x) for x in args.latency_ms.split(",")]:
@@ -150,9 +166,19 @@ def main() -> int:
         if result is None:
             return 1
         results.append(result)
-    print(json.dumps({"files": args.files, "rounds": args.rounds, "threads": args.threads,
-                      "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
-                      "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "files": args.files,
+                "rounds": args.rounds,
+                "threads": args.threads,
+                "cpus": os.cpu_count(),
+                "load_average": os.getloadavg()[0],
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

@@ -15,6 +15,7 @@ indexes every token) and times the CLI as a user runs it, in a fresh process:
 not a test: it asserts nothing about timing. Progress goes to stderr, the
 report (JSON) to stdout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,12 @@ from GRID_XFER.couch import Couch, chunked  # noqa: E402
 from GRID_XFER.server import EmbeddedServer  # noqa: E402
 
 DB = "statusbench"
-CODES = [(20, "source missing: {f}"), (21, "transfer failed: connection reset ({f})"),
-         (30, "checksum mismatch: {f} adler32 expected 0a1b2c3d, got 99887766"),
-         (32, "listed in manifest, not at source: {f}")]
+CODES = [
+    (20, "source missing: {f}"),
+    (21, "transfer failed: connection reset ({f})"),
+    (30, "checksum mismatch: {f} adler32 expected 0a1b2c3d, got 99887766"),
+    (32, "listed in manifest, not at source: {f}"),
+]
 
 
 def say(msg: str) -> None:
@@ -49,17 +53,25 @@ def say(msg: str) -> None:
 
 def make_docs(tokens: int, nights: int, now: float, rng: random.Random):  # noqa: ANN201
     per = max(1, tokens // nights)
-    workers = [{"host": f"wn{i:02d}", "pid": 1000 + i, "job_id": f"{5000 + i}",
-                "id": f"wn{i:02d}:{1000 + i}:bench"} for i in range(8)]
+    workers = [
+        {
+            "host": f"wn{i:02d}",
+            "pid": 1000 + i,
+            "job_id": f"{5000 + i}",
+            "id": f"wn{i:02d}:{1000 + i}:bench",
+        }
+        for i in range(8)
+    ]
     made = 0
     for n in range(nights):
         night = f"2026{(n // 28) + 1:02d}{(n % 28) + 1:02d}"
         recent = n >= nights - 3  # the last three nights are in progress
         count = per if n < nights - 1 else tokens - made
         for e in range(count):
-            spec = tk.ExposureSpec(exposure=f"{e:08d}",
-                                   files=[tk.FileEntry(name=f"raw-{e:08d}.fits.fz",
-                                                       size=rng.randint(5, 40) << 20)])
+            spec = tk.ExposureSpec(
+                exposure=f"{e:08d}",
+                files=[tk.FileEntry(name=f"raw-{e:08d}.fits.fz", size=rng.randint(5, 40) << 20)],
+            )
             doc = tk.new_token(night, spec, now=now - 86400)
             roll = rng.random()
             w = rng.choice(workers)
@@ -100,8 +112,11 @@ def timed(cmd: list[str], env: dict[str, str], runs: int) -> dict[str, float]:
         times.append(time.monotonic() - t0)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr}")
-    return {"min_s": round(min(times), 3), "median_s": round(statistics.median(times), 3),
-            "max_s": round(max(times), 3)}
+    return {
+        "min_s": round(min(times), 3),
+        "median_s": round(statistics.median(times), 3),
+        "max_s": round(max(times), 3),
+    }
 
 
 def main() -> None:
@@ -118,6 +133,7 @@ def main() -> None:
         tmp = Path(tempfile.mkdtemp(prefix="gridxfer-status-bench-"))
         args.data = tmp / "data"
     import socket
+
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -143,10 +159,16 @@ def main() -> None:
         cfg.write_text(f"couchdb: {{url: '{srv.url}', db: {DB}, timeout: 300}}\n")
         env = {"GRIDXFER_CONFIG": str(cfg), "PATH": "/usr/bin:/bin", "COLUMNS": "160"}
         gx = [sys.executable, "-m", "GRID_XFER.cli", "-q"]
-        night = json.loads(subprocess.run(gx + ["status", "--json"], capture_output=True,
-                                          text=True, env=env, check=True).stdout)["nights"][-1]
-        report["night_checked"] = {"night": night["night"], "states": night["states"],
-                                   "errors": night["errors"]}
+        night = json.loads(
+            subprocess.run(
+                gx + ["status", "--json"], capture_output=True, text=True, env=env, check=True
+            ).stdout
+        )["nights"][-1]
+        report["night_checked"] = {
+            "night": night["night"],
+            "states": night["states"],
+            "errors": night["errors"],
+        }
         report["cli"] = {
             "status": timed(gx + ["status"], env, args.runs),
             "status --json": timed(gx + ["status", "--json"], env, args.runs),
@@ -154,6 +176,7 @@ def main() -> None:
             "--version (python start-up)": timed(gx + ["--version"], env, args.runs),
         }
         from GRID_XFER import status
+
         times = []
         for _ in range(args.runs):
             t0 = time.monotonic()

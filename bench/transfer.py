@@ -30,6 +30,7 @@ MB/s is 10^6 bytes (data files and manifests) per second of wall time. Every
 run's destination is checked against the manifests (sizes and SHA-256) before
 it counts. It prints figures; it asserts nothing about timing. See bench/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,9 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sizes import human, parse_size  # noqa: E402
 from typing import Any
+
+from _sizes import human, parse_size  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NIGHT = "20261127"
@@ -68,8 +70,10 @@ try:
     from GRID_XFER.couch import Couch
     from GRID_XFER.server import EmbeddedServer
 except ImportError as exc:  # pragma: no cover - environment problem
-    sys.exit(f"transfer.py: cannot import GRID_XFER ({exc}); run it with the project's "
-             "virtualenv: .venv/bin/python bench/transfer.py (scripts/setup creates it)")
+    sys.exit(
+        f"transfer.py: cannot import GRID_XFER ({exc}); run it with the project's "
+        "virtualenv: .venv/bin/python bench/transfer.py (scripts/setup creates it)"
+    )
 
 # --methods name -> label in the report
 METHODS: dict[str, str] = {
@@ -111,14 +115,19 @@ def _child(mode: str, n: int, source: str, dest: str) -> None:
         def work(token: dict[str, Any]) -> None:
             ctx = TaskContext(log=log, cancelled=threading.Event(), save_progress=None)
             TransferTask(Storage()).run(token, ctx)  # one Storage per thread, as per worker
+
         items: list[Any] = tokens
     elif mode in ("gfal2", "gfal2-adler"):
         checksum = ("ADLER32", "") if mode == "gfal2-adler" else None
 
         def work(item: tuple[str, str]) -> None:
             storage.copy(item[0], item[1], checksum=checksum, create_parents=True)
-        items = [(join(s.source or "", f.name), join(s.destination or "", f.name))
-                 for s in specs for f in s.files]
+
+        items = [
+            (join(s.source or "", f.name), join(s.destination or "", f.name))
+            for s in specs
+            for f in s.files
+        ]
     else:
         raise SystemExit(f"unknown child mode {mode}")
 
@@ -140,8 +149,18 @@ def _child(mode: str, n: int, source: str, dest: str) -> None:
     seconds = time.monotonic() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "items": len(items), "errors": errors,
-                      "slowest": sorted(durations, reverse=True)[:3]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu": cpu,
+                "items": len(items),
+                "errors": errors,
+                "slowest": sorted(durations, reverse=True)[:3],
+            }
+        ),
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -229,10 +248,18 @@ class Bench:
             if p in self.procs:
                 self.procs.remove(p)
 
-    def run(self, cmd: list[str], *, env: dict[str, str] | None = None,
-            timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess[str]:
-        p = self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                       stdin=subprocess.DEVNULL, env=env, cwd=REPO)
+    def run(
+        self, cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = RUN_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        p = self.popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=REPO,
+        )
         try:
             out, err = p.communicate(timeout=timeout)
         finally:
@@ -264,17 +291,27 @@ class Bench:
 
     def start_servers(self) -> tuple[str, str]:
         port = free_port()
-        self.server = EmbeddedServer(ServerConfig(host="127.0.0.1", port=port,
-                                                  data_dir=self.tmp / "couchdb",
-                                                  start_timeout=60))
+        self.server = EmbeddedServer(
+            ServerConfig(
+                host="127.0.0.1", port=port, data_dir=self.tmp / "couchdb", start_timeout=60
+            )
+        )
         state, _ = self.server.start()
         say(f"pouchdb-server pid {state.pid} on {self.server.url}, data in {self.tmp / 'couchdb'}")
         self.xrd_port = free_port()
         self.xrd_data.mkdir(mode=0o755)
         self.xrd_started = True  # from here on, `stop` is always attempted
-        out = self.run([str(REPO / "scripts" / "xrootd"), "start", self.xrd_name,
-                        str(self.xrd_port), str(self.xrd_data)], env=self.xrootd_env(),
-                       timeout=120)
+        out = self.run(
+            [
+                str(REPO / "scripts" / "xrootd"),
+                "start",
+                self.xrd_name,
+                str(self.xrd_port),
+                str(self.xrd_data),
+            ],
+            env=self.xrootd_env(),
+            timeout=120,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"scripts/xrootd start failed: {out.stderr.strip()[-2000:]}")
         say(out.stdout.strip())
@@ -285,7 +322,8 @@ class Bench:
             f'server: {{port: {port}, data_dir: "{self.tmp / "couchdb"}"}}\n'
             "worker: {idle_sleep: 1, lease_seconds: 300}\n"
             f'source: "file://{self.source}"\n'
-            f'destination: "{self.xrd_url("unused")}"\n')
+            f'destination: "{self.xrd_url("unused")}"\n'
+        )
         info = Couch(CouchDBConfig(url=self.server.url, db="unused")).server_info()
         xv = subprocess.run(["xrootd", "-v"], capture_output=True, text=True)
         return str(info.get("version", "?")), (xv.stdout or xv.stderr).strip()
@@ -333,8 +371,12 @@ class Bench:
                 p.kill()
                 p.wait()
         if self.xrd_started:
-            out = subprocess.run([str(REPO / "scripts" / "xrootd"), "stop", self.xrd_name],
-                                 capture_output=True, text=True, env=self.xrootd_env())
+            out = subprocess.run(
+                [str(REPO / "scripts" / "xrootd"), "stop", self.xrd_name],
+                capture_output=True,
+                text=True,
+                env=self.xrootd_env(),
+            )
             say((out.stdout or out.stderr).strip())
         if self.server is not None:
             self.server.stop()
@@ -389,8 +431,11 @@ class Bench:
             durations.append((time.monotonic() - t, cmd[-1].rsplit("/", 1)[-1]))
             self.waits.extend(xrd_waits(out.stderr or ""))
             if out.returncode != 0:
-                errors.append(f"{' '.join(cmd[:2])}... exited {out.returncode}: "
-                              f"{(out.stderr or out.stdout).strip()[-300:]}")
+                errors.append(
+                    f"{' '.join(cmd[:2])}... exited {out.returncode}: "
+                    f"{(out.stderr or out.stdout).strip()[-300:]}"
+                )
+
         ex = ThreadPoolExecutor(max_workers=n)
         try:
             list(ex.map(one, cmds))
@@ -403,14 +448,20 @@ class Bench:
         # sending it and compares it with the server's for the written file (kXR_Qcksum).
         # `adler32:source` would only compute the source's and verify nothing.
         base = ["xrdcp", "--nopbar", "--silent"] + (["--cksum", "adler32"] if cksum else [])
-        cmds = [base + [str(self.source / rel), f"{self.xrd_url(label)}/{rel}"]
-                for rel, _, _ in self.files]
+        cmds = [
+            base + [str(self.source / rel), f"{self.xrd_url(label)}/{rel}"]
+            for rel, _, _ in self.files
+        ]
         cpu0 = self.cpu()
         t0 = time.monotonic()
         errors, slowest = self.pool_map(n, cmds)
-        return {"seconds": time.monotonic() - t0, "errors": errors,
-                "root": self.xrd_data / label, "cpu": cpu_delta(cpu0, self.cpu()),
-                "slowest": slowest}
+        return {
+            "seconds": time.monotonic() - t0,
+            "errors": errors,
+            "root": self.xrd_data / label,
+            "cpu": cpu_delta(cpu0, self.cpu()),
+            "slowest": slowest,
+        }
 
     def run_cp(self, n: int, label: str) -> dict[str, Any]:
         root = self.local_dest / label
@@ -420,29 +471,55 @@ class Bench:
         cpu0 = self.cpu()
         t0 = time.monotonic()
         errors, slowest = self.pool_map(n, cmds)
-        return {"seconds": time.monotonic() - t0, "errors": errors, "root": root,
-                "cpu": cpu_delta(cpu0, self.cpu()), "slowest": slowest}
+        return {
+            "seconds": time.monotonic() - t0,
+            "errors": errors,
+            "root": root,
+            "cpu": cpu_delta(cpu0, self.cpu()),
+            "slowest": slowest,
+        }
 
     def run_child(self, mode: str, n: int, label: str) -> dict[str, Any]:
         cpu0 = self.cpu()
-        out = self.run([sys.executable, str(Path(__file__).resolve()), "--child", mode, str(n),
-                        f"file://{self.source}", self.xrd_url(label)], env=self.client_env())
+        out = self.run(
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--child",
+                mode,
+                str(n),
+                f"file://{self.source}",
+                self.xrd_url(label),
+            ],
+            env=self.client_env(),
+        )
         self.waits.extend(xrd_waits(out.stderr or ""))
         if out.returncode != 0:
             raise RuntimeError(f"{mode} child exited {out.returncode}: {out.stderr[-2000:]}")
         r = json.loads(out.stdout.strip().splitlines()[-1])
         cpu = cpu_delta(cpu0, self.cpu())
         cpu["client"] = r["cpu"]  # the child's own, around its timed part (no start-up)
-        return {"seconds": r["seconds"], "errors": r["errors"], "root": self.xrd_data / label,
-                "cpu": cpu, "slowest": [tuple(x) for x in r["slowest"]],
-                "slowest_unit": "token" if mode == "task" else "file"}
+        return {
+            "seconds": r["seconds"],
+            "errors": r["errors"],
+            "root": self.xrd_data / label,
+            "cpu": cpu,
+            "slowest": [tuple(x) for x in r["slowest"]],
+            "slowest_unit": "token" if mode == "task" else "file",
+        }
 
-    def run_ours(self, n: int, label: str, night: str = NIGHT,
-                 exposures: int | None = None) -> dict[str, Any]:
+    def run_ours(
+        self, n: int, label: str, night: str = NIGHT, exposures: int | None = None
+    ) -> dict[str, Any]:
         assert self.server is not None
         db = label.replace(".", "_")
-        env = self.client_env({"GRIDXFER_CONFIG": str(self.config), "GRIDXFER_COUCHDB_DB": db,
-                               "GRIDXFER_DESTINATION": self.xrd_url(label)})
+        env = self.client_env(
+            {
+                "GRIDXFER_CONFIG": str(self.config),
+                "GRIDXFER_COUCHDB_DB": db,
+                "GRIDXFER_DESTINATION": self.xrd_url(label),
+            }
+        )
         out = self.run(self.gridxfer + ["-q", "init"], env=env)
         if out.returncode != 0:
             raise RuntimeError(f"gridxfer init failed: {out.stderr[-2000:]}")
@@ -463,13 +540,17 @@ class Bench:
             for i in range(n):
                 o, e = work / f"worker-{i}.json", work / f"worker-{i}.stderr"
                 with open(o, "w") as of, open(e, "w") as ef:
-                    p = self.popen(self.gridxfer + ["-q", "worker", "--night", night,
-                                                    "--idle-exit", "--json"],
-                                   stdout=of, stderr=ef, stdin=subprocess.DEVNULL, env=env,
-                                   cwd=REPO)
+                    p = self.popen(
+                        self.gridxfer + ["-q", "worker", "--night", night, "--idle-exit", "--json"],
+                        stdout=of,
+                        stderr=ef,
+                        stdin=subprocess.DEVNULL,
+                        env=env,
+                        cwd=REPO,
+                    )
                 procs.append((p, o, e))
             deadline = t0 + RUN_TIMEOUT
-            for p, o, e in procs:
+            for p, _o, e in procs:
                 rc = p.wait(timeout=max(1.0, deadline - time.monotonic()))
                 if rc != 0:
                     raise RuntimeError(f"worker pid {p.pid} exited {rc}: {tail(e)}")
@@ -486,10 +567,14 @@ class Bench:
         for _, _, e in procs:
             self.waits.extend(xrd_waits(e.read_text(errors="replace")))
         couch = Couch(CouchDBConfig(url=self.server.url, db=db))
-        docs = [r["doc"] for r in couch.all_docs(include_docs=True)
-                if r.get("doc") and not r["id"].startswith("_design/")]
-        errors = [f"{d['_id']}: {d['state']} {d.get('error')}" for d in docs
-                  if d.get("state") != "done"]
+        docs = [
+            r["doc"]
+            for r in couch.all_docs(include_docs=True)
+            if r.get("doc") and not r["id"].startswith("_design/")
+        ]
+        errors = [
+            f"{d['_id']}: {d['state']} {d.get('error')}" for d in docs if d.get("state") != "done"
+        ]
         expected = self.args.exposures if exposures is None else exposures
         if len(docs) != expected:
             errors.append(f"{len(docs)} tokens, expected {expected}")
@@ -498,13 +583,25 @@ class Bench:
             couch.request("DELETE", "")
         except Exception as exc:  # best effort: the whole data dir goes at the end
             say(f"could not delete database {db}: {exc}")
-        copies = [(f["result"].get("seconds") or 0.0, f["name"]) for d in docs
-                  for f in d.get("files", []) if isinstance(f.get("result"), dict)]
-        return {"seconds": seconds, "errors": errors, "root": self.xrd_data / label,
-                "cpu": cpu, "slowest": sorted(copies, reverse=True)[:3], "create_s": create_s, "created": created.get("created"),
-                "workers": [{k: r.get(k) for k in ("done", "failed", "released", "lost")}
-                            for r in reports],
-                "profile": profile}
+        copies = [
+            (f["result"].get("seconds") or 0.0, f["name"])
+            for d in docs
+            for f in d.get("files", [])
+            if isinstance(f.get("result"), dict)
+        ]
+        return {
+            "seconds": seconds,
+            "errors": errors,
+            "root": self.xrd_data / label,
+            "cpu": cpu,
+            "slowest": sorted(copies, reverse=True)[:3],
+            "create_s": create_s,
+            "created": created.get("created"),
+            "workers": [
+                {k: r.get(k) for k in ("done", "failed", "released", "lost")} for r in reports
+            ],
+            "profile": profile,
+        }
 
 
 # ---------------------------------------------------------------------------
@@ -519,7 +616,7 @@ def _log_times(text: str) -> list[tuple[float, str]]:
         m = _LOG_TIME.match(line)
         if m:
             t = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-            out.append((t, line[m.end():]))
+            out.append((t, line[m.end() :]))
     return out
 
 
@@ -527,11 +624,20 @@ def cpu_delta(a: tuple[float, float, float], b: tuple[float, float, float]) -> d
     return {"client": b[0] - a[0], "xrootd": b[1] - a[1], "couch": b[2] - a[2]}
 
 
-def token_profile(couch: Couch, docs: list[dict[str, Any]], wall0: float,
-                  wall_end: float) -> dict[str, Any]:
+def token_profile(
+    couch: Couch, docs: list[dict[str, Any]], wall0: float, wall_end: float
+) -> dict[str, Any]:
     """Seconds per phase, summed over tokens (see README: 'Where ours spends its time')."""
-    phases = {"claim gaps": 0.0, "start-up": 0.0, "source check": 0.0, "file copies": 0.0,
-              "between files": 0.0, "finish": 0.0, "last exit": 0.0, "token total": 0.0}
+    phases = {
+        "claim gaps": 0.0,
+        "start-up": 0.0,
+        "source check": 0.0,
+        "file copies": 0.0,
+        "between files": 0.0,
+        "finish": 0.0,
+        "last exit": 0.0,
+        "token total": 0.0,
+    }
     files = 0
     by_worker: dict[str, list[tuple[float, float]]] = {}
     for d in docs:
@@ -543,20 +649,27 @@ def token_profile(couch: Couch, docs: list[dict[str, Any]], wall0: float,
         c, f = claimed[-1], done[-1]
         by_worker.setdefault(c.get("worker", "?"), []).append((c["t"], f["t"]))
         phases["token total"] += f["t"] - c["t"]
-        secs = [x["result"].get("seconds") or 0.0 for x in d.get("files", [])
-                if isinstance(x.get("result"), dict)]
+        secs = [
+            x["result"].get("seconds") or 0.0
+            for x in d.get("files", [])
+            if isinstance(x.get("result"), dict)
+        ]
         files += len(secs)
         phases["file copies"] += sum(secs)
         logs = [n for n in (d.get("_attachments") or {}) if n.startswith("worker-")]
         try:
-            lines = _log_times(couch.get_attachment(d["_id"], sorted(logs)[-1]).decode()) \
-                if logs else []
+            lines = (
+                _log_times(couch.get_attachment(d["_id"], sorted(logs)[-1]).decode())
+                if logs
+                else []
+            )
         except Exception:  # a profile without the log split is still useful
             lines = []
         start = next((t for t, m in lines if " claimed " in m), None)
         listed = next((t for t, m in lines if " file(s), " in m), None)
-        copied = [t for t, m in lines
-                  if m.endswith("verified") or "already at the destination" in m]
+        copied = [
+            t for t, m in lines if m.endswith("verified") or "already at the destination" in m
+        ]
         if start is not None and listed is not None and copied:
             phases["source check"] += listed - start
             phases["between files"] += max(0.0, copied[-1] - listed - sum(secs))
@@ -564,18 +677,29 @@ def token_profile(couch: Couch, docs: list[dict[str, Any]], wall0: float,
         else:
             phases.setdefault("unsplit", 0.0)
             phases["unsplit"] += f["t"] - c["t"] - sum(secs)
-    for worker, spans in by_worker.items():
+    for _worker, spans in by_worker.items():
         spans.sort()
         phases["start-up"] += spans[0][0] - wall0
-        phases["claim gaps"] += sum(b[0] - a[1] for a, b in zip(spans, spans[1:]))
+        phases["claim gaps"] += sum(b[0] - a[1] for a, b in zip(spans, spans[1:], strict=False))
     ends = [s[1] for spans in by_worker.values() for s in spans]
     if ends:
         phases["last exit"] = wall_end - max(ends)
-    workers = [{"tokens": len(spans), "first_claim": spans[0][0] - wall0,
-                "last_done": spans[-1][1] - wall0, "busy": sum(b - a for a, b in spans)}
-               for spans in sorted(by_worker.values())]
-    return {"phases": phases, "tokens": len(docs), "files": files,
-            "workers_seen": len(by_worker), "workers": workers}
+    workers = [
+        {
+            "tokens": len(spans),
+            "first_claim": spans[0][0] - wall0,
+            "last_done": spans[-1][1] - wall0,
+            "busy": sum(b - a for a, b in spans),
+        }
+        for spans in sorted(by_worker.values())
+    ]
+    return {
+        "phases": phases,
+        "tokens": len(docs),
+        "files": files,
+        "workers_seen": len(by_worker),
+        "workers": workers,
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -605,28 +729,39 @@ def one_run(b: Bench, method: str, n: int, rep: int) -> dict[str, Any]:
     return r
 
 
-def print_report(b: Bench, facts: list[str], results: dict[tuple[str, int], list[dict[str, Any]]],
-                 methods: list[str], counts: list[int]) -> bool:
+def print_report(
+    b: Bench,
+    facts: list[str],
+    results: dict[tuple[str, int], list[dict[str, Any]]],
+    methods: list[str],
+    counts: list[int],
+) -> bool:
     a = b.args
     nfiles = len(b.files)
     print()
     for line in facts:
         print(line)
     print()
-    print(f"Night: {a.exposures} exposures x {a.files} files x {human(a.size)} + manifests = "
-          f"{nfiles} files, {b.total_bytes / 1e6:.0f} MB; MB/s = 10^6 bytes/s of wall time"
-          + (f"; best of {a.repeat} runs" if a.repeat > 1 else ""))
-    head = (f"{'method':<24} | {'workers':>7} | {'seconds':>7} | {'MB/s':>6} | "
-            f"{'ours/xrdcp':>10} | {'ours/xrdcp+adler':>16} | {'this/xrdcp':>10} | "
-            f"{'CPU s/GB: client':>16} {'xrootd':>6} {'couch':>5}")
+    print(
+        f"Night: {a.exposures} exposures x {a.files} files x {human(a.size)} + manifests = "
+        f"{nfiles} files, {b.total_bytes / 1e6:.0f} MB; MB/s = 10^6 bytes/s of wall time"
+        + (f"; best of {a.repeat} runs" if a.repeat > 1 else "")
+    )
+    head = (
+        f"{'method':<24} | {'workers':>7} | {'seconds':>7} | {'MB/s':>6} | "
+        f"{'ours/xrdcp':>10} | {'ours/xrdcp+adler':>16} | {'this/xrdcp':>10} | "
+        f"{'CPU s/GB: client':>16} {'xrootd':>6} {'couch':>5}"
+    )
     print(head)
     print("-" * len(head))
     ok = True
     failed = False
     for n in counts:
-        def best(m: str) -> dict[str, Any] | None:
+
+        def best(m: str, n: int = n) -> dict[str, Any] | None:
             runs = [r for r in results.get((m, n), []) if not r["errors"] and not r["problems"]]
             return max(runs, key=lambda r: r["mbps"]) if runs else None
+
         ours, x, xa = best("ours"), best("xrdcp"), best("xrdcp-adler")
         for m in methods:
             r = best(m)
@@ -639,105 +774,150 @@ def print_report(b: Bench, facts: list[str], results: dict[tuple[str, int], list
             this = f"{r['mbps'] / x['mbps']:.2f}" if x else ""
             gb = b.total_bytes / 1e9
             c = r["cpu"]
-            print(f"{METHODS[m]:<24} | {n:>7} | {r['seconds']:>7.2f} | {r['mbps']:>6.0f} | "
-                  f"{rx:>10} | {rxa:>16} | {this:>10} | {c['client'] / gb:>16.2f} "
-                  f"{c['xrootd'] / gb:>6.2f} {c['couch'] / gb:>5.2f}")
+            print(
+                f"{METHODS[m]:<24} | {n:>7} | {r['seconds']:>7.2f} | {r['mbps']:>6.0f} | "
+                f"{rx:>10} | {rxa:>16} | {this:>10} | {c['client'] / gb:>16.2f} "
+                f"{c['xrootd'] / gb:>6.2f} {c['couch'] / gb:>5.2f}"
+            )
             if m == "ours" and x and ours and ours["mbps"] / x["mbps"] < GOAL:
                 ok = False
         print("-" * len(head))
     print()
     if "ours" in methods and "xrdcp" in methods:
-        print(f"Goal (issue): ours >= {GOAL:.0%} of xrdcp's MB/s, verification included: "
-              + ("met at every worker count" if ok else "NOT met (see the ratios above)"))
+        print(
+            f"Goal (issue): ours >= {GOAL:.0%} of xrdcp's MB/s, verification included: "
+            + ("met at every worker count" if ok else "NOT met (see the ratios above)")
+        )
         print()
     if a.repeat > 1:
         print("All runs (MB/s):")
         for n in counts:
             for m in methods:
                 runs = results.get((m, n), [])
-                print(f"  {METHODS[m]:<24} N={n}: " + ", ".join(
-                    f"{r['mbps']:.0f}" if not (r["errors"] or r["problems"]) else "failed"
-                    for r in runs))
+                print(
+                    f"  {METHODS[m]:<24} N={n}: "
+                    + ", ".join(
+                        f"{r['mbps']:.0f}" if not (r["errors"] or r["problems"]) else "failed"
+                        for r in runs
+                    )
+                )
         print()
     if "ours" in methods:
-        print("Where ours spends its time (best run per N; seconds summed over tokens, "
-              "per-token phases from the token history and its attached log):")
+        print(
+            "Where ours spends its time (best run per N; seconds summed over tokens, "
+            "per-token phases from the token history and its attached log):"
+        )
         for n in counts:
             runs = [r for r in results.get(("ours", n), []) if not r["errors"]]
             if not runs:
                 continue
             r = max(runs, key=lambda r: r["mbps"])
             p = r["profile"]["phases"]
-            tokens, files = r["profile"]["tokens"], r["profile"]["files"]
+            files = r["profile"]["files"]
             per_file = p["file copies"] / files if files else 0.0
             parts = ", ".join(f"{k} {v:.2f}" for k, v in p.items() if k != "token total")
-            print(f"  N={n}: wall {r['seconds']:.2f} s x {n} workers = {r['seconds'] * n:.2f} "
-                  f"worker-s; tokens claim->done {p['token total']:.2f} s")
+            print(
+                f"  N={n}: wall {r['seconds']:.2f} s x {n} workers = {r['seconds'] * n:.2f} "
+                f"worker-s; tokens claim->done {p['token total']:.2f} s"
+            )
             print(f"        {parts}")
-            print(f"        {files} file copies, {per_file:.3f} s each on average "
-                  f"({(b.total_bytes / max(files, 1)) / 1e6 / per_file if per_file else 0:.0f}"
-                  f" MB/s per copy); token creation (not in the timing) {r['create_s']:.2f} s "
-                  f"for {r['created']} tokens")
+            print(
+                f"        {files} file copies, {per_file:.3f} s each on average "
+                f"({(b.total_bytes / max(files, 1)) / 1e6 / per_file if per_file else 0:.0f}"
+                f" MB/s per copy); token creation (not in the timing) {r['create_s']:.2f} s "
+                f"for {r['created']} tokens"
+            )
             ws = r["profile"]["workers"]
-            print(f"        per worker (s from the start): tokens {[w['tokens'] for w in ws]}, "
-                  f"first claim {[round(w['first_claim'], 1) for w in ws]}, last done "
-                  f"{[round(w['last_done'], 1) for w in ws]}, "
-                  f"busy {[round(w['busy'], 1) for w in ws]}")
+            print(
+                f"        per worker (s from the start): tokens {[w['tokens'] for w in ws]}, "
+                f"first claim {[round(w['first_claim'], 1) for w in ws]}, last done "
+                f"{[round(w['last_done'], 1) for w in ws]}, "
+                f"busy {[round(w['busy'], 1) for w in ws]}"
+            )
         print()
-    print("Slowest single copies per run (seconds, file; for 'task' a whole token): a copy far "
-          "above the others is a stall, not a slow stream:")
+    print(
+        "Slowest single copies per run (seconds, file; for 'task' a whole token): a copy far "
+        "above the others is a stall, not a slow stream:"
+    )
     for n in counts:
         for m in methods:
             for i, r in enumerate(results.get((m, n), [])):
                 shown = ", ".join(f"{sec:.1f} {name}" for sec, name in r.get("slowest", []))
                 run = f" run {i + 1}" if a.repeat > 1 else ""
-                waits = (f"; server kXR_wait: {len(r['waits'])} x, {sum(r['waits'])} s"
-                         if a.xrd_debug and m != "cp" else "")
+                waits = (
+                    f"; server kXR_wait: {len(r['waits'])} x, {sum(r['waits'])} s"
+                    if a.xrd_debug and m != "cp"
+                    else ""
+                )
                 print(f"  {METHODS[m]:<24} N={n}{run}: {shown}{waits}")
     print()
-    bad = [(m, n, r) for (m, n), runs in results.items() for r in runs
-           if r["errors"] or r["problems"]]
+    bad = [
+        (m, n, r) for (m, n), runs in results.items() for r in runs if r["errors"] or r["problems"]
+    ]
     if bad:
         print("FAILED runs:")
         for m, n, r in bad:
             for line in (r["errors"] + r["problems"])[:10]:
                 print(f"  {METHODS[m]} N={n}: {line}")
         print()
-    print("CPU s/GB: CPU seconds per 10^9 bytes moved during the timed part: 'client' is the "
-          "processes the method ran (workers, xrdcp, cp; for the in-process methods the child's "
-          "own CPU after start-up), 'xrootd' and 'couch' the two servers. With 2 shared CPUs, "
-          "CPU per GB is the figure least disturbed by other jobs.")
-    print("Notes: every run starts from an empty destination directory after a sync, with the "
-          "source in the page cache; ours gets a fresh database and is timed from starting the "
-          "worker processes to the last one exiting (start-up and the final empty claim "
-          "included, `tokens create` not). task, gfal2 and gfal2+adler32 run in one process "
-          "with N threads and are timed after start-up and the scan. The machine has "
-          f"{os.cpu_count()} CPUs shared with other people's test runs: figures are noisy, "
-          "compare methods within one run and prefer --repeat for decisions.")
+    print(
+        "CPU s/GB: CPU seconds per 10^9 bytes moved during the timed part: 'client' is the "
+        "processes the method ran (workers, xrdcp, cp; for the in-process methods the child's "
+        "own CPU after start-up), 'xrootd' and 'couch' the two servers. With 2 shared CPUs, "
+        "CPU per GB is the figure least disturbed by other jobs."
+    )
+    print(
+        "Notes: every run starts from an empty destination directory after a sync, with the "
+        "source in the page cache; ours gets a fresh database and is timed from starting the "
+        "worker processes to the last one exiting (start-up and the final empty claim "
+        "included, `tokens create` not). task, gfal2 and gfal2+adler32 run in one process "
+        "with N threads and are timed after start-up and the scan. The machine has "
+        f"{os.cpu_count()} CPUs shared with other people's test runs: figures are noisy, "
+        "compare methods within one run and prefer --repeat for decisions."
+    )
     return not failed and not bad
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="Transfer throughput of gridxfer workers "
-                                 "(file:// -> root://) against xrdcp, gfal2 and cp.")
+    ap = argparse.ArgumentParser(
+        description="Transfer throughput of gridxfer workers "
+        "(file:// -> root://) against xrdcp, gfal2 and cp."
+    )
     ap.add_argument("--exposures", type=int, help="exposures in the night (default 16)")
     ap.add_argument("--files", type=int, help="data files per exposure (default 4)")
     ap.add_argument("--size", type=parse_size, help="size of each data file (default 32M, binary)")
     ap.add_argument("--workers", help="comma-separated worker counts (default 1,2,4)")
-    ap.add_argument("--methods", help="comma-separated subset of " + ",".join(METHODS)
-                    + " (default all)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs per method and worker count; the best is reported (default 1)")
-    ap.add_argument("--check", choices=["sha256", "size"], default="sha256",
-                    help="how each run's destination is checked (default sha256)")
-    ap.add_argument("--dir", type=Path, default=Path("/tmp"),
-                    help="where to create the temporary directory (default /tmp); it and all "
-                    "its parents must be searchable by user xrootd")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 8 x 4 x 6 MiB (~200 MB), workers 1,2")
-    ap.add_argument("--xrd-debug", action="store_true",
-                    help="diagnostics: XRD_LOGLEVEL=Dump for every client, and count the "
-                    "kXR_wait answers (server: 'come back in N s') per run; slows the clients")
+    ap.add_argument(
+        "--methods", help="comma-separated subset of " + ",".join(METHODS) + " (default all)"
+    )
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs per method and worker count; the best is reported (default 1)",
+    )
+    ap.add_argument(
+        "--check",
+        choices=["sha256", "size"],
+        default="sha256",
+        help="how each run's destination is checked (default sha256)",
+    )
+    ap.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("/tmp"),
+        help="where to create the temporary directory (default /tmp); it and all "
+        "its parents must be searchable by user xrootd",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 8 x 4 x 6 MiB (~200 MB), workers 1,2"
+    )
+    ap.add_argument(
+        "--xrd-debug",
+        action="store_true",
+        help="diagnostics: XRD_LOGLEVEL=Dump for every client, and count the "
+        "kXR_wait answers (server: 'come back in N s') per run; slows the clients",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args(argv)
     quick = {"exposures": 8, "files": 4, "size": 6 * MIB, "workers": "1,2"}
@@ -749,13 +929,22 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         args.worker_counts = [int(x) for x in args.workers.split(",") if x.strip()]
     except ValueError:
         ap.error("--workers must be comma-separated integers, e.g. 1,2,4")
-    args.method_list = ([m.strip() for m in args.methods.split(",") if m.strip()]
-                        if args.methods else list(DEFAULT_METHODS))
+    args.method_list = (
+        [m.strip() for m in args.methods.split(",") if m.strip()]
+        if args.methods
+        else list(DEFAULT_METHODS)
+    )
     unknown = [m for m in args.method_list if m not in METHODS]
     if unknown:
         ap.error(f"unknown method(s) {unknown}; choose from {','.join(METHODS)}")
-    if (not args.worker_counts or min(args.worker_counts) < 1 or args.exposures < 1
-            or args.files < 1 or args.size < 1 or args.repeat < 1):
+    if (
+        not args.worker_counts
+        or min(args.worker_counts) < 1
+        or args.exposures < 1
+        or args.files < 1
+        or args.size < 1
+        or args.repeat < 1
+    ):
         ap.error("need worker counts >= 1 and positive --exposures, --files, --size, --repeat")
     return args
 
@@ -779,19 +968,23 @@ def main(argv: list[str]) -> int:
     b = Bench(args)
     ok = False
     try:
-        say(f"writing night {NIGHT}: {args.exposures} x {args.files} x {human(args.size)} "
-            f"in {b.source} ...")
+        say(
+            f"writing night {NIGHT}: {args.exposures} x {args.files} x {human(args.size)} "
+            f"in {b.source} ..."
+        )
         t = time.monotonic()
         b.write_night()
         say(f"{len(b.files)} files, {b.total_bytes / 1e6:.0f} MB in {time.monotonic() - t:.1f} s")
         b.results.mkdir()
         pouch_v, xrd_v = b.start_servers()
         xrdcp_v = subprocess.run(["xrdcp", "--version"], capture_output=True, text=True)
-        facts = [f"machine: nproc {os.cpu_count()}, python {platform.python_version()} "
-                 f"({platform.system()} {platform.release()}), pouchdb-server {pouch_v} "
-                 f"(LevelDB), xrootd {xrd_v}, xrdcp {(xrdcp_v.stdout or xrdcp_v.stderr).strip()}",
-                 f"data: {b.tmp} (source, XRootD export and local copies on the same disk; "
-                 "XRootD on 127.0.0.1)"]
+        facts = [
+            f"machine: nproc {os.cpu_count()}, python {platform.python_version()} "
+            f"({platform.system()} {platform.release()}), pouchdb-server {pouch_v} "
+            f"(LevelDB), xrootd {xrd_v}, xrdcp {(xrdcp_v.stdout or xrdcp_v.stderr).strip()}",
+            f"data: {b.tmp} (source, XRootD export and local copies on the same disk; "
+            "XRootD on 127.0.0.1)",
+        ]
         say(facts[0])
         say("warm-up (untimed): a 2-file night through ours, one xrdcp ...")
         b.warm_up()
@@ -802,10 +995,15 @@ def main(argv: list[str]) -> int:
                 for m in args.method_list:
                     r = one_run(b, m, n, rep)
                     results.setdefault((m, n), []).append(r)
-                    status = "ok" if not (r["errors"] or r["problems"]) else \
-                        f"FAILED: {(r['errors'] + r['problems'])[:3]}"
-                    say(f"run {rep + 1}/{args.repeat} N={n} {METHODS[m]:<24} "
-                        f"{r['seconds']:7.2f} s {r['mbps']:6.0f} MB/s {status}")
+                    status = (
+                        "ok"
+                        if not (r["errors"] or r["problems"])
+                        else f"FAILED: {(r['errors'] + r['problems'])[:3]}"
+                    )
+                    say(
+                        f"run {rep + 1}/{args.repeat} N={n} {METHODS[m]:<24} "
+                        f"{r['seconds']:7.2f} s {r['mbps']:6.0f} MB/s {status}"
+                    )
         facts.append(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         ok = print_report(b, facts, results, args.method_list, args.worker_counts)
     finally:

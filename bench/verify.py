@@ -19,6 +19,7 @@ child's VmHWM (RSS high-water mark) as the child itself reads it from
 must produce the same digests, or the run exits 1. It prints figures; it asserts
 nothing about timing. See bench/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _sizes import human, parse_size  # noqa: E402
 from typing import Any
+
+from _sizes import human, parse_size  # noqa: E402
 
 MIB = 1 << 20
 METHODS = ("hash_file", "gfal2", "sha256sum")
@@ -78,8 +80,10 @@ def _child(method: str, files: list[str]) -> None:
         else:
             raise SystemExit(f"unknown method {method}")
     except ImportError as exc:
-        raise SystemExit(f"verify.py: cannot import GRID_XFER ({exc}); run it with the project's "
-                         "virtualenv: .venv/bin/python bench/verify.py")
+        raise SystemExit(
+            f"verify.py: cannot import GRID_XFER ({exc}); run it with the project's "
+            "virtualenv: .venv/bin/python bench/verify.py"
+        ) from None
     base_rss = _status_kb("VmRSS")
     base_hwm = _status_kb("VmHWM")
     r0 = resource.getrusage(resource.RUSAGE_SELF)
@@ -88,8 +92,19 @@ def _child(method: str, files: list[str]) -> None:
     seconds = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
-    print(json.dumps({"seconds": seconds, "cpu": cpu, "digests": digests, "base_rss_kb": base_rss,
-                      "base_hwm_kb": base_hwm, "hwm_kb": _status_kb("VmHWM")}), flush=True)
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu": cpu,
+                "digests": digests,
+                "base_rss_kb": base_rss,
+                "base_hwm_kb": base_hwm,
+                "hwm_kb": _status_kb("VmHWM"),
+            }
+        ),
+        flush=True,
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -126,8 +141,12 @@ def resident(paths: list[Path]) -> str:
     if not fincore:
         return "unknown (no fincore)"
     try:
-        out = subprocess.run([fincore, "--bytes", "--noheadings", "--raw", "--output", "RES",
-                              *map(str, paths)], capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [fincore, "--bytes", "--noheadings", "--raw", "--output", "RES", *map(str, paths)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         res = sum(int(x) for x in out.stdout.split())
     except (OSError, ValueError, subprocess.TimeoutExpired):
         return "unknown (fincore failed)"
@@ -136,14 +155,21 @@ def resident(paths: list[Path]) -> str:
 
 
 def run_python(method: str, files: list[Path]) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", method,
-                          *map(str, files)], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", method, *map(str, files)],
+        capture_output=True,
+        text=True,
+    )
     if out.returncode != 0:
         raise RuntimeError(f"{method} child exited {out.returncode}: {out.stderr[-2000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    return {"seconds": r["seconds"], "cpu": r["cpu"], "digests": r["digests"],
-            "peak_kb": r["hwm_kb"],
-            "base_kb": r["base_rss_kb"]}
+    return {
+        "seconds": r["seconds"],
+        "cpu": r["cpu"],
+        "digests": r["digests"],
+        "peak_kb": r["hwm_kb"],
+        "base_kb": r["base_rss_kb"],
+    }
 
 
 def run_sha256sum(files: list[Path]) -> dict[str, Any]:
@@ -175,8 +201,7 @@ def run_sha256sum(files: list[Path]) -> dict[str, Any]:
             kb, user, system = Path(tf.name).read_text().splitlines()[-1].split()
             peak, cpu = int(kb), float(user) + float(system)
     digests = [line.split()[0].lstrip("\\") for line in out.splitlines() if line.strip()]
-    return {"seconds": seconds, "cpu": cpu, "digests": digests, "peak_kb": peak,
-            "base_kb": None}
+    return {"seconds": seconds, "cpu": cpu, "digests": digests, "peak_kb": peak, "base_kb": None}
 
 
 def measure(method: str, files: list[Path]) -> dict[str, Any]:
@@ -195,20 +220,28 @@ def sha256sum_version() -> str:
         return "?"
 
 
-def print_report(facts: list[str], workloads: list[tuple[str, list[Path], int]],
-                 results: dict[tuple[str, str], list[dict[str, Any]]], repeat: int,
-                 mismatches: list[str]) -> None:
+def print_report(
+    facts: list[str],
+    workloads: list[tuple[str, list[Path], int]],
+    results: dict[tuple[str, str], list[dict[str, Any]]],
+    repeat: int,
+    mismatches: list[str],
+) -> None:
     print()
     for line in facts:
         print(line)
     print()
-    print(f"SHA-256 throughput, MB/s = 10^6 bytes/s of hashing (median and best of {repeat}; "
-          "each run a fresh process, files in the page cache)")
-    head = (f"{'workload':<22} | {'method':<10} | {'median s':>8} | {'median MB/s':>11} | "
-            f"{'best MB/s':>9} | {'vs sha256sum':>12} | {'MB per CPU-s':>12}")
+    print(
+        f"SHA-256 throughput, MB/s = 10^6 bytes/s of hashing (median and best of {repeat}; "
+        "each run a fresh process, files in the page cache)"
+    )
+    head = (
+        f"{'workload':<22} | {'method':<10} | {'median s':>8} | {'median MB/s':>11} | "
+        f"{'best MB/s':>9} | {'vs sha256sum':>12} | {'MB per CPU-s':>12}"
+    )
     print(head)
     print("-" * len(head))
-    for label, files, nbytes in workloads:
+    for label, _files, nbytes in workloads:
         ref = statistics.median(mbps(nbytes, r["seconds"]) for r in results[(label, "sha256sum")])
         for m in METHODS:
             runs = results[(label, m)]
@@ -217,15 +250,21 @@ def print_report(facts: list[str], workloads: list[tuple[str, list[Path], int]],
             med = statistics.median(rates)
             cpus = [r["cpu"] for r in runs if r["cpu"]]
             per_cpu = f"{nbytes / 1e6 / statistics.median(cpus):>12.0f}" if cpus else f"{'-':>12}"
-            print(f"{label:<22} | {m:<10} | {med_s:>8.2f} | {med:>11.0f} | {max(rates):>9.0f} | "
-                  f"{med / ref:>11.2f}x | {per_cpu}")
+            print(
+                f"{label:<22} | {m:<10} | {med_s:>8.2f} | {med:>11.0f} | {max(rates):>9.0f} | "
+                f"{med / ref:>11.2f}x | {per_cpu}"
+            )
     print()
-    print("Peak memory (RSS high-water mark, MB = 10^6 bytes; goal: flat, under "
-          f"{GOAL_MB} MB while verifying the big file)")
+    print(
+        "Peak memory (RSS high-water mark, MB = 10^6 bytes; goal: flat, under "
+        f"{GOAL_MB} MB while verifying the big file)"
+    )
     big_label, big_files, _ = workloads[-1]
     set_label = workloads[0][0]
-    head = (f"{'method':<10} | {'after start-up':>14} | {'peak, ' + set_label:>22} | "
-            f"{'peak, ' + big_label:>22} | {'growth on big':>13} | {'goal':>4}")
+    head = (
+        f"{'method':<10} | {'after start-up':>14} | {'peak, ' + set_label:>22} | "
+        f"{'peak, ' + big_label:>22} | {'growth on big':>13} | {'goal':>4}"
+    )
     print(head)
     print("-" * len(head))
     for m in METHODS:
@@ -236,16 +275,22 @@ def print_report(facts: list[str], workloads: list[tuple[str, list[Path], int]],
         base_s = f"{base * 1024 / 1e6:.1f} MB" if base is not None else "-"
         growth = f"{(big - base) * 1024 / 1e6:+.1f} MB" if base is not None else "-"
         ok = "ok" if big * 1024 / 1e6 < GOAL_MB else "OVER"
-        print(f"{m:<10} | {base_s:>14} | {small * 1024 / 1e6:>19.1f} MB | "
-              f"{big * 1024 / 1e6:>19.1f} MB | {growth:>13} | {ok:>4}")
+        print(
+            f"{m:<10} | {base_s:>14} | {small * 1024 / 1e6:>19.1f} MB | "
+            f"{big * 1024 / 1e6:>19.1f} MB | {growth:>13} | {ok:>4}"
+        )
     print()
-    print("Notes: 'MB per CPU-s' divides by the user+system CPU time of the hashing (the "
-          "child's own getrusage around its loop; for sha256sum GNU time's %U+%S, start-up "
-          "included): it shows the cost of the method even when other jobs take CPU away.")
-    print("'after start-up' is the child's RSS once Python, GRID_XFER (and gfal2) are "
-          "loaded, before the first byte is hashed; 'growth on big' is peak minus that. "
-          "sha256sum's peak comes from GNU time (%M). The machine is shared (other test runs "
-          "use the same CPUs), so the MB/s figures are noisy; compare methods within one run.")
+    print(
+        "Notes: 'MB per CPU-s' divides by the user+system CPU time of the hashing (the "
+        "child's own getrusage around its loop; for sha256sum GNU time's %U+%S, start-up "
+        "included): it shows the cost of the method even when other jobs take CPU away."
+    )
+    print(
+        "'after start-up' is the child's RSS once Python, GRID_XFER (and gfal2) are "
+        "loaded, before the first byte is hashed; 'growth on big' is peak minus that. "
+        "sha256sum's peak comes from GNU time (%M). The machine is shared (other test runs "
+        "use the same CPUs), so the MB/s figures are noisy; compare methods within one run."
+    )
     if mismatches:
         print()
         print("DIGEST MISMATCH between methods:")
@@ -254,19 +299,28 @@ def print_report(facts: list[str], workloads: list[tuple[str, list[Path], int]],
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description="SHA-256 verification throughput and peak memory: "
-                                 "GRID_XFER hash_file, hash_chunks over gfal2, and sha256sum.")
-    ap.add_argument("--size", type=parse_size,
-                    help="total size of the file set (default 2G; binary units)")
+    ap = argparse.ArgumentParser(
+        description="SHA-256 verification throughput and peak memory: "
+        "GRID_XFER hash_file, hash_chunks over gfal2, and sha256sum."
+    )
+    ap.add_argument(
+        "--size", type=parse_size, help="total size of the file set (default 2G; binary units)"
+    )
     ap.add_argument("--files", type=int, help="number of files in the set (default 8)")
-    ap.add_argument("--big", type=parse_size,
-                    help="size of the single big file (default 2G; 0 skips it)")
+    ap.add_argument(
+        "--big", type=parse_size, help="size of the single big file (default 2G; 0 skips it)"
+    )
     ap.add_argument("--repeat", type=int, help="runs per method and workload (default 3)")
-    ap.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                    help="where to create the temporary data directory (default %(default)s); "
-                    "it is removed at the end")
-    ap.add_argument("--quick", action="store_true",
-                    help="smoke run: 4 x 16 MiB, a 64 MiB big file, 2 runs each")
+    ap.add_argument(
+        "--dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()),
+        help="where to create the temporary data directory (default %(default)s); "
+        "it is removed at the end",
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="smoke run: 4 x 16 MiB, a 64 MiB big file, 2 runs each"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary data directory")
     args = ap.parse_args(argv)
     quick = {"size": 64 * MIB, "files": 4, "big": 64 * MIB, "repeat": 2}
@@ -291,12 +345,17 @@ def main(argv: list[str]) -> int:
     if not shutil.which("sha256sum"):
         sys.exit("verify.py: sha256sum is not installed")
     try:  # fail early, before writing gigabytes, if the children could not import
-        subprocess.run([sys.executable, "-c", "import GRID_XFER.checksum, GRID_XFER.storage"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-c", "import GRID_XFER.checksum, GRID_XFER.storage"],
+            check=True,
+            capture_output=True,
+        )
     except subprocess.CalledProcessError as exc:
-        sys.exit(f"verify.py: this python cannot import GRID_XFER and gfal2: "
-                 f"{exc.stderr.decode(errors='replace')[-500:]}\nrun it with the project's "
-                 "virtualenv: .venv/bin/python bench/verify.py")
+        sys.exit(
+            f"verify.py: this python cannot import GRID_XFER and gfal2: "
+            f"{exc.stderr.decode(errors='replace')[-500:]}\nrun it with the project's "
+            "virtualenv: .venv/bin/python bench/verify.py"
+        )
     signal.signal(signal.SIGTERM, _terminate)  # clean up on TERM as on Ctrl-C
     args.dir.mkdir(parents=True, exist_ok=True)
     need = args.size + args.big
@@ -309,20 +368,25 @@ def main(argv: list[str]) -> int:
         per = args.size // args.files
         set_files = [tmp / f"set-{i:02d}.bin" for i in range(args.files)]
         sizes = [per] * (args.files - 1) + [args.size - per * (args.files - 1)]
-        say(f"writing {args.files} files ({human(per)} each) and a {human(args.big)} file "
-            f"in {tmp} ...")
+        say(
+            f"writing {args.files} files ({human(per)} each) and a {human(args.big)} file "
+            f"in {tmp} ..."
+        )
         t = time.perf_counter()
-        for i, (p, n) in enumerate(zip(set_files, sizes)):
+        for i, (p, n) in enumerate(zip(set_files, sizes, strict=False)):
             write_file(p, n, seed=i)
         workloads: list[tuple[str, list[Path], int]] = [
-            (f"{args.files} x {human(per)}", set_files, sum(sizes))]
+            (f"{args.files} x {human(per)}", set_files, sum(sizes))
+        ]
         if args.big:
             big = tmp / "big.bin"
             write_file(big, args.big, seed=999)
             workloads.append((f"1 x {human(args.big)}", [big], args.big))
         all_files = sorted({p for _, fs, _ in workloads for p in fs})
-        say(f"written in {time.perf_counter() - t:.1f} s; sync (so writeback does not overlap "
-            "the measurements) ...")
+        say(
+            f"written in {time.perf_counter() - t:.1f} s; sync (so writeback does not overlap "
+            "the measurements) ..."
+        )
         os.sync()
         took = warm(all_files)
         total = sum(p.stat().st_size for p in all_files)
@@ -335,18 +399,21 @@ def main(argv: list[str]) -> int:
                 for m in order:
                     res = measure(m, files)
                     results.setdefault((label, m), []).append(res)
-                    say(f"run {r + 1}/{args.repeat} {label}: {m:<9} {res['seconds']:6.2f} s "
+                    say(
+                        f"run {r + 1}/{args.repeat} {label}: {m:<9} {res['seconds']:6.2f} s "
                         f"{mbps(nbytes, res['seconds']):7.0f} MB/s, cpu "
                         f"{res['cpu'] or 0:.2f} s, peak "
-                        f"{res['peak_kb'] * 1024 / 1e6:.1f} MB")
+                        f"{res['peak_kb'] * 1024 / 1e6:.1f} MB"
+                    )
             order = order[1:] + order[:1]  # rotate, so no method always goes first
-        for label, files, _ in workloads:
+        for label, _files, _ in workloads:
             ref = results[(label, "sha256sum")][0]["digests"]
             for m in METHODS:
                 for i, res in enumerate(results[(label, m)]):
                     if res["digests"] != ref:
-                        mismatches.append(f"{label}: {m} run {i + 1} {res['digests']} != "
-                                          f"sha256sum {ref}")
+                        mismatches.append(
+                            f"{label}: {m} run {i + 1} {res['digests']} != sha256sum {ref}"
+                        )
         cache_after = resident(all_files)
         facts = [
             f"machine: nproc {os.cpu_count()}, python {platform.python_version()} "

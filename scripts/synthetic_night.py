@@ -5,6 +5,7 @@ For the demo and benchmarks. Data is pseudo-random from a seed, so runs are
 repeatable. ``--corrupt K`` flips one byte in one file of K exposures after the
 manifest is written; ``--no-manifest K`` leaves K exposures without one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ def write_file(path: Path, size: int, rng: random.Random) -> str:
     with open(path, "wb") as fh:
         left = size
         while left:
-            piece = block[:min(left, BLOCK)]
+            piece = block[: min(left, BLOCK)]
             piece = rng.randbytes(16) + piece[16:] if len(piece) > 16 else piece
             fh.write(piece)
             digest.update(piece)
@@ -32,12 +33,21 @@ def write_file(path: Path, size: int, rng: random.Random) -> str:
     return digest.hexdigest()
 
 
-def make_night(root: Path, night: str, *, exposures: int, files: int, size: int,
-               corrupt: int = 0, no_manifest: int = 0, seed: int = 1) -> dict[str, object]:
+def make_night(
+    root: Path,
+    night: str,
+    *,
+    exposures: int,
+    files: int,
+    size: int,
+    corrupt: int = 0,
+    no_manifest: int = 0,
+    seed: int = 1,
+) -> dict[str, object]:
     rng = random.Random(seed)
     names = [f"{i:08d}" for i in range(1, exposures + 1)]
     broken = names[:corrupt]
-    bare = names[corrupt:corrupt + no_manifest]
+    bare = names[corrupt : corrupt + no_manifest]
     for exp in names:
         d = root / night / exp
         lines = []
@@ -53,8 +63,13 @@ def make_night(root: Path, night: str, *, exposures: int, files: int, size: int,
                 byte = fh.read(1)
                 fh.seek(size // 2)
                 fh.write(bytes([byte[0] ^ 0xFF]))
-    return {"night": night, "exposures": names, "corrupted": broken, "no_manifest": bare,
-            "bytes": exposures * files * size}
+    return {
+        "night": night,
+        "exposures": names,
+        "corrupted": broken,
+        "no_manifest": bare,
+        "bytes": exposures * files * size,
+    }
 
 
 def parse_size(text: str) -> int:
@@ -74,9 +89,20 @@ def main() -> None:
     p.add_argument("--no-manifest", type=int, default=0)
     p.add_argument("--seed", type=int, default=1)
     a = p.parse_args()
-    print(json.dumps(make_night(a.root, a.night, exposures=a.exposures, files=a.files,
-                                size=a.size, corrupt=a.corrupt, no_manifest=a.no_manifest,
-                                seed=a.seed)))
+    print(
+        json.dumps(
+            make_night(
+                a.root,
+                a.night,
+                exposures=a.exposures,
+                files=a.files,
+                size=a.size,
+                corrupt=a.corrupt,
+                no_manifest=a.no_manifest,
+                seed=a.seed,
+            )
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Nothing here mocks CouchDB: the server is started through the package's own
 EmbeddedServer, exactly as `gridxfer server start` does.
 """
+
 from __future__ import annotations
 
 import os
@@ -23,15 +24,19 @@ import yaml
 from GRID_XFER import views
 from GRID_XFER.config import CouchDBConfig, ServerConfig
 from GRID_XFER.couch import Couch
-from GRID_XFER.pool import Pool, PoolSettings
 from GRID_XFER.errors import ServerError
+from GRID_XFER.pool import Pool, PoolSettings
 from GRID_XFER.server import EmbeddedServer
 
 if TYPE_CHECKING:
     from tests.plugins.couchdb import CouchDB3
 
-pytest_plugins = ["tests.plugins.xrootd", "tests.plugins.slurm", "tests.plugins.tape",
-                  "tests.plugins.couchdb"]
+pytest_plugins = [
+    "tests.plugins.xrootd",
+    "tests.plugins.slurm",
+    "tests.plugins.tape",
+    "tests.plugins.couchdb",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -98,8 +103,12 @@ class Database:
         return "couchdb" if self.cfg.user else "pouchdb"
 
     def write_config(self, **sections: Any) -> Path:
-        couchdb: dict[str, Any] = {"url": self.cfg.url, "db": self.cfg.db,
-                                   "retries": 2, "backoff": 0.2}
+        couchdb: dict[str, Any] = {
+            "url": self.cfg.url,
+            "db": self.cfg.db,
+            "retries": 2,
+            "backoff": 0.2,
+        }
         if self.cfg.user:  # the password goes in a 0600 file, never in the config or argv
             couchdb.update(user=self.cfg.user, password_file=str(self.cfg.password_file))
         data: dict[str, Any] = {"couchdb": couchdb}
@@ -131,15 +140,24 @@ def make_database(url: str | list[str], tmp: Path, server: CouchDB3 | None = Non
 # ``couchdb_cluster`` themselves. Modules about storage, batch systems and
 # sandboxes use the database only as a bystander: pouchdb-server is enough there.
 ENGINES = ["pouchdb", "couchdb"]
-BYSTANDERS = {"test_launch", "test_sandbox", "test_scan", "test_transfer", "test_storage",
-              "test_checksum", "test_status_page"}
+BYSTANDERS = {
+    "test_launch",
+    "test_sandbox",
+    "test_scan",
+    "test_transfer",
+    "test_storage",
+    "test_checksum",
+    "test_status_page",
+}
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
     for item in items:
         engine = getattr(item, "callspec", None) and item.callspec.params.get("db")
-        bystander = item.module is not None and item.module.__name__.rpartition(".")[2] in BYSTANDERS
+        bystander = (
+            item.module is not None and item.module.__name__.rpartition(".")[2] in BYSTANDERS
+        )
         (drop if engine == "couchdb" and bystander else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -161,27 +179,48 @@ def cli_env(config_file: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def gridxfer(*args: str, config: Path, env: dict[str, str] | None = None,
-             check: bool = False, timeout: float = 120,
-             input: str | None = None) -> subprocess.CompletedProcess[str]:
+def gridxfer(
+    *args: str,
+    config: Path,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+    timeout: float = 120,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess, as a user would."""
-    proc = subprocess.run([sys.executable, "-m", "GRID_XFER.cli", *args], capture_output=True,
-                          text=True, env=env or cli_env(config), timeout=timeout, input=input)
+    proc = subprocess.run(
+        [sys.executable, "-m", "GRID_XFER.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env or cli_env(config),
+        timeout=timeout,
+        input=input,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"gridxfer {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"gridxfer {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 
-def spawn_worker(config: Path, *args: str, env: dict[str, str] | None = None,
-                 stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "GRID_XFER.cli", "worker", *args],
-                            stdout=subprocess.PIPE, stderr=stderr, text=True,
-                            env=env or cli_env(config))
+def spawn_worker(
+    config: Path, *args: str, env: dict[str, str] | None = None, stderr: Any = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "GRID_XFER.cli", "worker", *args],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=env or cli_env(config),
+    )
 
 
-def wait_for(predicate, timeout: float = 60.0, every: float = 0.1,  # noqa: ANN001, ANN201
-             what: str = "condition"):
+def wait_for(
+    predicate,
+    timeout: float = 60.0,
+    every: float = 0.1,  # noqa: ANN001, ANN201
+    what: str = "condition",
+):
     """Poll ``predicate`` until it returns something true, and return that."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

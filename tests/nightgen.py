@@ -17,6 +17,7 @@ Use from a demo::
     info = make_night(Path("/data/desi"), "20261127", exposures=20,
                       files_per_exposure=4, size=8 << 20, corrupt={"00001003"})
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,11 +53,19 @@ def manifest_name(exposure: str, algo: str = "sha256") -> str:
 def manifest_text(sums: Mapping[str, str], *, crlf: bool = False, upper: bool = False) -> str:
     """``sha256sum``-style text: ``<hex>  <name>`` per line, sorted by name."""
     eol = "\r\n" if crlf else "\n"
-    return "".join(f"{(v.upper() if upper else v)}  {name}{eol}" for name, v in sorted(sums.items()))
+    return "".join(
+        f"{(v.upper() if upper else v)}  {name}{eol}" for name, v in sorted(sums.items())
+    )
 
 
-def write_manifest(exposure_dir: Path, files: Mapping[str, bytes], *, algo: str = "sha256",
-                   crlf: bool = False, upper: bool = False) -> Path:
+def write_manifest(
+    exposure_dir: Path,
+    files: Mapping[str, bytes],
+    *,
+    algo: str = "sha256",
+    crlf: bool = False,
+    upper: bool = False,
+) -> Path:
     """(Re)write the exposure's manifest for ``files`` (relative name -> content)."""
     path = exposure_dir / manifest_name(exposure_dir.name, algo)
     text = manifest_text({n: checksum(d, algo) for n, d in files.items()}, crlf=crlf, upper=upper)
@@ -78,19 +87,30 @@ def flip_byte(path: Path, offset: int | None = None) -> int:
     return offset
 
 
-def write_exposure(exposure_dir: Path, files: Mapping[str, bytes], *, algo: str = "sha256",
-                   manifest: bool = True, crlf: bool = False, upper: bool = False) -> dict[str, Any]:
+def write_exposure(
+    exposure_dir: Path,
+    files: Mapping[str, bytes],
+    *,
+    algo: str = "sha256",
+    manifest: bool = True,
+    crlf: bool = False,
+    upper: bool = False,
+) -> dict[str, Any]:
     """Write ``files`` (relative names, subdirectories allowed) and their manifest."""
     exposure_dir.mkdir(parents=True, exist_ok=True)
     for name, data in files.items():
         target = exposure_dir / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
-    mpath = write_manifest(exposure_dir, files, algo=algo, crlf=crlf, upper=upper) if manifest else None
+    mpath = (
+        write_manifest(exposure_dir, files, algo=algo, crlf=crlf, upper=upper) if manifest else None
+    )
     return {
         "path": exposure_dir,
-        "files": {n: {"size": len(d), "sha256": sha256(d), "adler32": adler32(d)}
-                  for n, d in files.items()},
+        "files": {
+            n: {"size": len(d), "sha256": sha256(d), "adler32": adler32(d)}
+            for n, d in files.items()
+        },
         "manifest": mpath.name if mpath else None,
         "corrupted": [],
     }
@@ -121,10 +141,21 @@ def write_random_file(path: Path, size: int, rng: random.Random) -> dict[str, An
     return {"size": size, "sha256": sha.hexdigest(), "adler32": f"{adler & 0xFFFFFFFF:08x}"}
 
 
-def make_night(root: Path, night: str, exposures: int = 3, files_per_exposure: int = 2,
-               size: int = 4096, *, corrupt: set[str] | None = None,
-               no_manifest: set[str] | None = None, algo: str = "sha256", crlf: bool = False,
-               upper: bool = False, first: int = 1000, seed: int | str | None = None) -> dict[str, Any]:
+def make_night(
+    root: Path,
+    night: str,
+    exposures: int = 3,
+    files_per_exposure: int = 2,
+    size: int = 4096,
+    *,
+    corrupt: set[str] | None = None,
+    no_manifest: set[str] | None = None,
+    algo: str = "sha256",
+    crlf: bool = False,
+    upper: bool = False,
+    first: int = 1000,
+    seed: int | str | None = None,
+) -> dict[str, Any]:
     """Write a night of ``exposures`` exposures (named ``%08d`` from ``first``).
 
     Files are ``desi-<EXP>-<k>.fits``, written in blocks, so large nights fit
@@ -143,13 +174,22 @@ def make_night(root: Path, night: str, exposures: int = 3, files_per_exposure: i
         raise ValueError(f"no such exposure(s): {', '.join(sorted(unknown))}")
     night_dir = Path(root) / night
     night_dir.mkdir(parents=True, exist_ok=True)
-    info: dict[str, Any] = {"night": night, "path": night_dir, "exposures": {}, "files": 0, "bytes": 0}
+    info: dict[str, Any] = {
+        "night": night,
+        "path": night_dir,
+        "exposures": {},
+        "files": 0,
+        "bytes": 0,
+    }
     for i in range(exposures):
         exp = f"{first + i:08d}"
         exp_dir = night_dir / exp
-        files = {f"desi-{exp}-{k:02d}.fits": write_random_file(exp_dir / f"desi-{exp}-{k:02d}.fits",
-                                                              size, rng)
-                 for k in range(files_per_exposure)}
+        files = {
+            f"desi-{exp}-{k:02d}.fits": write_random_file(
+                exp_dir / f"desi-{exp}-{k:02d}.fits", size, rng
+            )
+            for k in range(files_per_exposure)
+        }
         exp_dir.mkdir(parents=True, exist_ok=True)
         manifest = None
         if exp not in no_manifest:
@@ -163,8 +203,12 @@ def make_night(root: Path, night: str, exposures: int = 3, files_per_exposure: i
                 raise ValueError(f"cannot corrupt {exp}/{name}: no such file")
             flip_byte(exp_dir / name)
             corrupted.append(name)
-        info["exposures"][exp] = {"path": exp_dir, "files": files, "manifest": manifest,
-                                  "corrupted": corrupted}
+        info["exposures"][exp] = {
+            "path": exp_dir,
+            "files": files,
+            "manifest": manifest,
+            "corrupted": corrupted,
+        }
         info["files"] += len(files)
         info["bytes"] += size * len(files)
     return info
@@ -173,5 +217,8 @@ def make_night(root: Path, night: str, exposures: int = 3, files_per_exposure: i
 def tree(root: Path) -> dict[str, bytes]:
     """Every file under ``root`` by relative POSIX path, with its content (small trees)."""
     root = Path(root)
-    return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }

@@ -6,6 +6,7 @@ authentication, and stages for real: through gfal2's bring_online against the
 tape testbed (XRootD + FRM). Request states follow the LTA's words: 'scheduled',
 'in progress', 'success', 'partial success', 'failed', 'aborted'.
 """
+
 from __future__ import annotations
 
 import base64
@@ -47,10 +48,17 @@ class LtaStagerService:
                     return False
                 return True
 
-        self.server = _Server(("127.0.0.1", 0), requestHandler=Handler, logRequests=False,
-                              allow_none=True)
-        for name in ("add_getid", "getstatus", "getstagedurls", "abort", "reschedule",
-                     "getprogress"):
+        self.server = _Server(
+            ("127.0.0.1", 0), requestHandler=Handler, logRequests=False, allow_none=True
+        )
+        for name in (
+            "add_getid",
+            "getstatus",
+            "getstagedurls",
+            "abort",
+            "reschedule",
+            "getprogress",
+        ):
             self.server.register_function(getattr(self, name), f"LtaStager.{name}")
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -72,7 +80,7 @@ class LtaStagerService:
         ctx = gfal2.creat_context()
         batches = []
         for i in range(0, len(urls), BATCH):
-            chunk = urls[i:i + BATCH]
+            chunk = urls[i : i + BATCH]
             _, token = ctx.bring_online(chunk, 3600, 3600, True)
             batches.append((token, chunk))
         return batches
@@ -81,8 +89,13 @@ class LtaStagerService:
         self.calls.append("add_getid")
         rid = next(self._ids)
         with self._lock:
-            self.requests[rid] = {"surls": list(surls), "batches": self._bring_online(list(surls)),
-                                  "staged": set(), "failed": set(), "status": "scheduled"}
+            self.requests[rid] = {
+                "surls": list(surls),
+                "batches": self._bring_online(list(surls)),
+                "staged": set(),
+                "failed": set(),
+                "status": "scheduled",
+            }
         return rid
 
     def _refresh(self, rid: int) -> dict[str, Any]:
@@ -93,7 +106,7 @@ class LtaStagerService:
             return req
         ctx = gfal2.creat_context()
         for token, chunk in req["batches"]:
-            for url, err in zip(chunk, ctx.bring_online_poll(chunk, token)):
+            for url, err in zip(chunk, ctx.bring_online_poll(chunk, token), strict=False):
                 if err is None:
                     req["staged"].add(url)
                 elif err.code == errno.ENOENT:
@@ -133,5 +146,11 @@ class LtaStagerService:
     def getprogress(self) -> dict[str, dict[str, Any]]:
         self.calls.append("getprogress")
         with self._lock:
-            return {str(rid): {"Status": r["status"], "File count": len(r["surls"]),
-                               "Files done": len(r["staged"])} for rid, r in self.requests.items()}
+            return {
+                str(rid): {
+                    "Status": r["status"],
+                    "File count": len(r["surls"]),
+                    "Files done": len(r["staged"]),
+                }
+                for rid, r in self.requests.items()
+            }

@@ -5,6 +5,7 @@ states no transition reaches yet (staging, archiving) are set on a held lease.
 The expected numbers are computed from the stored documents, independently of
 the views.
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -17,10 +18,15 @@ from GRID_XFER.token import STATES, parse_spec
 
 # night -> (tokens, [(state, code or None)] for the tokens that move)
 PLAN: dict[str, list[tuple[str, int | None]]] = {
-    "20261125": [("done", None)] * 4 + [("error", Code.CHECKSUM_MISMATCH)] * 2
-    + [("error", Code.SOURCE_MISSING)] + [("error", Code.MISSING_AT_SOURCE)] * 3,
-    "20261126": [("done", None)] * 3 + [("locked", None)] * 2 + [("staging", None)]
-    + [("archiving", None)] + [("error", Code.TRANSFER_FAILED)],
+    "20261125": [("done", None)] * 4
+    + [("error", Code.CHECKSUM_MISMATCH)] * 2
+    + [("error", Code.SOURCE_MISSING)]
+    + [("error", Code.MISSING_AT_SOURCE)] * 3,
+    "20261126": [("done", None)] * 3
+    + [("locked", None)] * 2
+    + [("staging", None)]
+    + [("archiving", None)]
+    + [("error", Code.TRANSFER_FAILED)],
     "20261127": [("locked", None), ("done", None)],
 }
 SIZES = {"20261125": 10, "20261126": 12, "20261127": 5}  # tokens per night
@@ -37,10 +43,18 @@ def seed(pool: Pool) -> list[Lease]:
     """Create and move the tokens of PLAN; returns the leases still held."""
     held: list[Lease] = []
     for night, n in SIZES.items():
-        pool.create(night, [parse_spec({"exposure": f"{i:08d}",
-                                        "files": [{"name": f"raw-{i:08d}.fits.fz",
-                                                   "size": 1000 * (i + 1)}]})
-                            for i in range(n)])
+        pool.create(
+            night,
+            [
+                parse_spec(
+                    {
+                        "exposure": f"{i:08d}",
+                        "files": [{"name": f"raw-{i:08d}.fits.fz", "size": 1000 * (i + 1)}],
+                    }
+                )
+                for i in range(n)
+            ],
+        )
         for state, code in PLAN[night]:
             lease = pool.claim(night)
             assert lease is not None
@@ -58,17 +72,26 @@ def seed(pool: Pool) -> list[Lease]:
 
 
 def tokens(couch: Couch) -> list[dict[str, Any]]:
-    return [r["doc"] for r in couch.all_docs(include_docs=True)
-            if not r["id"].startswith("_design/")]
+    return [
+        r["doc"] for r in couch.all_docs(include_docs=True) if not r["id"].startswith("_design/")
+    ]
 
 
 def expected(couch: Couch) -> dict[str, dict[str, Any]]:
     """``{night: {"states", "errors", "bytes_done", "bytes_total", "messages", "holders"}}``."""
     out: dict[str, dict[str, Any]] = {}
     for doc in tokens(couch):
-        e = out.setdefault(doc["token_set"], {
-            "states": dict.fromkeys(STATES, 0), "errors": Counter(), "bytes_done": 0,
-            "bytes_total": 0, "messages": defaultdict(set), "holders": Counter()})
+        e = out.setdefault(
+            doc["token_set"],
+            {
+                "states": dict.fromkeys(STATES, 0),
+                "errors": Counter(),
+                "bytes_done": 0,
+                "bytes_total": 0,
+                "messages": defaultdict(set),
+                "holders": Counter(),
+            },
+        )
         e["states"][doc["state"]] += 1
         e["bytes_total"] += doc["bytes_total"]
         if doc["state"] == "done":

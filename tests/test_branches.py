@@ -9,6 +9,7 @@ of several claimants' steps, replication and the node's outage; the claimants
 follow GRID_XFER's rules. Whatever the order: at most one claimant goes ahead,
 and the token never loses its last live branch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,12 +27,25 @@ from GRID_XFER import branches
 NOW = 1_000_000.0
 
 
-def leaf(rev: str, state: str = "locked", *, claim: str | None = None, parents: list[str] = (),
-         deleted: bool = False, **fields: Any) -> dict[str, Any]:
+def leaf(
+    rev: str,
+    state: str = "locked",
+    *,
+    claim: str | None = None,
+    parents: list[str] = (),
+    deleted: bool = False,
+    **fields: Any,
+) -> dict[str, Any]:
     gen, digest = rev.split("-")
     ids = [digest] + [p.split("-")[1] for p in parents]
-    doc = {"_id": "t", "_rev": rev, "state": state, "claim": claim,
-           "_revisions": {"start": int(gen), "ids": ids}, **fields}
+    doc = {
+        "_id": "t",
+        "_rev": rev,
+        "state": state,
+        "claim": claim,
+        "_revisions": {"start": int(gen), "ids": ids},
+        **fields,
+    }
     if state in ("locked", "archiving"):
         doc.setdefault("lease_expires", NOW + 60)
         doc.setdefault("claimed", NOW)
@@ -85,8 +99,10 @@ def test_an_owner_sees_a_reset_of_its_claim_as_losing_the_token() -> None:
     deleted = leaf("3-dd", deleted=True, parents=["2-cl", "1-00"])
     assert branches.judge_owner([mine, deleted], "me", "2-cl", "3-aa").outcome == "overridden"
     # ... but a tombstone of a branch it deleted itself is its own
-    assert branches.judge_owner([mine, deleted], "me", "2-cl", "3-aa",
-                                dropped=["2-cl"]).outcome == "own"
+    assert (
+        branches.judge_owner([mine, deleted], "me", "2-cl", "3-aa", dropped=["2-cl"]).outcome
+        == "own"
+    )
 
 
 def test_an_owner_deletes_losing_claims_and_goes_on_from_its_newest_branch() -> None:
@@ -163,8 +179,11 @@ class Cluster:
         self.answer = 201 if ok >= 2 else 409 if conflict >= 2 else 202 if ok else 409
 
     def replicate(self) -> None:
-        src, dst = self.rng.sample([c for c in self.copies if c.up] or self.copies, 2) \
-            if sum(c.up for c in self.copies) >= 2 else (self.copies[0], self.copies[0])
+        src, dst = (
+            self.rng.sample([c for c in self.copies if c.up] or self.copies, 2)
+            if sum(c.up for c in self.copies) >= 2
+            else (self.copies[0], self.copies[0])
+        )
         for rev, node in list(src.revs.items()):
             if rev not in dst.revs and (node.parent is None or node.parent in dst.revs):
                 dst.revs[rev] = node
@@ -183,8 +202,12 @@ class Cluster:
             while cur is not None:
                 chain.append(cur.split("-")[1])
                 cur = merged[cur].parent if cur in merged else None
-            doc = {"_id": "t", "_rev": rev, **node.body,
-                   "_revisions": {"start": int(rev.split("-")[0]), "ids": chain}}
+            doc = {
+                "_id": "t",
+                "_rev": rev,
+                **node.body,
+                "_revisions": {"start": int(rev.split("-")[0]), "ids": chain},
+            }
             if node.deleted:
                 doc = {"_id": "t", "_rev": rev, "_deleted": True, "_revisions": doc["_revisions"]}
             out.append(doc)
@@ -201,8 +224,13 @@ class Cluster:
 
 
 def claimant(cluster: Cluster, name: str, owners: list[str]) -> Iterator[None]:
-    body = {"state": "locked", "claim": name, "claimed_from": 1, "claimed": NOW,
-            "lease_expires": NOW + 60}
+    body = {
+        "state": "locked",
+        "claim": name,
+        "claimed_from": 1,
+        "claimed": NOW,
+        "lease_expires": NOW + 60,
+    }
     rev, node = cluster.new_rev("1-00", body)
     yield from cluster.write_steps(rev, node)  # whatever the answer, look at every branch
     for _ in range(12):
@@ -211,8 +239,9 @@ def claimant(cluster: Cluster, name: str, owners: list[str]) -> Iterator[None]:
             yield from delete(cluster, target)
         if verdict.outcome == "own":
             owners.append(name)
-            done, dnode = cluster.new_rev(verdict.current["_rev"],
-                                          {**body, "state": "done", "claimed_from": 1})
+            done, dnode = cluster.new_rev(
+                verdict.current["_rev"], {**body, "state": "done", "claimed_from": 1}
+            )
             yield from cluster.write_steps(done, dnode)
             return
         if verdict.outcome == "lost":
@@ -226,10 +255,10 @@ def delete(cluster: Cluster, target: str) -> Iterator[None]:
 
 
 @settings(max_examples=int(os.environ.get("GRIDXFER_SIM_EXAMPLES", "400")), deadline=None)
-@given(seed=st.integers(0, 2**32 - 1), claimants=st.integers(2, 5),
-       outage=st.booleans())
-def test_at_most_one_claimant_goes_ahead_and_the_token_survives(seed: int, claimants: int,
-                                                                 outage: bool) -> None:
+@given(seed=st.integers(0, 2**32 - 1), claimants=st.integers(2, 5), outage=st.booleans())
+def test_at_most_one_claimant_goes_ahead_and_the_token_survives(
+    seed: int, claimants: int, outage: bool
+) -> None:
     rng = random.Random(seed)
     cluster = Cluster(rng)
     owners: list[str] = []
@@ -243,8 +272,13 @@ def test_at_most_one_claimant_goes_ahead_and_the_token_survives(seed: int, claim
             # of the documented assumption: a copy that fails has passed on what it took).
             victim = rng.choice(cluster.copies)
             for other in cluster.copies:
-                other.revs.update({r: n for r, n in victim.revs.items()
-                                   if n.parent is None or n.parent in other.revs})
+                other.revs.update(
+                    {
+                        r: n
+                        for r, n in victim.revs.items()
+                        if n.parent is None or n.parent in other.revs
+                    }
+                )
             victim.up = False
         if step == down_at + 15:
             for c in cluster.copies:

@@ -1,4 +1,5 @@
 """Manifest parsing and streaming hashes (pure Python, no servers)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +13,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from GRID_XFER.checksum import ALGORITHMS, Hasher, ManifestError, hash_chunks, hash_file, manifest_name, parse_manifest
+from GRID_XFER.checksum import (
+    ALGORITHMS,
+    Hasher,
+    ManifestError,
+    hash_chunks,
+    hash_file,
+    manifest_name,
+    parse_manifest,
+)
 from GRID_XFER.errors import Code, ConfigError
 
 A = "a" * 64
@@ -29,6 +38,7 @@ def adler(data: bytes) -> str:
 
 
 # ----------------------------------------------------------------------------- manifest names
+
 
 def test_manifest_name_follows_desi_convention_for_sha256() -> None:
     assert manifest_name("00012345", "sha256") == "checksum-00012345.sha256sum"
@@ -47,9 +57,13 @@ def test_unknown_algorithm_is_a_configuration_error() -> None:
 
 # ----------------------------------------------------------------------------- parsing
 
+
 def test_parse_text_and_binary_mode_lines() -> None:
     text = f"{A}  desi-00012345.fits.fz\n{B} *guide-00012345.fits.fz\n"
-    assert parse_manifest(text, "sha256") == {"desi-00012345.fits.fz": A, "guide-00012345.fits.fz": B}
+    assert parse_manifest(text, "sha256") == {
+        "desi-00012345.fits.fz": A,
+        "guide-00012345.fits.fz": B,
+    }
 
 
 def test_parse_tolerates_crlf_line_endings() -> None:
@@ -64,7 +78,10 @@ def test_parse_normalises_upper_case_hex_to_lower() -> None:
 def test_parse_keeps_spaces_and_non_ascii_in_names() -> None:
     text = f"{A}  my file.fits\n{B}  Ångström ü 観測.fits\n{C}  trailing space \n"
     assert parse_manifest(text, "sha256") == {
-        "my file.fits": A, "Ångström ü 観測.fits": B, "trailing space ": C}
+        "my file.fits": A,
+        "Ångström ü 観測.fits": B,
+        "trailing space ": C,
+    }
 
 
 def test_parse_accepts_subdirectories_and_strips_dot_slash() -> None:
@@ -114,10 +131,23 @@ def test_parse_same_file_twice_with_same_checksum_is_fine() -> None:
         (f"{A}  a//b.fits\n", 1, "not a relative path"),
         (f"{A}  a.fits\r\n{B}  a.fits\r\n", 2, "different checksum"),
     ],
-    ids=["short-hex", "long-hex", "hex-only", "blank-name", "garbage", "non-hex", "tab-separator",
-         "absolute", "dotdot", "empty-segment", "conflicting-duplicate"],
+    ids=[
+        "short-hex",
+        "long-hex",
+        "hex-only",
+        "blank-name",
+        "garbage",
+        "non-hex",
+        "tab-separator",
+        "absolute",
+        "dotdot",
+        "empty-segment",
+        "conflicting-duplicate",
+    ],
 )
-def test_invalid_line_raises_manifest_error_naming_the_line(text: str, line: int, fragment: str) -> None:
+def test_invalid_line_raises_manifest_error_naming_the_line(
+    text: str, line: int, fragment: str
+) -> None:
     with pytest.raises(ManifestError) as info:
         parse_manifest(text, "sha256", source="checksum-1.sha256sum")
     message = str(info.value)
@@ -134,7 +164,13 @@ def test_adler32_manifest_rejects_sha256_length_values() -> None:
 
 @pytest.mark.skipif(shutil.which("sha256sum") is None, reason="coreutils sha256sum not available")
 def test_parse_real_sha256sum_output_with_awkward_names(tmp_path: Path) -> None:
-    names = ["plain.fits", "with space.fits", "ünïcödé 観測.fits", "back\\slash.fits", "new\nline.fits"]
+    names = [
+        "plain.fits",
+        "with space.fits",
+        "ünïcödé 観測.fits",
+        "back\\slash.fits",
+        "new\nline.fits",
+    ]
     (tmp_path / "sub").mkdir()
     names.append("sub/nested.fits")
     expected = {}
@@ -142,12 +178,14 @@ def test_parse_real_sha256sum_output_with_awkward_names(tmp_path: Path) -> None:
         data = f"exposure {i}".encode()
         (tmp_path / name).write_bytes(data)
         expected[name] = sha(data)
-    out = subprocess.run(["sha256sum", "--", *names], cwd=tmp_path, check=True,
-                         capture_output=True).stdout.decode()
+    out = subprocess.run(
+        ["sha256sum", "--", *names], cwd=tmp_path, check=True, capture_output=True
+    ).stdout.decode()
     assert parse_manifest(out, "sha256") == expected
 
 
 # ----------------------------------------------------------------------------- hashing
+
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
 def test_hash_file_matches_reference_across_chunk_boundaries(tmp_path: Path, algo: str) -> None:
@@ -179,8 +217,11 @@ def test_hasher_accepts_gfal2_style_upper_case_name() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(data=st.binary(max_size=5000), cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=20),
-       algo=st.sampled_from(sorted(ALGORITHMS)))
+@given(
+    data=st.binary(max_size=5000),
+    cuts=st.lists(st.integers(min_value=0, max_value=5000), max_size=20),
+    algo=st.sampled_from(sorted(ALGORITHMS)),
+)
 def test_hash_chunks_is_independent_of_chunking(data: bytes, cuts: list[int], algo: str) -> None:
     bounds = sorted({0, len(data), *(c for c in cuts if c <= len(data))})
     chunks = [data[a:b] for a, b in itertools.pairwise(bounds)]

@@ -7,6 +7,7 @@ GRID_XFER/errors.py (``exit_status``) and docs/cli.md:
 3 configuration, 4 database unavailable or refused, 5 not found,
 6 invalid input or token, 7 embedded server.
 """
+
 from __future__ import annotations
 
 import json
@@ -87,9 +88,14 @@ class ServerSetup:
         self.data_dir = tmp / "srv" / "data"
         self.url = f"http://127.0.0.1:{self.port}"
         self.config = tmp / "server.yaml"
-        self.config.write_text(yaml.safe_dump({
-            "server": {"port": self.port, "data_dir": str(self.data_dir)},
-            "couchdb": {"url": self.url, "retries": 1, "backoff": 0.1}}))
+        self.config.write_text(
+            yaml.safe_dump(
+                {
+                    "server": {"port": self.port, "data_dir": str(self.data_dir)},
+                    "couchdb": {"url": self.url, "retries": 1, "backoff": 0.1},
+                }
+            )
+        )
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
         return gridxfer("server", *args, config=self.config)
@@ -176,8 +182,16 @@ def test_concurrent_starts_agree_on_one_live_server(srv: ServerSetup) -> None:
     # "already running" with that PID, or exits 7 (server.py serialises starts).
     for _ in range(3):
         cmd = [sys.executable, "-m", "GRID_XFER.cli", "server", "start", "--json"]
-        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True, env=cli_env(srv.config)) for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=cli_env(srv.config),
+            )
+            for _ in range(2)
+        ]
         results = [(p, *p.communicate(timeout=120)) for p in procs]
         rc, st = srv.status()
         assert rc == 0 and st["running"] and pid_alive(st["pid"])
@@ -191,18 +205,31 @@ def test_concurrent_starts_agree_on_one_live_server(srv: ServerSetup) -> None:
 
 
 # -- configuration errors: exit 3 ------------------------------------------------
-@pytest.mark.parametrize("text, key", [
-    ("colour: red\n", "colour: unknown key"),
-    ("worker: {max_attempts: many}\n", "worker.max_attempts"),
-    ("couchdb: {timeout: fast}\n", "couchdb.timeout"),
-    ("server: {prot: 6000}\n", "server.prot: unknown key"),
-    ("couchdb: {url: 'http://dm:pw@db.example:5984'}\n", "couchdb.url"),
-], ids=["unknown-key", "wrong-type-int", "wrong-type-float", "unknown-nested-key",
-        "url-with-credentials"])
-@pytest.mark.parametrize("command", [["status"], ["tokens", "list", "n1"], ["server", "status"]],
-                         ids=lambda c: "-".join(c))
-def test_bad_config_exits_3_with_one_line_naming_the_key(tmp_path: Path, text: str, key: str,
-                                                         command: list[str]) -> None:
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("colour: red\n", "colour: unknown key"),
+        ("worker: {max_attempts: many}\n", "worker.max_attempts"),
+        ("couchdb: {timeout: fast}\n", "couchdb.timeout"),
+        ("server: {prot: 6000}\n", "server.prot: unknown key"),
+        ("couchdb: {url: 'http://dm:pw@db.example:5984'}\n", "couchdb.url"),
+    ],
+    ids=[
+        "unknown-key",
+        "wrong-type-int",
+        "wrong-type-float",
+        "unknown-nested-key",
+        "url-with-credentials",
+    ],
+)
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["tokens", "list", "n1"], ["server", "status"]],
+    ids=lambda c: "-".join(c),
+)
+def test_bad_config_exits_3_with_one_line_naming_the_key(
+    tmp_path: Path, text: str, key: str, command: list[str]
+) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(text)
     proc = gridxfer(*command, config=cfg)
@@ -239,26 +266,50 @@ def test_debug_adds_the_traceback(tmp_path: Path) -> None:
 GOOD = {"exposure": "00001000", "files": [{"name": "a.fits", "size": 10}]}
 
 
-@pytest.mark.parametrize("content, expected", [
-    ([GOOD, "bad name!"], ["entry 1", "exposure"]),
-    ([GOOD, "-leading"], ["entry 1", "exposure"]),
-    ([GOOD, {"exposure": "e2", "files": [{"name": "/etc/passwd"}]}],
-     ["entry 1", "files.0.name", "relative"]),
-    ([GOOD, {"exposure": "e2", "files": [{"name": "ok"}, {"name": "x/../../y"}]}],
-     ["entry 1", "files.1.name"]),
-    ([GOOD, {"exposure": "e2", "files": [{"name": "a", "checksums": {"sha256": "xyz!"}}]}],
-     ["entry 1", "files.0.checksums", "sha256", "hex"]),
-    ([GOOD, {"exposure": "e2", "files": [{"name": "a", "size": -1}]}],
-     ["entry 1", "files.0.size"]),
-    ([GOOD, {"exposure": "e2", "colour": "red"}], ["entry 1", "colour"]),
-    ([GOOD, {"files": [{"name": "a"}]}], ["entry 1", "exposure"]),
-    ({"00001000": {"files": []}}, ["expected a list"]),
-    ("just a string", ["expected a list"]),
-    ([GOOD, GOOD], ["listed twice"]),
-], ids=["exposure-name", "exposure-symbol", "absolute-file", "dotdot-file", "checksum-not-hex",
-        "negative-size", "unknown-field", "no-exposure", "mapping", "scalar", "duplicate"])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ([GOOD, "bad name!"], ["entry 1", "exposure"]),
+        ([GOOD, "-leading"], ["entry 1", "exposure"]),
+        (
+            [GOOD, {"exposure": "e2", "files": [{"name": "/etc/passwd"}]}],
+            ["entry 1", "files.0.name", "relative"],
+        ),
+        (
+            [GOOD, {"exposure": "e2", "files": [{"name": "ok"}, {"name": "x/../../y"}]}],
+            ["entry 1", "files.1.name"],
+        ),
+        (
+            [GOOD, {"exposure": "e2", "files": [{"name": "a", "checksums": {"sha256": "xyz!"}}]}],
+            ["entry 1", "files.0.checksums", "sha256", "hex"],
+        ),
+        (
+            [GOOD, {"exposure": "e2", "files": [{"name": "a", "size": -1}]}],
+            ["entry 1", "files.0.size"],
+        ),
+        ([GOOD, {"exposure": "e2", "colour": "red"}], ["entry 1", "colour"]),
+        ([GOOD, {"files": [{"name": "a"}]}], ["entry 1", "exposure"]),
+        ({"00001000": {"files": []}}, ["expected a list"]),
+        ("just a string", ["expected a list"]),
+        ([GOOD, GOOD], ["listed twice"]),
+    ],
+    ids=[
+        "exposure-name",
+        "exposure-symbol",
+        "absolute-file",
+        "dotdot-file",
+        "checksum-not-hex",
+        "negative-size",
+        "unknown-field",
+        "no-exposure",
+        "mapping",
+        "scalar",
+        "duplicate",
+    ],
+)
 def test_create_with_invalid_exposures_exits_6_and_writes_nothing(
-        db: Database, content: Any, expected: list[str]) -> None:
+    db: Database, content: Any, expected: list[str]
+) -> None:
     spec = db.tmp / "exposures.yaml"
     spec.write_text(yaml.safe_dump(content))
     proc = gridxfer("tokens", "create", "n1", "--from", str(spec), config=db.config_file)
@@ -269,13 +320,18 @@ def test_create_with_invalid_exposures_exits_6_and_writes_nothing(
     assert user_docs(db) == []
 
 
-@pytest.mark.parametrize("name, text, expected", [
-    ("bad.yaml", "- a\n- [b, c\n", "not valid YAML"),
-    ("bad.yaml", "exposures: {a: 1\n", "not valid YAML"),
-    ("bad.json", '["a", ', "not valid JSON"),
-], ids=["yaml-list", "yaml-mapping", "json"])
-def test_create_from_unparsable_file_exits_6(db: Database, name: str, text: str,
-                                             expected: str) -> None:
+@pytest.mark.parametrize(
+    "name, text, expected",
+    [
+        ("bad.yaml", "- a\n- [b, c\n", "not valid YAML"),
+        ("bad.yaml", "exposures: {a: 1\n", "not valid YAML"),
+        ("bad.json", '["a", ', "not valid JSON"),
+    ],
+    ids=["yaml-list", "yaml-mapping", "json"],
+)
+def test_create_from_unparsable_file_exits_6(
+    db: Database, name: str, text: str, expected: str
+) -> None:
     spec = db.tmp / name
     spec.write_text(text)
     proc = gridxfer("tokens", "create", "n1", "--from", str(spec), config=db.config_file)
@@ -290,8 +346,9 @@ def test_create_bad_night_or_missing_file_exits_6(db: Database) -> None:
     spec.write_text("- a\n- b\n")
     proc = gridxfer("tokens", "create", "bad night", "--from", str(spec), config=db.config_file)
     assert proc.returncode == 6 and "night" in error_line(proc)
-    proc = gridxfer("tokens", "create", "n1", "--from", str(db.tmp / "none.yaml"),
-                    config=db.config_file)
+    proc = gridxfer(
+        "tokens", "create", "n1", "--from", str(db.tmp / "none.yaml"), config=db.config_file
+    )
     assert proc.returncode == 6 and "cannot read" in error_line(proc)
     assert user_docs(db) == []
 
@@ -303,8 +360,7 @@ def test_create_keeps_zero_padded_numeric_exposure_names(db: Database) -> None:
     # different exposure.
     spec = db.tmp / "numeric.yaml"
     spec.write_text("- 00012345\n- 00000100\n")
-    proc = gridxfer("tokens", "create", "n1", "--from", str(spec), "--json",
-                    config=db.config_file)
+    proc = gridxfer("tokens", "create", "n1", "--from", str(spec), "--json", config=db.config_file)
     if proc.returncode == 6:
         assert user_docs(db) == []
     else:
@@ -313,10 +369,17 @@ def test_create_keeps_zero_padded_numeric_exposure_names(db: Database) -> None:
 
 
 # -- not found: exit 5 -------------------------------------------------------------
-@pytest.mark.parametrize("command", [
-    ["tokens", "list", "n9"], ["tokens", "list", "n9", "--json"],
-    ["tokens", "reset", "n9"], ["tokens", "delete", "n9", "--yes"], ["status", "n9"],
-], ids=lambda c: "-".join(c))
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["tokens", "list", "n9"],
+        ["tokens", "list", "n9", "--json"],
+        ["tokens", "reset", "n9"],
+        ["tokens", "delete", "n9", "--yes"],
+        ["status", "n9"],
+    ],
+    ids=lambda c: "-".join(c),
+)
 def test_unknown_night_exits_5(db: Database, command: list[str]) -> None:
     spec = db.tmp / "n1.yaml"
     spec.write_text("- a\n- b\n")
@@ -345,13 +408,23 @@ def test_delete_without_yes_and_no_terminal_exits_6(db: Database) -> None:
 
 
 # -- database unavailable: exit 4, credentials never shown --------------------------
-@pytest.mark.parametrize("command", [
-    ["status"], ["status", "--json"], ["init"], ["tokens", "list", "n1"],
-    ["tokens", "show", "n1_a"], ["tokens", "reap"], ["tokens", "create", "n1", "--from", "FILE"],
-    ["--debug", "status"],
-], ids=lambda c: "-".join(c))
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["status"],
+        ["status", "--json"],
+        ["init"],
+        ["tokens", "list", "n1"],
+        ["tokens", "show", "n1_a"],
+        ["tokens", "reap"],
+        ["tokens", "create", "n1", "--from", "FILE"],
+        ["--debug", "status"],
+    ],
+    ids=lambda c: "-".join(c),
+)
 def test_unreachable_server_exits_4_without_showing_the_password(
-        tmp_path: Path, command: list[str]) -> None:
+    tmp_path: Path, command: list[str]
+) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     cfg = tmp_path / "gone.yaml"
     cfg.write_text(yaml.safe_dump({"couchdb": {"url": url, "retries": 1, "backoff": 0.1}}))
@@ -385,16 +458,29 @@ def test_refused_login_exits_4_without_showing_the_password(db: Database, auth: 
 # -- --json shapes ----------------------------------------------------------------
 def test_tokens_list_json_is_an_array_of_token_documents(db: Database) -> None:
     spec = db.tmp / "n1.yaml"
-    spec.write_text(yaml.safe_dump([
-        {"exposure": "e1", "files": [{"name": "a.fits", "size": 100,
-                                      "checksums": {"sha256": "AB" * 32}}]},
-        {"exposure": "e2", "files": [{"name": "b.fits", "size": 50}]},
-        "e3"]))
-    created = gridxfer("tokens", "create", "n1", "--from", str(spec), "--json",
-                       config=db.config_file, check=True)
+    spec.write_text(
+        yaml.safe_dump(
+            [
+                {
+                    "exposure": "e1",
+                    "files": [{"name": "a.fits", "size": 100, "checksums": {"sha256": "AB" * 32}}],
+                },
+                {"exposure": "e2", "files": [{"name": "b.fits", "size": 50}]},
+                "e3",
+            ]
+        )
+    )
+    created = gridxfer(
+        "tokens", "create", "n1", "--from", str(spec), "--json", config=db.config_file, check=True
+    )
     report = json.loads(created.stdout)
-    assert {k: report[k] for k in ("night", "created", "updated", "unchanged", "skipped")} \
-        == {"night": "n1", "created": 3, "updated": 0, "unchanged": 0, "skipped": 0}
+    assert {k: report[k] for k in ("night", "created", "updated", "unchanged", "skipped")} == {
+        "night": "n1",
+        "created": 3,
+        "updated": 0,
+        "unchanged": 0,
+        "skipped": 0,
+    }
 
     proc = gridxfer("tokens", "list", "n1", "--json", config=db.config_file, check=True)
     docs = json.loads(proc.stdout)
@@ -407,8 +493,9 @@ def test_tokens_list_json_is_an_array_of_token_documents(db: Database) -> None:
     e1 = next(d for d in docs if d["_id"] == "n1_e1")
     assert e1["files"][0]["checksums"] == {"sha256": "ab" * 32} and e1["bytes_total"] == 100
 
-    empty = gridxfer("tokens", "list", "n1", "--state", "error", "--json",
-                     config=db.config_file, check=True)
+    empty = gridxfer(
+        "tokens", "list", "n1", "--state", "error", "--json", config=db.config_file, check=True
+    )
     assert json.loads(empty.stdout) == []
 
     show = gridxfer("tokens", "show", "n1_e2", "--json", config=db.config_file, check=True)
@@ -416,14 +503,21 @@ def test_tokens_list_json_is_an_array_of_token_documents(db: Database) -> None:
 
 
 def test_status_json_shape(db: Database) -> None:
-    assert json.loads(gridxfer("status", "--json", config=db.config_file,
-                               check=True).stdout)["nights"] == []
+    assert (
+        json.loads(gridxfer("status", "--json", config=db.config_file, check=True).stdout)["nights"]
+        == []
+    )
     for night, sizes in (("n1", [100, 50, 7]), ("n2", [1])):
         spec = db.tmp / f"{night}.yaml"
-        spec.write_text(yaml.safe_dump([{"exposure": f"e{i}", "files": [{"name": "f", "size": s}]}
-                                        for i, s in enumerate(sizes)]))
-        gridxfer("tokens", "create", night, "--from", str(spec), config=db.config_file,
-                 check=True)
+        spec.write_text(
+            yaml.safe_dump(
+                [
+                    {"exposure": f"e{i}", "files": [{"name": "f", "size": s}]}
+                    for i, s in enumerate(sizes)
+                ]
+            )
+        )
+        gridxfer("tokens", "create", night, "--from", str(spec), config=db.config_file, check=True)
     lease = db.pool().claim("n1")
     assert lease is not None
     done_bytes = lease.doc["bytes_total"]
@@ -443,6 +537,5 @@ def test_status_json_shape(db: Database) -> None:
     assert n1["bytes_total"] == 157 and n1["bytes_done"] == done_bytes
     assert n2["states"]["todo"] == 1 and n2["bytes_total"] == 1 and n2["bytes_done"] == 0
 
-    one = json.loads(gridxfer("status", "n2", "--json", config=db.config_file,
-                              check=True).stdout)
+    one = json.loads(gridxfer("status", "n2", "--json", config=db.config_file, check=True).stdout)
     assert [{k: n[k] for k in core} for n in one["nights"]] == [{k: n2[k] for k in core}]

@@ -4,6 +4,7 @@ links at the source).
 Symbolic links in real directories, listed through gfal2's file plugin and a real
 XRootD server; `tokens create` and `worker` run as users run them.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,6 +46,7 @@ def exposure(root: Path) -> Path:
 
 # ----------------------------------------------------------------------------- Storage.walk
 
+
 def test_walk_follows_links_that_stay_inside_the_exposure(storage: Storage, tmp_path: Path) -> None:
     e = exposure(tmp_path / "e")
     (e / "rel.fits").symlink_to("a.fits")
@@ -52,22 +54,32 @@ def test_walk_follows_links_that_stay_inside_the_exposure(storage: Storage, tmp_
     (e / "subl").symlink_to("sub")
     found = storage.walk(file_url(e))
     assert {k: v.size for k, v in found.items()} == {
-        "a.fits": 10, "rel.fits": 10, "sub/b.fits": 20, "sub/up.fits": 10,
-        "subl/b.fits": 20, "subl/up.fits": 10, manifest_name("e"): found[manifest_name("e")].size}
+        "a.fits": 10,
+        "rel.fits": 10,
+        "sub/b.fits": 20,
+        "sub/up.fits": 10,
+        "subl/b.fits": 20,
+        "subl/up.fits": 10,
+        manifest_name("e"): found[manifest_name("e")].size,
+    }
 
 
-@pytest.mark.parametrize("name, target, why", [
-    ("passwd", "/etc/passwd", "leaves the exposure"),
-    ("secret.txt", "{outside}/secret.txt", "leaves the exposure"),
-    ("escape", "../outside/secret.txt", "leaves the exposure"),
-    ("outdir", "{outside}", "leaves the exposure"),
-    ("dangling.fits", "nothing-here.fits", "points to nothing"),
-    ("loop", ".", "loop"),
-    ("sub/up", "..", "loop"),
-    ("self", "self", "loop"),
-])
+@pytest.mark.parametrize(
+    "name, target, why",
+    [
+        ("passwd", "/etc/passwd", "leaves the exposure"),
+        ("secret.txt", "{outside}/secret.txt", "leaves the exposure"),
+        ("escape", "../outside/secret.txt", "leaves the exposure"),
+        ("outdir", "{outside}", "leaves the exposure"),
+        ("dangling.fits", "nothing-here.fits", "points to nothing"),
+        ("loop", ".", "loop"),
+        ("sub/up", "..", "loop"),
+        ("self", "self", "loop"),
+    ],
+)
 def test_walk_refuses_a_link_that_leaves_dangles_or_loops_with_34(
-        storage: Storage, tmp_path: Path, outside: Path, name: str, target: str, why: str) -> None:
+    storage: Storage, tmp_path: Path, outside: Path, name: str, target: str, why: str
+) -> None:
     e = exposure(tmp_path / "e")
     (e / name).symlink_to(target.format(outside=outside))
     with pytest.raises(StorageError) as info:
@@ -91,7 +103,8 @@ def test_a_dangling_link_does_not_break_a_listing(storage: Storage, tmp_path: Pa
 
 
 def test_an_exposure_directory_that_is_itself_a_link_is_walked_where_it_leads(
-        storage: Storage, tmp_path: Path) -> None:
+    storage: Storage, tmp_path: Path
+) -> None:
     """A night spread over disks: containment is measured from where the link leads."""
     e = exposure(tmp_path / "disk2" / "e")
     (tmp_path / "night").mkdir()
@@ -109,7 +122,8 @@ def _xrootd_link(xrootd: XRootDServer, rel: str, target: str) -> None:
 
 
 def test_over_root_a_link_loop_is_refused_with_34_at_the_depth_limit(
-        storage: Storage, xrootd: XRootDServer, request: pytest.FixtureRequest) -> None:
+    storage: Storage, xrootd: XRootDServer, request: pytest.FixtureRequest
+) -> None:
     """XRootD resolves links on the server: a loop shows as ever deeper directories."""
     base = f"loop-{request.node.name}-{os.getpid()}"
     xrootd.put(f"{base}/e/a.fits", b"a")
@@ -121,7 +135,8 @@ def test_over_root_a_link_loop_is_refused_with_34_at_the_depth_limit(
 
 
 def test_over_root_a_dangling_link_is_left_out_of_the_listing(
-        storage: Storage, xrootd: XRootDServer, request: pytest.FixtureRequest) -> None:
+    storage: Storage, xrootd: XRootDServer, request: pytest.FixtureRequest
+) -> None:
     base = f"dangling-{request.node.name}-{os.getpid()}"
     xrootd.put(f"{base}/e/a.fits", b"a")
     _xrootd_link(xrootd, f"{base}/e/gone.fits", "nothing-here")
@@ -130,8 +145,10 @@ def test_over_root_a_dangling_link_is_left_out_of_the_listing(
 
 # ----------------------------------------------------------------------------- create and worker
 
+
 def test_bad_links_are_reported_per_exposure_the_night_is_created_and_the_worker_fails_them_with_34(
-        db: Database, tmp_path: Path, outside: Path) -> None:
+    db: Database, tmp_path: Path, outside: Path
+) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     night = src / NIGHT
     write_exposure(night / "good", {"a.fits": b"g" * 100})
@@ -147,18 +164,32 @@ def test_bad_links_are_reported_per_exposure_the_night_is_created_and_the_worker
     (night / "loop" / "again").symlink_to(".")
     (night / "dead").symlink_to(tmp_path / "nowhere")  # at night level: not an exposure
 
-    proc = gridxfer("tokens", "create", NIGHT, "--source", file_url(src), "--dest", file_url(dst),
-                    "--json", config=db.config_file)
+    proc = gridxfer(
+        "tokens",
+        "create",
+        NIGHT,
+        "--source",
+        file_url(src),
+        "--dest",
+        file_url(dst),
+        "--json",
+        config=db.config_file,
+    )
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["created"] == 5
     problems = report["source_problems"]
     assert set(problems) == {"passwd", "outdir", "dangling", "loop"}
-    for exp, link in [("passwd", "secret.txt"), ("outdir", "more"), ("dangling", "b.fits"),
-                      ("loop", "again")]:
+    for exp, link in [
+        ("passwd", "secret.txt"),
+        ("outdir", "more"),
+        ("dangling", "b.fits"),
+        ("loop", "again"),
+    ]:
         assert link in problems[exp]
-        assert any(exp in line and link in line and "34" in line
-                   for line in proc.stderr.splitlines()), proc.stderr
+        assert any(
+            exp in line and link in line and "34" in line for line in proc.stderr.splitlines()
+        ), proc.stderr
     assert "dead" in proc.stderr
     docs = tokens(db, NIGHT)
     assert "secret.txt" not in json.dumps(docs["outdir"])  # never listed, let alone read
@@ -170,15 +201,20 @@ def test_bad_links_are_reported_per_exposure_the_night_is_created_and_the_worker
     docs = tokens(db, NIGHT)
     assert docs["good"]["state"] == "done"
     assert tree(dst / NIGHT / "good") == tree(night / "good")
-    for exp, link in [("passwd", "secret.txt"), ("outdir", "more"), ("dangling", "b.fits"),
-                      ("loop", "again")]:
+    for exp, link in [
+        ("passwd", "secret.txt"),
+        ("outdir", "more"),
+        ("dangling", "b.fits"),
+        ("loop", "again"),
+    ]:
         assert_error(docs[exp], Code.SOURCE_NOT_CONTAINED, link)
         assert not (dst / NIGHT / exp).exists()
     assert all(OUTSIDE not in data for data in tree(dst).values())
 
 
 def test_a_link_swapped_in_after_create_is_refused_by_the_worker(
-        db: Database, tmp_path: Path, outside: Path) -> None:
+    db: Database, tmp_path: Path, outside: Path
+) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     data = b"x" * 1000
     write_exposure(src / NIGHT / "e1", {"a.fits": data})
@@ -197,7 +233,8 @@ def test_a_link_swapped_in_after_create_is_refused_by_the_worker(
 
 
 def test_fixing_the_link_and_creating_again_gives_the_token_a_fresh_start(
-        db: Database, tmp_path: Path, outside: Path) -> None:
+    db: Database, tmp_path: Path, outside: Path
+) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     e = src / NIGHT / "e1"
     write_exposure(e, {"a.fits": b"a" * 10})
@@ -217,7 +254,8 @@ def test_fixing_the_link_and_creating_again_gives_the_token_a_fresh_start(
 
 
 def test_a_from_entry_naming_a_link_that_leaves_its_source_is_refused_with_34(
-        db: Database, tmp_path: Path, outside: Path) -> None:
+    db: Database, tmp_path: Path, outside: Path
+) -> None:
     """Files named in a `--from` file are not listed by a walk: the worker checks
     each one before reading it."""
     src, dst = tmp_path / "src", tmp_path / "dst"
@@ -225,9 +263,23 @@ def test_a_from_entry_naming_a_link_that_leaves_its_source_is_refused_with_34(
     (src / "e1" / "a.fits").write_bytes(b"a" * 10)
     (src / "e1" / "passwd").symlink_to(outside / "secret.txt")
     entries = tmp_path / "night.json"
-    entries.write_text(json.dumps({"exposures": [{
-        "exposure": "e1", "source": file_url(src / "e1"), "destination": file_url(dst / "e1"),
-        "files": [{"name": "a.fits", "size": 10}, {"name": "passwd", "size": len(OUTSIDE)}]}]}))
+    entries.write_text(
+        json.dumps(
+            {
+                "exposures": [
+                    {
+                        "exposure": "e1",
+                        "source": file_url(src / "e1"),
+                        "destination": file_url(dst / "e1"),
+                        "files": [
+                            {"name": "a.fits", "size": 10},
+                            {"name": "passwd", "size": len(OUTSIDE)},
+                        ],
+                    }
+                ]
+            }
+        )
+    )
     gridxfer("tokens", "create", NIGHT, "--from", str(entries), config=db.config_file, check=True)
     work(db.config_file, NIGHT)
     doc = tokens(db, NIGHT)["e1"]

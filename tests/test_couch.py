@@ -1,4 +1,5 @@
 """The CouchDB client: failover between coordinators, write outcomes, quorum reads."""
+
 from __future__ import annotations
 
 import socket
@@ -35,8 +36,9 @@ def test_writes_say_whether_a_quorum_took_them(db: Database) -> None:
     assert db.couch.docs(["x", "missing"]) == {"x": db.couch.get("x"), "missing": None}
 
 
-def test_a_worker_whose_node_dies_moves_on_and_keeps_its_lease(couchdb_cluster: CouchDB3,
-                                                                tmp_path: Path) -> None:
+def test_a_worker_whose_node_dies_moves_on_and_keeps_its_lease(
+    couchdb_cluster: CouchDB3, tmp_path: Path
+) -> None:
     db = make_database(couchdb_cluster.urls, tmp_path, couchdb_cluster)
     pool = db.pool(lease=60)
     pool.couch.outage_seconds = 600
@@ -72,8 +74,10 @@ def test_a_coordinator_cut_off_in_mid_answer_is_failed_over_from(db: Database) -
             except OSError:
                 return
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Transfer-Encoding: chunked\r\n\r\n400\r\n{\"rows\": [")
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b'Transfer-Encoding: chunked\r\n\r\n400\r\n{"rows": ['
+            )
             conn.close()
 
     threading.Thread(target=cut_off, daemon=True).start()

@@ -7,6 +7,7 @@ their job files are parsed with the strict parsers below, checked value by
 value, and then *executed the way the node would*: launch.sh in a directory
 holding exactly the files the job ships, with the environment the job file sets.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,6 @@ from tests.plugins.slurm import SlurmCluster
 SECRET = "Launch-Pa55-w0rd-never-shown"
 
 
-
 def launch(db: Database, *args: str, env: dict[str, str], timeout: float = 120) -> dict[str, Any]:
     proc = gridxfer("launch", *args, "--json", config=db.config_file, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
@@ -44,8 +44,14 @@ def read_proc(pid: int, what: str) -> bytes | None:
 
 
 def files_containing(root: Path, needle: str, skip: tuple[Path, ...] = ()) -> list[str]:
-    return [str(p) for p in root.rglob("*") if p.is_file() and not p.is_symlink()
-            and p not in skip and needle.encode() in p.read_bytes()]
+    return [
+        str(p)
+        for p in root.rglob("*")
+        if p.is_file()
+        and not p.is_symlink()
+        and p not in skip
+        and needle.encode() in p.read_bytes()
+    ]
 
 
 def all_token_text(db: Database) -> str:
@@ -55,7 +61,7 @@ def all_token_text(db: Database) -> str:
     for r in rows:
         doc = r["doc"]
         parts.append(json.dumps(doc))
-        for name in (doc.get("_attachments") or {}):
+        for name in doc.get("_attachments") or {}:
             if not r["id"].startswith("_design/"):
                 parts.append(db.couch.get_attachment(r["id"], name).decode(errors="replace"))
     return "\n".join(parts)
@@ -80,30 +86,66 @@ def make_sandbox(db: Database, tmp: Path, night: str, task: str) -> None:
     (src / "task.sh").write_text(task)
     (src / "worker.yaml").write_text("log_level: INFO\nworker:\n  command: sh ./task.sh\n")
     archive = tmp / "sandbox.tar.gz"
-    gridxfer("sandbox", "build", "--dir", str(src), "-o", str(archive), config=db.config_file,
-             check=True)
-    gridxfer("sandbox", "upload", f"file://{tmp / 'store' / 'sandbox.tar.gz'}", "--file",
-             str(archive), "--night", night, config=db.config_file, check=True)
+    gridxfer(
+        "sandbox", "build", "--dir", str(src), "-o", str(archive), config=db.config_file, check=True
+    )
+    gridxfer(
+        "sandbox",
+        "upload",
+        f"file://{tmp / 'store' / 'sandbox.tar.gz'}",
+        "--file",
+        str(archive),
+        "--night",
+        night,
+        config=db.config_file,
+        check=True,
+    )
 
 
 # -- Slurm ---------------------------------------------------------------------------------
 def test_slurm_array_drains_a_night_with_job_ids_and_no_password_anywhere(
-        db: Database, tmp_path: Path, slurm: SlurmCluster) -> None:
+    db: Database, tmp_path: Path, slurm: SlurmCluster
+) -> None:
     record = tmp_path / "ran.txt"
-    make_sandbox(db, tmp_path, "n1", "#!/bin/sh\nsleep 1\n"
-                 f'echo "$GRIDXFER_TOKEN_ID ${{SLURM_ARRAY_JOB_ID}}_$SLURM_ARRAY_TASK_ID" >> {record}\n')
+    make_sandbox(
+        db,
+        tmp_path,
+        "n1",
+        "#!/bin/sh\nsleep 1\n"
+        f'echo "$GRIDXFER_TOKEN_ID ${{SLURM_ARRAY_JOB_ID}}_$SLURM_ARRAY_TASK_ID" >> {record}\n',
+    )
     pool = db.pool()
     pool.create("n1", [parse_spec(f"e{i}") for i in range(9)])
-    env = cli_env(db.config_file, GRIDXFER_COUCHDB_PASSWORD=SECRET, SLURM_CONF=slurm.env["SLURM_CONF"])
+    env = cli_env(
+        db.config_file, GRIDXFER_COUCHDB_PASSWORD=SECRET, SLURM_CONF=slurm.env["SLURM_CONF"]
+    )
     jobdir = tmp_path / "jobs"
-    out = launch(db, "--backend", "slurm", "--workers", "3", "--night", "n1", "--workdir",
-                 str(jobdir), "--time-limit", "10m", "--grace", "60", env=env)
+    out = launch(
+        db,
+        "--backend",
+        "slurm",
+        "--workers",
+        "3",
+        "--night",
+        "n1",
+        "--workdir",
+        str(jobdir),
+        "--time-limit",
+        "10m",
+        "--grace",
+        "60",
+        env=env,
+    )
     job = slurm.track(out["job_id"])
     assert out["submitted"] and out["sandbox"] == "fetch" and re.fullmatch(r"\d+", job)
     script = Path(out["job_file"]).read_text()
-    for line in ("#SBATCH --array=0-2", "#SBATCH --signal=B:TERM@60", "#SBATCH --time=00:10:00",
-                 f"export GRIDXFER_COUCHDB_PASSWORD_FILE={jobdir}/couchdb.password",
-                 f"export GRIDXFER_CONFIG={jobdir}/job.yaml"):
+    for line in (
+        "#SBATCH --array=0-2",
+        "#SBATCH --signal=B:TERM@60",
+        "#SBATCH --time=00:10:00",
+        f"export GRIDXFER_COUCHDB_PASSWORD_FILE={jobdir}/couchdb.password",
+        f"export GRIDXFER_CONFIG={jobdir}/job.yaml",
+    ):
         assert line in script.splitlines()
     password = Path(out["password_file"])
     assert password.read_text().strip() == SECRET and password.stat().st_mode & 0o777 == 0o600
@@ -135,7 +177,8 @@ def test_slurm_array_drains_a_night_with_job_ids_and_no_password_anywhere(
 
 
 def test_scancel_of_an_array_task_hands_its_token_to_another_worker(
-        db: Database, tmp_path: Path, slurm: SlurmCluster) -> None:
+    db: Database, tmp_path: Path, slurm: SlurmCluster
+) -> None:
     pool = db.pool()
     pool.create("n1", [parse_spec(e) for e in ("a", "b")])
     env = cli_env(db.config_file, SLURM_CONF=slurm.env["SLURM_CONF"])
@@ -144,9 +187,26 @@ def test_scancel_of_an_array_task_hands_its_token_to_another_worker(
     # cleaning up would, so the worker has handled its own signal when the command
     # ends (a command that dies first races the worker's handler; see docs/launch.md).
     command = "sh -c 'trap \"sleep 0.5; exit 143\" TERM; sleep 8 & wait'"
-    out = launch(db, "--backend", "slurm", "--workers", "2", "--night", "n1", "--workdir",
-                 str(tmp_path / "jobs"), "--task", "command", "--command", command,
-                 "--sandbox", "none", "--time-limit", "10m", env=env)
+    out = launch(
+        db,
+        "--backend",
+        "slurm",
+        "--workers",
+        "2",
+        "--night",
+        "n1",
+        "--workdir",
+        str(tmp_path / "jobs"),
+        "--task",
+        "command",
+        "--command",
+        command,
+        "--sandbox",
+        "none",
+        "--time-limit",
+        "10m",
+        env=env,
+    )
     job = slurm.track(out["job_id"])
 
     def held_by_array_task() -> dict[str, Any] | None:
@@ -164,8 +224,11 @@ def test_scancel_of_an_array_task_hands_its_token_to_another_worker(
         return "released" in events
 
     wait_for(released, timeout=30, what="the token to be released")
-    wait_for(lambda: {d["state"] for d in pool.select("n1")} == {"done"}, timeout=90,
-             what="every token done")
+    wait_for(
+        lambda: {d["state"] for d in pool.select("n1")} == {"done"},
+        timeout=90,
+        what="every token done",
+    )
     tasks = slurm.wait_finished(job, timeout=60)
     assert tasks[cancelled]["JobState"] == "CANCELLED"
     others = [k for k in tasks if k != cancelled]
@@ -183,10 +246,31 @@ def test_scancel_of_an_array_task_hands_its_token_to_another_worker(
 def test_dry_run_writes_the_sbatch_script_and_submits_nothing(db: Database, tmp_path: Path) -> None:
     env = cli_env(db.config_file, GRIDXFER_COUCHDB_PASSWORD=SECRET)
     env["PATH"] = "/nonexistent"  # no sbatch: a dry run must not need it
-    proc = subprocess.run([sys.executable, "-m", "GRID_XFER.cli", "launch", "--backend", "slurm",
-                           "--workers", "5", "--night", "n9", "--dry-run", "--workdir",
-                           str(tmp_path / "j"), "--partition", "short", "--time-limit", "2h"],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "GRID_XFER.cli",
+            "launch",
+            "--backend",
+            "slurm",
+            "--workers",
+            "5",
+            "--night",
+            "n9",
+            "--dry-run",
+            "--workdir",
+            str(tmp_path / "j"),
+            "--partition",
+            "short",
+            "--time-limit",
+            "2h",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "#SBATCH --array=0-4" in proc.stdout and "#SBATCH --partition=short" in proc.stdout
     assert "#SBATCH --time=02:00:00" in proc.stdout and "#SBATCH --signal=B:TERM@120" in proc.stdout
@@ -200,13 +284,35 @@ def test_local_supervisor_runs_workers_and_forwards_sigterm(db: Database, tmp_pa
     pool = db.pool()
     pool.create("n1", [parse_spec(e) for e in ("a", "b", "c", "d")])
     env = cli_env(db.config_file, GRIDXFER_COUCHDB_PASSWORD=SECRET)
-    args = ["launch", "--backend", "local", "--workers", "2", "--night", "n1", "--workdir",
-            str(tmp_path / "jobs"), "--task", "command", "--command", "sleep 30", "--json"]
-    sup = subprocess.Popen([sys.executable, "-m", "GRID_XFER.cli", *args], env=env,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = [
+        "launch",
+        "--backend",
+        "local",
+        "--workers",
+        "2",
+        "--night",
+        "n1",
+        "--workdir",
+        str(tmp_path / "jobs"),
+        "--task",
+        "command",
+        "--command",
+        "sleep 30",
+        "--json",
+    ]
+    sup = subprocess.Popen(
+        [sys.executable, "-m", "GRID_XFER.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        held = wait_for(lambda: len(pool.select("n1", ["locked"])) == 2 and pool.select("n1", ["locked"]),
-                        timeout=60, what="two held tokens")
+        held = wait_for(
+            lambda: len(pool.select("n1", ["locked"])) == 2 and pool.select("n1", ["locked"]),
+            timeout=60,
+            what="two held tokens",
+        )
         for d in held:
             assert d["job_id"].startswith(f"local-{sup.pid}-")
             assert check_worker_process(d["worker"]["pid"])
@@ -225,13 +331,20 @@ def test_local_supervisor_runs_workers_and_forwards_sigterm(db: Database, tmp_pa
     assert SECRET not in stdout + stderr
     logs = tmp_path / "jobs" / "logs"
     assert "released back to todo" in (logs / "worker-0.log").read_text()
-    assert files_containing(tmp_path / "jobs", SECRET,
-                            skip=(tmp_path / "jobs" / "couchdb.password",)) == []
+    assert (
+        files_containing(tmp_path / "jobs", SECRET, skip=(tmp_path / "jobs" / "couchdb.password",))
+        == []
+    )
 
     # Run again to the end: every token done, each by a local job id.
     args[args.index("sleep 30")] = "true"
-    done = subprocess.run([sys.executable, "-m", "GRID_XFER.cli", *args], env=env,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "GRID_XFER.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert {d["state"] for d in pool.select("n1")} == {"done"}
     assert all(re.fullmatch(r"local-\d+-[01]", d["job_id"]) for d in pool.select("n1"))
@@ -267,11 +380,11 @@ def condor_words(value: str) -> list[str]:
     while i < len(body):
         c = body[i]
         if c == '"':
-            assert body[i + 1:i + 2] == '"', "a lone double quote"
+            assert body[i + 1 : i + 2] == '"', "a lone double quote"
             cur, i, have = cur + '"', i + 2, True
             continue
         if c == "'":
-            if quoted and body[i + 1:i + 2] == "'":
+            if quoted and body[i + 1 : i + 2] == "'":
                 cur, i = cur + "'", i + 2
                 continue
             quoted, i, have = not quoted, i + 1, True
@@ -288,8 +401,10 @@ def condor_words(value: str) -> list[str]:
     return words
 
 
-_JDL_TOKEN = re.compile(r'\s*(?:(?P<comment>(?:#|//)[^\n]*)|(?P<str>"(?:[^"\\\n]|\\.)*")|'
-                        r'(?P<int>-?\d+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[=;{},\[\]]))')
+_JDL_TOKEN = re.compile(
+    r'\s*(?:(?P<comment>(?:#|//)[^\n]*)|(?P<str>"(?:[^"\\\n]|\\.)*")|'
+    r"(?P<int>-?\d+)|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<punct>[=;{},\[\]]))"
+)
 
 
 def parse_jdl(text: str) -> dict[str, Any]:
@@ -300,7 +415,7 @@ def parse_jdl(text: str) -> dict[str, Any]:
         if text[pos:].strip() == "":
             break
         m = _JDL_TOKEN.match(text, pos)
-        assert m and m.end() > pos, f"bad JDL at {text[pos:pos + 30]!r}"
+        assert m and m.end() > pos, f"bad JDL at {text[pos : pos + 30]!r}"
         pos = m.end()
         kind = m.lastgroup
         if kind != "comment":
@@ -339,8 +454,15 @@ def parse_jdl(text: str) -> dict[str, Any]:
 def run_as_node(db: Database, node: Path, argv: list[str], env: dict[str, str]) -> None:
     """launch.sh as a batch node runs it: in the job's directory, with only what it ships."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("GRIDXFER_")}
-    proc = subprocess.run(argv, cwd=node, env={**base, **env}, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        argv,
+        cwd=node,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
     assert proc.returncode == 0, proc.stderr
     assert SECRET not in proc.stdout + proc.stderr
 
@@ -351,25 +473,59 @@ def test_condor_submit_file_parses_and_runs_as_a_node_would(db: Database, tmp_pa
     pool.create("n1", [parse_spec(e) for e in ("a", "b")])
     jobdir = tmp_path / "jobs"
     env = cli_env(db.config_file, GRIDXFER_COUCHDB_PASSWORD=SECRET)
-    out = launch(db, "--backend", "condor", "--workers", "3", "--night", "n1", "--workdir",
-                 str(jobdir), "--task", "noop", "--grace", "90", "--time-limit", "2h",
-                 "--max-tokens", "5", "--memory", "2048", "--python", sys.executable, env=env)
+    out = launch(
+        db,
+        "--backend",
+        "condor",
+        "--workers",
+        "3",
+        "--night",
+        "n1",
+        "--workdir",
+        str(jobdir),
+        "--task",
+        "noop",
+        "--grace",
+        "90",
+        "--time-limit",
+        "2h",
+        "--max-tokens",
+        "5",
+        "--memory",
+        "2048",
+        "--python",
+        sys.executable,
+        env=env,
+    )
     assert out["job_id"] is None and not out["submitted"] and shutil.which("condor_submit") is None
     values, queue = parse_submit(Path(out["job_file"]).read_text())
     assert queue == 3
-    expected = {"universe": "vanilla", "executable": "launch.sh", "initialdir": str(jobdir),
-                "should_transfer_files": "YES", "getenv": "false", "kill_sig": "SIGTERM",
-                "job_max_vacate_time": "90", "allowed_execute_duration": "7200",
-                "request_cpus": "1", "request_memory": "2048", "+gridxfernight": '"n1"'}
+    expected = {
+        "universe": "vanilla",
+        "executable": "launch.sh",
+        "initialdir": str(jobdir),
+        "should_transfer_files": "YES",
+        "getenv": "false",
+        "kill_sig": "SIGTERM",
+        "job_max_vacate_time": "90",
+        "allowed_execute_duration": "7200",
+        "request_cpus": "1",
+        "request_memory": "2048",
+        "+gridxfernight": '"n1"',
+    }
     assert {k: values[k] for k in expected} == expected
     assert condor_words(values["arguments"]) == ["--max-tokens", "5"]
     inputs = [s.strip() for s in values["transfer_input_files"].split(",")]
     assert inputs == ["job.yaml", "job.env", "couchdb.password"]
     environment = dict(w.split("=", 1) for w in condor_words(values["environment"]))
-    assert environment == {"GRIDXFER_CONFIG": "job.yaml", "GRIDXFER_SANDBOX": "none",
-                           "GRIDXFER_PYTHON": sys.executable, "GRIDXFER_NIGHT": "n1",
-                           "GRIDXFER_COUCHDB_PASSWORD_FILE": "couchdb.password",
-                           "GRIDXFER_JOB_ID": "$(Cluster).$(Process)"}
+    assert environment == {
+        "GRIDXFER_CONFIG": "job.yaml",
+        "GRIDXFER_SANDBOX": "none",
+        "GRIDXFER_PYTHON": sys.executable,
+        "GRIDXFER_NIGHT": "n1",
+        "GRIDXFER_COUCHDB_PASSWORD_FILE": "couchdb.password",
+        "GRIDXFER_JOB_ID": "$(Cluster).$(Process)",
+    }
     assert files_containing(jobdir, SECRET) == [str(jobdir / "couchdb.password")]
 
     # The execute node: a scratch directory with the executable and the input files only.
@@ -391,8 +547,20 @@ def test_condor_submit_file_parses_and_runs_as_a_node_would(db: Database, tmp_pa
     stub.write_text(f'#!/bin/sh\n{{ echo "$@"; env; }} > {calls}\necho "57.0 - 57.2"\n')
     stub.chmod(0o755)
     env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"
-    out = launch(db, "--backend", "condor", "--workers", "3", "--night", "n1", "--workdir",
-                 str(tmp_path / "jobs2"), "--task", "noop", env=env)
+    out = launch(
+        db,
+        "--backend",
+        "condor",
+        "--workers",
+        "3",
+        "--night",
+        "n1",
+        "--workdir",
+        str(tmp_path / "jobs2"),
+        "--task",
+        "noop",
+        env=env,
+    )
     assert out["job_id"] == "57" and out["submitted"]
     called = calls.read_text()
     assert called.splitlines()[0] == f"-terse {tmp_path / 'jobs2' / 'gridxfer.sub'}"
@@ -405,9 +573,24 @@ def test_jdl_parses_and_runs_as_a_grid_node_would(db: Database, tmp_path: Path) 
     pool.create("n1", [parse_spec(e) for e in ("a", "b")])
     jobdir = tmp_path / "jobs"
     env = cli_env(db.config_file, GRIDXFER_COUCHDB_PASSWORD=SECRET)
-    out = launch(db, "--backend", "jdl", "--workers", "4", "--night", "n1", "--workdir",
-                 str(jobdir), "--task", "noop", "--time-limit", "3h", "--python", sys.executable,
-                 env=env)
+    out = launch(
+        db,
+        "--backend",
+        "jdl",
+        "--workers",
+        "4",
+        "--night",
+        "n1",
+        "--workdir",
+        str(jobdir),
+        "--task",
+        "noop",
+        "--time-limit",
+        "3h",
+        "--python",
+        sys.executable,
+        env=env,
+    )
     assert out["job_id"] is None
     jdl = parse_jdl(Path(out["job_file"]).read_text())
     assert jdl["JobType"] == "Parametric" and jdl["Parameters"] == 4

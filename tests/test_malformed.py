@@ -5,6 +5,7 @@ an older version, a script or a person editing by hand could leave them. A malfo
 token ends in ``error`` with code 2 and keeps everything else it held (docs/tokens.md,
 "Malformed documents"); a document that is no token of a night is left alone.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,14 +28,24 @@ from GRID_XFER.errors import Code, GridXferError, InvalidToken, Rejected
 from GRID_XFER.task import NoopTask
 from GRID_XFER.token import parse_spec
 from GRID_XFER.worker import Worker
-from tests.conftest import Database, free_port, gridxfer, make_database, spawn_worker, \
-    start_server, wait_for
+from tests.conftest import (
+    Database,
+    free_port,
+    gridxfer,
+    make_database,
+    spawn_worker,
+    start_server,
+    wait_for,
+)
 
 
 def token(night: str, exposure: str, **fields: Any) -> dict[str, Any]:
-    doc = tk.new_token(night, parse_spec({"exposure": exposure,
-                                          "files": [{"name": "f.fits", "size": 10}]}),
-                       source="file:///src", destination="file:///dst")
+    doc = tk.new_token(
+        night,
+        parse_spec({"exposure": exposure, "files": [{"name": "f.fits", "size": 10}]}),
+        source="file:///src",
+        destination="file:///dst",
+    )
     doc.update(fields)
     return doc
 
@@ -74,10 +85,14 @@ def user_docs(db: Database) -> list[str]:
 
 
 # -- item 8: bad documents in the database -------------------------------------------
-@pytest.mark.parametrize("history", ["oops", {"t": 1}, 7, [{"event": "created"}, "x"]],
-                         ids=["string", "mapping", "number", "entries"])
+@pytest.mark.parametrize(
+    "history",
+    ["oops", {"t": 1}, 7, [{"event": "created"}, "x"]],
+    ids=["string", "mapping", "number", "entries"],
+)
 def test_history_that_is_not_a_list_goes_to_error_2_and_nothing_is_lost(
-        db: Database, history: Any) -> None:
+    db: Database, history: Any
+) -> None:
     planted = token("n1", "a", history=history, payload={"keep": "me"})
     plant(db, planted)
     pool = db.pool()
@@ -86,24 +101,36 @@ def test_history_that_is_not_a_list_goes_to_error_2_and_nothing_is_lost(
     assert doc["quarantined"]["was"]["history"] == history
     assert isinstance(doc["history"], list) and doc["history"][-1]["event"] == "error"
     for key, value in planted.items():  # every field it does not set is as it was
-        if key not in ("state", "lock", "done", "output", "exit_code", "error", "history",
-                       "updated", "_rev"):
+        if key not in (
+            "state",
+            "lock",
+            "done",
+            "output",
+            "exit_code",
+            "error",
+            "history",
+            "updated",
+            "_rev",
+        ):
             assert doc[key] == value, key
     assert pool.claim("n1") is None  # final: never retried
 
 
 def test_list_status_and_delete_see_malformed_tokens_and_ignore_foreign_documents(
-        db: Database) -> None:
-    plant(db,
-          token("n1", "err", state="error", lock=99, done=99, error="boom"),  # error: a string
-          token("n1", "paused", state="paused"),                               # unknown state
-          token("n1", "big", bytes_total="lots"),                              # not a number
-          token("n1", "ok"),
-          # A PiCaS token of another tool (no night), another app's documents.
-          {"_id": "picas_1", "type": "token", "lock": 0, "done": 0, "input": "x"},
-          {"_id": "n1_notes", "type": "note", "token_set": "n1", "state": "todo"},
-          {"_id": "_design/other", "views": {"all": {"map": "function (doc) { emit(doc._id, 1); }"}}},
-          {"_id": "_local/other", "anything": [1, 2]})
+    db: Database,
+) -> None:
+    plant(
+        db,
+        token("n1", "err", state="error", lock=99, done=99, error="boom"),  # error: a string
+        token("n1", "paused", state="paused"),  # unknown state
+        token("n1", "big", bytes_total="lots"),  # not a number
+        token("n1", "ok"),
+        # A PiCaS token of another tool (no night), another app's documents.
+        {"_id": "picas_1", "type": "token", "lock": 0, "done": 0, "input": "x"},
+        {"_id": "n1_notes", "type": "note", "token_set": "n1", "state": "todo"},
+        {"_id": "_design/other", "views": {"all": {"map": "function (doc) { emit(doc._id, 1); }"}}},
+        {"_id": "_local/other", "anything": [1, 2]},
+    )
     ours = ["n1_big", "n1_err", "n1_ok", "n1_paused"]
 
     listed = gridxfer("tokens", "list", "n1", config=db.config_file)
@@ -115,8 +142,18 @@ def test_list_status_and_delete_see_malformed_tokens_and_ignore_foreign_document
     assert "bytes_total" in lines["n1_big"]
     as_json = gridxfer("tokens", "list", "n1", "--json", config=db.config_file, check=True)
     assert sorted(d["_id"] for d in json.loads(as_json.stdout)) == ours
-    errors = gridxfer("tokens", "list", "n1", "--state", "error", "--code", "2", "--json",
-                      config=db.config_file, check=True)
+    errors = gridxfer(
+        "tokens",
+        "list",
+        "n1",
+        "--state",
+        "error",
+        "--code",
+        "2",
+        "--json",
+        config=db.config_file,
+        check=True,
+    )
     assert sorted(d["_id"] for d in json.loads(errors.stdout)) == ["n1_err", "n1_paused"]
 
     for args in (["status"], ["status", "n1"], ["status", "--json"], ["status", "n1", "--json"]):
@@ -135,8 +172,7 @@ def test_list_status_and_delete_see_malformed_tokens_and_ignore_foreign_document
 
 
 # -- item 9: tokens that never finish --------------------------------------------------
-def test_locked_without_lease_is_reaped_into_error_2_and_reset_without_force(
-        db: Database) -> None:
+def test_locked_without_lease_is_reaped_into_error_2_and_reset_without_force(db: Database) -> None:
     worker = {"host": "gone", "pid": 1, "job_id": None, "id": "gone:1"}
     a = token("n1", "a", state="locked", lock=int(time.time()), attempts=1, worker=worker)
     b = token("n1", "b", state="locked", lock=int(time.time()), attempts=1, worker=worker)
@@ -169,11 +205,16 @@ def test_a_view_the_server_cannot_answer_is_reported_as_such(db: Database) -> No
     """An HTTP 500 from a view is no outage: one line naming the view and the reason, at once."""
     db.pool().create("n1", [parse_spec("a")])
     ddoc = db.couch.get("_design/gridxfer")
-    ddoc["views"]["by_state"]["map"] = "function (doc) { emit([doc.token_set, doc.state, doc._id], 'x'); }"
+    ddoc["views"]["by_state"]["map"] = (
+        "function (doc) { emit([doc.token_set, doc.state, doc._id], 'x'); }"
+    )
     db.couch.put(ddoc)  # as a view of an older version met a string bytes_total
     cfg = db.write_config(couchdb={"retries": 4, "backoff": 2}, worker={"outage_seconds": 900})
-    for args in (["status"], ["tokens", "list", "n1"], ["worker", "--night", "n1", "--idle-exit",
-                                                        "--task", "noop"]):
+    for args in (
+        ["status"],
+        ["tokens", "list", "n1"],
+        ["worker", "--night", "n1", "--idle-exit", "--task", "noop"],
+    ):
         started = time.monotonic()
         proc = gridxfer(*args, config=cfg, timeout=90)
         assert proc.returncode == 4, (args, proc.stderr)
@@ -200,9 +241,14 @@ def assert_first_sigterm_ends(w: subprocess.Popen[str]) -> None:
 
 def test_first_sigterm_stops_a_worker_waiting_for_an_absent_database(tmp_path: Path) -> None:
     cfg = tmp_path / "gone.yaml"
-    cfg.write_text(yaml.safe_dump({"couchdb": {"url": f"http://127.0.0.1:{free_port()}",
-                                               "backoff": 1},
-                                   "worker": {"outage_seconds": 900, "command": "true"}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "couchdb": {"url": f"http://127.0.0.1:{free_port()}", "backoff": 1},
+                "worker": {"outage_seconds": 900, "command": "true"},
+            }
+        )
+    )
     w = spawn_worker(cfg, "--idle-exit")
     time.sleep(3)  # retrying with backoff by now
     assert_first_sigterm_ends(w)
@@ -213,9 +259,10 @@ def test_first_sigterm_stops_a_worker_riding_out_an_outage(tmp_path: Path) -> No
     try:
         db = make_database(srv.url, tmp_path)
         db.pool().create("n1", [parse_spec("a")])
-        cfg = db.write_config(couchdb={"retries": 4, "backoff": 1},
-                              worker={"command": "true", "outage_seconds": 900,
-                                      "idle_sleep": 0.2})
+        cfg = db.write_config(
+            couchdb={"retries": 4, "backoff": 1},
+            worker={"command": "true", "outage_seconds": 900, "idle_sleep": 0.2},
+        )
         w = spawn_worker(cfg, "--night", "n1")  # no --idle-exit: it waits for more work
         try:
             wait_for(lambda: db.pool().get("n1_a")["state"] == "done", timeout=60)
@@ -228,13 +275,15 @@ def test_first_sigterm_stops_a_worker_riding_out_an_outage(tmp_path: Path) -> No
 
 
 # -- item 10: bad input on the command line ----------------------------------------------
-@pytest.mark.parametrize("token_id", ["..", ".", "_all_docs", "_design/gridxfer",
-                                      "_local/gridxfer-status", "n1/a", "_changes", ""])
-def test_ids_that_are_no_token_ids_exit_6_before_any_request(tmp_path: Path,
-                                                             token_id: str) -> None:
+@pytest.mark.parametrize(
+    "token_id",
+    ["..", ".", "_all_docs", "_design/gridxfer", "_local/gridxfer-status", "n1/a", "_changes", ""],
+)
+def test_ids_that_are_no_token_ids_exit_6_before_any_request(tmp_path: Path, token_id: str) -> None:
     cfg = tmp_path / "gone.yaml"  # any request would end in exit 4
-    cfg.write_text(yaml.safe_dump({"couchdb": {"url": f"http://127.0.0.1:{free_port()}",
-                                               "retries": 0}}))
+    cfg.write_text(
+        yaml.safe_dump({"couchdb": {"url": f"http://127.0.0.1:{free_port()}", "retries": 0}})
+    )
     for extra in ([], ["--json"]):
         proc = gridxfer("tokens", "show", token_id, *extra, config=cfg)
         assert proc.returncode == 6, proc.stderr
@@ -253,30 +302,76 @@ def test_create_from_a_file_that_is_not_utf8_exits_6(db: Database, option: str) 
 
 
 # -- any document: random ones never crash list, show, status or a worker ----------------
-JSON_LEAF = (st.none() | st.booleans() | st.integers(-(2 ** 53), 2 ** 53)
-             | st.floats(allow_nan=False, allow_infinity=False)
-             | st.text(st.characters(blacklist_categories=("Cs",)), max_size=8))
-JSON = st.recursive(JSON_LEAF, lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
-FIELDS = ["type", "token_set", "exposure", "state", "lock", "done", "output", "exit_code",
-          "files", "bytes_total", "source", "destination", "payload", "attempts",
-          "max_attempts", "not_before", "rnd", "lease_expires", "worker", "error",
-          "stage_request", "history", "scrub_count", "created", "updated", "hostname", "x"]
+JSON_LEAF = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(blacklist_categories=("Cs",)), max_size=8)
+)
+JSON = st.recursive(
+    JSON_LEAF,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+FIELDS = [
+    "type",
+    "token_set",
+    "exposure",
+    "state",
+    "lock",
+    "done",
+    "output",
+    "exit_code",
+    "files",
+    "bytes_total",
+    "source",
+    "destination",
+    "payload",
+    "attempts",
+    "max_attempts",
+    "not_before",
+    "rnd",
+    "lease_expires",
+    "worker",
+    "error",
+    "stage_request",
+    "history",
+    "scrub_count",
+    "created",
+    "updated",
+    "hostname",
+    "x",
+]
 STATE = st.sampled_from([*tk.STATES, "paused"]) | JSON  # a state of any type, half the time
 # A token in any state, with a few fields set to any JSON value or removed.
 CHANGES = st.dictionaries(st.sampled_from(FIELDS), JSON | st.just("<removed>"), max_size=3)
-SERIAL = iter(range(10 ** 6))
+SERIAL = iter(range(10**6))
 
 
 def random_token(night: str, state: Any, changes: dict[str, Any]) -> dict[str, Any]:
     """A token of ``night`` in ``state`` (a lost lease when held), then ``changes``."""
     doc = token(night, "a", state=state)
     if state in tk.HELD:
-        doc.update(lease_expires=time.time() - 3600, attempts=1,
-                   worker={"host": "gone", "pid": 1, "job_id": None, "id": "gone:1"})
+        doc.update(
+            lease_expires=time.time() - 3600,
+            attempts=1,
+            worker={"host": "gone", "pid": 1, "job_id": None, "id": "gone:1"},
+        )
     if state == "error":
-        doc.update(lock=99, done=99, error={"code": 30, "name": "CHECKSUM_MISMATCH",
-                                            "message": "differs", "file": None, "time": 1.0})
+        doc.update(
+            lock=99,
+            done=99,
+            error={
+                "code": 30,
+                "name": "CHECKSUM_MISMATCH",
+                "message": "differs",
+                "file": None,
+                "time": 1.0,
+            },
+        )
     for key, value in changes.items():
         if value == "<removed>":
             doc.pop(key, None)
@@ -310,11 +405,15 @@ def run_cli(config: Path, *args: str) -> tuple[int, str]:
     raise AssertionError(f"gridxfer {' '.join(args)} crashed") from exc
 
 
-@settings(max_examples=50, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(state=STATE, changes=CHANGES, foreign=JSON)
-def test_any_document_survives(db: Database, state: Any, changes: dict[str, Any],
-                               foreign: Any) -> None:
+def test_any_document_survives(
+    db: Database, state: Any, changes: dict[str, Any], foreign: Any
+) -> None:
     night = f"h{next(SERIAL)}"
     doc = random_token(night, state, changes)
     other = {"_id": f"{night}_other", "type": "note", "token_set": night, "body": foreign}
@@ -324,9 +423,16 @@ def test_any_document_survives(db: Database, state: Any, changes: dict[str, Any]
     ours = doc.get("type") == "token" and doc.get("token_set") == night
     was_valid = valid(planted)
 
-    for args in (["tokens", "list", night], ["tokens", "list", night, "--json"],
-                 ["tokens", "show", doc["_id"]], ["tokens", "show", doc["_id"], "--json"],
-                 ["status"], ["status", "--json"], ["status", night], ["status", night, "--json"]):
+    for args in (
+        ["tokens", "list", night],
+        ["tokens", "list", night, "--json"],
+        ["tokens", "show", doc["_id"]],
+        ["tokens", "show", doc["_id"], "--json"],
+        ["status"],
+        ["status", "--json"],
+        ["status", night],
+        ["status", night, "--json"],
+    ):
         code, out = run_cli(db.config_file, *args)
         # A night whose only document is not a token of it has no tokens: exit 5.
         unknown_night = not ours and night in args
@@ -347,7 +453,7 @@ def test_any_document_survives(db: Database, state: Any, changes: dict[str, Any]
             was = after["quarantined"]["was"]
             for key, value in planted.items():
                 if key == "history" and "history" not in was:  # a list of events: one added
-                    assert after["history"][:-1] == value[-(tk.HISTORY_LIMIT - 1):]
+                    assert after["history"][:-1] == value[-(tk.HISTORY_LIMIT - 1) :]
                 elif key != "_rev" and after.get(key) != value:
                     assert key in was and was[key] == value, key
         if planted.get("state") not in tk.STATES:
@@ -355,25 +461,34 @@ def test_any_document_survives(db: Database, state: Any, changes: dict[str, Any]
 
     # Reset and delete take it too (a reset the write check refuses is a warning).
     states = [f"--state={s}" for s in tk.STATES]
-    assert run_cli(db.config_file, "tokens", "reset", night, *states, "--force")[0] == \
-        (0 if ours else 5)
+    assert run_cli(db.config_file, "tokens", "reset", night, *states, "--force")[0] == (
+        0 if ours else 5
+    )
     assert run_cli(db.config_file, "tokens", "delete", night, "--yes")[0] == (0 if ours else 5)
     assert (db.couch.get_or_none(doc["_id"]) is None) == ours
     assert db.couch.get(other["_id"]) == other
 
 
-@settings(max_examples=30, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(state=STATE, changes=CHANGES)
-def test_any_token_can_be_listed_reset_and_deleted(db: Database, state: Any,
-                                                   changes: dict[str, Any]) -> None:
+def test_any_token_can_be_listed_reset_and_deleted(
+    db: Database, state: Any, changes: dict[str, Any]
+) -> None:
     night = f"r{next(SERIAL)}"
     doc = random_token(night, state, changes)
     plant(db, doc)
     ours = doc.get("type") == "token" and doc.get("token_set") == night
     states = [f"--state={s}" for s in tk.STATES]
-    for args in (["tokens", "list", night, *states], ["tokens", "reset", night, *states, "--force"],
-                 ["tokens", "list", night], ["tokens", "delete", night, "--yes"]):
+    for args in (
+        ["tokens", "list", night, *states],
+        ["tokens", "reset", night, *states, "--force"],
+        ["tokens", "list", night],
+        ["tokens", "delete", night, "--yes"],
+    ):
         assert run_cli(db.config_file, *args)[0] == (0 if ours else 5), args
     assert (db.couch.get_or_none(doc["_id"]) is None) == ours
 

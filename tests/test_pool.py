@@ -1,4 +1,5 @@
 """The token pool against a real CouchDB-API server."""
+
 from __future__ import annotations
 
 import threading
@@ -50,8 +51,9 @@ def test_create_updates_changed_todo_token_but_leaves_done_alone(db: Database) -
     assert lease is not None
     lease.done()
     done_id = lease.id
-    grown = [parse_spec({**x, "files": x["files"] + [{"name": "f2", "size": 2}]})
-             for x in (one, two)]
+    grown = [
+        parse_spec({**x, "files": x["files"] + [{"name": "f2", "size": 2}]}) for x in (one, two)
+    ]
     report = pool.create("n1", grown)
     assert report.skipped == [done_id]
     (updated,) = report.updated
@@ -207,8 +209,7 @@ def test_late_finish_after_reap_is_kept(db: Database) -> None:
     assert db.pool().get(lease.id)["state"] == "done"
 
 
-def test_reset_while_held_drops_the_holders_result_and_the_work_is_done_anew(
-        db: Database) -> None:
+def test_reset_while_held_drops_the_holders_result_and_the_work_is_done_anew(db: Database) -> None:
     pool = db.pool()
     pool.create("n1", specs(1))
     lease = pool.claim("n1")
@@ -251,15 +252,22 @@ def test_result_for_a_token_deleted_meanwhile_is_dropped(db: Database) -> None:
 
 
 def test_catch_up_of_a_reaped_token_makes_the_late_result_of_the_old_inputs_dropped(
-        db: Database) -> None:
+    db: Database,
+) -> None:
     pool = db.pool(lease=0.2)
     pool.create("n1", [parse_spec({"exposure": "a", "files": [{"name": "x", "size": 1}]})])
     lease = pool.claim("n1")
     assert lease is not None
     time.sleep(0.3)
     assert pool.reap() == [lease.id]
-    report = pool.create("n1", [parse_spec({"exposure": "a", "files": [
-        {"name": "x", "size": 1}, {"name": "late", "size": 2}]})])
+    report = pool.create(
+        "n1",
+        [
+            parse_spec(
+                {"exposure": "a", "files": [{"name": "x", "size": 1}, {"name": "late", "size": 2}]}
+            )
+        ],
+    )
     assert report.updated == [lease.id]
     with pytest.raises(LeaseLost):
         lease.done()  # it moved the old file list only
@@ -278,14 +286,26 @@ def test_reset_by_code_and_state(db: Database) -> None:
     assert counts["todo"]["count"] == 2 and counts["error"]["count"] == 1
     assert len(pool.reset("n1")) == 1
     assert pool.counts("n1")["n1"]["todo"]["count"] == 3
-    assert all(d["scrub_count"] == 1 for d in pool.select("n1") if d["attempts"] == 0
-               and d["history"][-1]["event"] == "reset")
+    assert all(
+        d["scrub_count"] == 1
+        for d in pool.select("n1")
+        if d["attempts"] == 0 and d["history"][-1]["event"] == "reset"
+    )
 
 
 def test_invalid_token_in_pool_is_put_in_error_2(db: Database) -> None:
     with db.without_validation():
-        db.couch.put({"_id": "n1_junk", "type": "token", "token_set": "n1", "state": "todo",
-                      "lock": 0, "done": 0, "not_before": 0})
+        db.couch.put(
+            {
+                "_id": "n1_junk",
+                "type": "token",
+                "token_set": "n1",
+                "state": "todo",
+                "lock": 0,
+                "done": 0,
+                "not_before": 0,
+            }
+        )
     pool = db.pool()
     assert pool.claim("n1") is None
     doc = pool.get("n1_junk")
@@ -308,8 +328,15 @@ def test_reap_times_out_staging_tokens_nobody_polls(db: Database) -> None:
     for _ in range(2):
         lease = pool.claim("n1")
         assert lease is not None
-        lease.stage({"method": "gfal2", "id": "req-1", "parts": [],
-                          "requested": clock(), "deadline": clock() + 60})
+        lease.stage(
+            {
+                "method": "gfal2",
+                "id": "req-1",
+                "parts": [],
+                "requested": clock(),
+                "deadline": clock() + 60,
+            }
+        )
     clock.advance(65)  # past the deadline, but a poller still has a lease's time to act
     assert pool.reap() == []
     clock.advance(10)
@@ -340,9 +367,10 @@ def test_reset_leaves_live_leases_alone_unless_forced(db: Database) -> None:
     held = pool.claim("n1")
     assert held is not None
     assert pool.reset("n1", states=["locked", "todo"]) == sorted(
-        set(d["_id"] for d in pool.select("n1")) - {held.id})
-    assert pool.get(held.id)["state"] == "locked"          # its worker still runs it
-    clock.advance(11)                                       # lease expired: fair game
+        set(d["_id"] for d in pool.select("n1")) - {held.id}
+    )
+    assert pool.get(held.id)["state"] == "locked"  # its worker still runs it
+    clock.advance(11)  # lease expired: fair game
     assert held.id in pool.reset("n1", states=["locked"])
     again = pool.claim("n1")
     assert again is not None

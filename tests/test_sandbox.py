@@ -3,6 +3,7 @@
 Everything runs for real: the CLI and launch.sh in subprocesses, gfal2 file://
 copies, a pouchdb-server database. Unsafe archives are made here with tarfile.
 """
+
 from __future__ import annotations
 
 import io
@@ -42,9 +43,17 @@ def node_env(db: Database, **extra: str) -> dict[str, str]:
     return cli_env(db.config_file, GRIDXFER_PYTHON=sys.executable, **extra)
 
 
-def run_launch(env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["/bin/bash", str(LAUNCH), *args], env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+def run_launch(
+    env: dict[str, str], *args: str, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["/bin/bash", str(LAUNCH), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> bytes:
@@ -75,9 +84,13 @@ def tree(root: Path) -> set[str]:
 
 
 # -- build ----------------------------------------------------------------------------
-def test_build_is_reproducible_with_sha256_and_only_the_sandbox(db: Database, tmp_path: Path) -> None:
+def test_build_is_reproducible_with_sha256_and_only_the_sandbox(
+    db: Database, tmp_path: Path
+) -> None:
     out1, out2 = tmp_path / "a" / "s.tar.gz", tmp_path / "b" / "s.tar.gz"
-    first = gridxfer("sandbox", "build", "-o", str(out1), "--json", config=db.config_file, check=True)
+    first = gridxfer(
+        "sandbox", "build", "-o", str(out1), "--json", config=db.config_file, check=True
+    )
     built = json.loads(first.stdout)
     gridxfer("sandbox", "build", "-o", str(out2), config=db.config_file, check=True)
     assert out1.read_bytes() == out2.read_bytes()  # same sandbox, same archive, same sha256
@@ -89,8 +102,9 @@ def test_build_is_reproducible_with_sha256_and_only_the_sandbox(db: Database, tm
     assert members["launch.sh"].mode == 0o755 and members["launch.sh"].uid == 0
 
 
-@pytest.mark.parametrize("case", ["name", "yaml-section", "assignment", "configured-secret",
-                                  "symlink"])
+@pytest.mark.parametrize(
+    "case", ["name", "yaml-section", "assignment", "configured-secret", "symlink"]
+)
 def test_build_refuses_credentials_and_links(db: Database, tmp_path: Path, case: str) -> None:
     src = make_sandbox(tmp_path)
     env = cli_env(db.config_file)
@@ -106,8 +120,9 @@ def test_build_refuses_credentials_and_links(db: Database, tmp_path: Path, case:
     else:
         (src / "escape").symlink_to("/etc")
     out = tmp_path / "s.tar.gz"
-    proc = gridxfer("sandbox", "build", "--dir", str(src), "-o", str(out), config=db.config_file,
-                    env=env)
+    proc = gridxfer(
+        "sandbox", "build", "--dir", str(src), "-o", str(out), config=db.config_file, env=env
+    )
     assert proc.returncode == 6, proc.stderr
     assert proc.stderr.startswith("gridxfer: error: sandbox ")
     assert SECRET not in proc.stderr + proc.stdout and "hunter2" not in proc.stderr
@@ -116,24 +131,47 @@ def test_build_refuses_credentials_and_links(db: Database, tmp_path: Path, case:
 
 # -- upload, record, fetch on a node ------------------------------------------------------
 def test_upload_records_the_sandbox_and_launch_sh_runs_workers_from_it(
-        db: Database, tmp_path: Path) -> None:
+    db: Database, tmp_path: Path
+) -> None:
     record = tmp_path / "ran.txt"
     src = make_sandbox(tmp_path, command="sh ./task.sh")
     archive = tmp_path / "s.tar.gz"
-    gridxfer("sandbox", "build", "--dir", str(src), "-o", str(archive), config=db.config_file,
-             check=True)
+    gridxfer(
+        "sandbox", "build", "--dir", str(src), "-o", str(archive), config=db.config_file, check=True
+    )
     store = tmp_path / "store"
     url = f"file://{store}/sandbox-v1.tar.gz"
-    up = gridxfer("sandbox", "upload", url, "--file", str(archive), "--night", "n1", "--json",
-                  config=db.config_file, check=True)
+    up = gridxfer(
+        "sandbox",
+        "upload",
+        url,
+        "--file",
+        str(archive),
+        "--night",
+        "n1",
+        "--json",
+        config=db.config_file,
+        check=True,
+    )
     doc = json.loads(up.stdout)
     assert doc["_id"] == "sandbox:n1" and doc["type"] == "sandbox" and doc["url"] == url
     assert doc["sha256"] == sb.sha256_file(archive)
     assert (store / "sandbox-v1.tar.gz").read_bytes() == archive.read_bytes()
     # Uploading the same archive again is a no-op; another night falls back to none.
-    gridxfer("sandbox", "upload", url, "--file", str(archive), "--night", "n1",
-             config=db.config_file, check=True)
-    shown = gridxfer("sandbox", "show", "--night", "n1", "--json", config=db.config_file, check=True)
+    gridxfer(
+        "sandbox",
+        "upload",
+        url,
+        "--file",
+        str(archive),
+        "--night",
+        "n1",
+        config=db.config_file,
+        check=True,
+    )
+    shown = gridxfer(
+        "sandbox", "show", "--night", "n1", "--json", config=db.config_file, check=True
+    )
     assert json.loads(shown.stdout)["sha256"] == doc["sha256"]
     assert gridxfer("sandbox", "show", "--night", "n2", config=db.config_file).returncode == 5
 
@@ -141,8 +179,13 @@ def test_upload_records_the_sandbox_and_launch_sh_runs_workers_from_it(
     pool.create("n1", [parse_spec(e) for e in ("a", "b", "c")])
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    env = node_env(db, GRIDXFER_NIGHT="n1", GRIDXFER_SCRATCH=str(scratch), RECORD=str(record),
-                   GRIDXFER_JOB_ID="node-1")
+    env = node_env(
+        db,
+        GRIDXFER_NIGHT="n1",
+        GRIDXFER_SCRATCH=str(scratch),
+        RECORD=str(record),
+        GRIDXFER_JOB_ID="node-1",
+    )
     proc = run_launch(env)
     assert proc.returncode == 0, proc.stderr
     assert "fetched sandbox" in proc.stderr
@@ -164,8 +207,15 @@ def test_corrupted_sandbox_exits_11_and_leaves_tokens_alone(db: Database, tmp_pa
     archive = tmp_path / "s.tar.gz"
     gridxfer("sandbox", "build", "-o", str(archive), config=db.config_file, check=True)
     stored = tmp_path / "store" / "s.tar.gz"
-    gridxfer("sandbox", "upload", f"file://{stored}", "--file", str(archive),
-             config=db.config_file, check=True)
+    gridxfer(
+        "sandbox",
+        "upload",
+        f"file://{stored}",
+        "--file",
+        str(archive),
+        config=db.config_file,
+        check=True,
+    )
     data = bytearray(stored.read_bytes())
     data[len(data) // 2] ^= 0xFF
     stored.write_bytes(bytes(data))
@@ -193,8 +243,9 @@ def test_code_reaches_the_token_when_one_is_held(db: Database, tmp_path: Path) -
     sb.build(REPO / "sandbox", archive)
     pool = db.pool()
     pool.create("n1", [parse_spec("a")])
-    cfg = db.write_config(worker={
-        "command": f"{sys.executable} -m GRID_XFER.sandbox fetch --into {tmp_path / 'w'}"})
+    cfg = db.write_config(
+        worker={"command": f"{sys.executable} -m GRID_XFER.sandbox fetch --into {tmp_path / 'w'}"}
+    )
     env = cli_env(cfg, GRIDXFER_SANDBOX_URL=f"file://{archive}", GRIDXFER_SANDBOX_SHA256="0" * 64)
     gridxfer("worker", "--idle-exit", config=cfg, env=env, check=True)
     doc = pool.get("n1_a")
@@ -227,11 +278,18 @@ def test_unsafe_archive_exits_10_and_writes_nothing_outside(tmp_path: Path, case
     (tmp_path / "none.yaml").write_text("{}\n")
     before = tree(tmp_path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GRIDXFER_")}
-    env.update(GRIDXFER_SANDBOX_URL=f"file://{archive}",
-               GRIDXFER_SANDBOX_SHA256=sb.sha256_file(archive),
-               GRIDXFER_CONFIG=str(tmp_path / "none.yaml"))
-    proc = subprocess.run([sys.executable, "-m", "GRID_XFER.sandbox", "fetch", "--into", str(work)],
-                          env=env, capture_output=True, text=True, timeout=60)
+    env.update(
+        GRIDXFER_SANDBOX_URL=f"file://{archive}",
+        GRIDXFER_SANDBOX_SHA256=sb.sha256_file(archive),
+        GRIDXFER_CONFIG=str(tmp_path / "none.yaml"),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "GRID_XFER.sandbox", "fetch", "--into", str(work)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == Code.SANDBOX_FETCH == 10, proc.stderr
     assert "unsafe sandbox" in proc.stderr
     after = tree(tmp_path)
@@ -242,8 +300,10 @@ def test_unsafe_archive_exits_10_and_writes_nothing_outside(tmp_path: Path, case
 
 
 def test_member_checks_cover_more_than_the_cli_cases() -> None:
-    ok = [tarfile.TarInfo("d"), *(m for m, _ in (reg("d/a"), link("d/l", "a"),
-                                                 link("hl", "d/a", tarfile.LNKTYPE)))]
+    ok = [
+        tarfile.TarInfo("d"),
+        *(m for m, _ in (reg("d/a"), link("d/l", "a"), link("hl", "d/a", tarfile.LNKTYPE))),
+    ]
     ok[0].type = tarfile.DIRTYPE
     assert [n for n, _ in sb.check_members(ok)] == ["d", "d/a", "d/l", "hl"]
     bad = {

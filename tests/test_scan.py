@@ -3,6 +3,7 @@
 The real CLI against a real pouchdb-server, with sources on the local disk
 (file://) and on a real XRootD server (root://).
 """
+
 from __future__ import annotations
 
 import json
@@ -28,20 +29,40 @@ def remote(request: pytest.FixtureRequest, xrootd: XRootDServer) -> Remote:
 
 # ----------------------------------------------------------------------------- night scans
 
+
 def test_create_makes_one_token_per_exposure_with_sizes_and_manifest_checksums(
-        db: Database, tmp_path: Path) -> None:
+    db: Database, tmp_path: Path
+) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     info = make_night(src, NIGHT, exposures=3, files_per_exposure=2, size=1000)
-    write_exposure(src / NIGHT / "00001000" / "extra-dir", {"nested.fits": b"n" * 10}, manifest=False)
-    write_manifest(src / NIGHT / "00001000",
-                   {**{n: (src / NIGHT / "00001000" / n).read_bytes()
-                       for n in info["exposures"]["00001000"]["files"]},
-                    "extra-dir/nested.fits": b"n" * 10})
+    write_exposure(
+        src / NIGHT / "00001000" / "extra-dir", {"nested.fits": b"n" * 10}, manifest=False
+    )
+    write_manifest(
+        src / NIGHT / "00001000",
+        {
+            **{
+                n: (src / NIGHT / "00001000" / n).read_bytes()
+                for n in info["exposures"]["00001000"]["files"]
+            },
+            "extra-dir/nested.fits": b"n" * 10,
+        },
+    )
     (src / NIGHT / "README.txt").write_text("not an exposure")
     (src / NIGHT / "bad name").mkdir()
 
-    proc = gridxfer("tokens", "create", NIGHT, "--source", file_url(src), "--dest", file_url(dst),
-                    "--json", config=db.config_file, check=True)
+    proc = gridxfer(
+        "tokens",
+        "create",
+        NIGHT,
+        "--source",
+        file_url(src),
+        "--dest",
+        file_url(dst),
+        "--json",
+        config=db.config_file,
+        check=True,
+    )
     report = json.loads(proc.stdout)
     assert report["created"] == 3 and report["manifest_problems"] == {}
     assert "bad name" in proc.stderr and "README.txt" in proc.stderr  # said, not silently dropped
@@ -65,36 +86,49 @@ def test_create_makes_one_token_per_exposure_with_sizes_and_manifest_checksums(
     assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 3)
 
 
-def test_create_scans_a_root_source_like_a_local_one(db: Database, tmp_path: Path,
-                                                      remote: Remote) -> None:
+def test_create_scans_a_root_source_like_a_local_one(
+    db: Database, tmp_path: Path, remote: Remote
+) -> None:
     info = make_night(remote.path, NIGHT, exposures=2, files_per_exposure=2, size=500)
     create(db.config_file, NIGHT, "--source", remote.url, "--dest", file_url(tmp_path / "dst"))
     docs = tokens(db, NIGHT)
     assert set(docs) == set(info["exposures"])
     for exp, doc in docs.items():
-        assert {f["name"] for f in doc["files"]} == \
-            set(info["exposures"][exp]["files"]) | {manifest_name(exp)}
+        assert {f["name"] for f in doc["files"]} == set(info["exposures"][exp]["files"]) | {
+            manifest_name(exp)
+        }
 
 
 def test_create_for_a_night_absent_at_the_source_exits_5(db: Database, tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
-    proc = gridxfer("tokens", "create", NIGHT, "--source", file_url(tmp_path / "src"),
-                    "--dest", file_url(tmp_path / "dst"), config=db.config_file)
+    proc = gridxfer(
+        "tokens",
+        "create",
+        NIGHT,
+        "--source",
+        file_url(tmp_path / "src"),
+        "--dest",
+        file_url(tmp_path / "dst"),
+        config=db.config_file,
+    )
     assert proc.returncode == 5, proc.stderr
     assert NIGHT in proc.stderr and "does not exist" in proc.stderr
 
 
 def test_create_without_destination_exits_3(db: Database, tmp_path: Path) -> None:
     make_night(tmp_path / "src", NIGHT, exposures=1)
-    proc = gridxfer("tokens", "create", NIGHT, "--source", file_url(tmp_path / "src"),
-                    config=db.config_file)
+    proc = gridxfer(
+        "tokens", "create", NIGHT, "--source", file_url(tmp_path / "src"), config=db.config_file
+    )
     assert proc.returncode == 3 and "destination" in proc.stderr
 
 
 # ----------------------------------------------------------------------------- catch-up
 
+
 def test_second_create_catches_up_late_files_new_exposures_and_fixed_manifests(
-        db: Database, tmp_path: Path) -> None:
+    db: Database, tmp_path: Path
+) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     night = src / NIGHT
     args = ("--source", file_url(src), "--dest", file_url(dst))
@@ -105,7 +139,7 @@ def test_second_create_catches_up_late_files_new_exposures_and_fixed_manifests(
 
     write_exposure(night / "done1", {"a.fits": content("done1", 0)})
     write_exposure(night / "fixme", {"a.fits": content("fixme", 0)})
-    (night / "fixme" / "b.fits").write_bytes(content("fixme", 1))     # not in its manifest
+    (night / "fixme" / "b.fits").write_bytes(content("fixme", 1))  # not in its manifest
     assert create(cfg, NIGHT, *args)["created"] == 2
     work(cfg, NIGHT)
     docs = tokens(db, NIGHT)
@@ -147,7 +181,8 @@ def test_second_create_catches_up_late_files_new_exposures_and_fixed_manifests(
 
 
 def test_late_file_in_a_done_exposure_arrives_after_reset_and_updates_the_manifest(
-        db: Database, tmp_path: Path, remote: Remote) -> None:
+    db: Database, tmp_path: Path, remote: Remote
+) -> None:
     src = tmp_path / "src"
     exp = src / NIGHT / "e1"
     args = ("--source", file_url(src), "--dest", remote.url)
@@ -159,8 +194,8 @@ def test_late_file_in_a_done_exposure_arrives_after_reset_and_updates_the_manife
 
     write_exposure(exp, {"a.fits": b"a" * 5000, "z.fits": b"z" * 700})
     left = create(db.config_file, NIGHT, *args)
-    assert (left["skipped"], left["updated"]) == (1, 0)         # done: left alone...
-    assert left["outdated"] == 1                                 # ...but reported as outdated
+    assert (left["skipped"], left["updated"]) == (1, 0)  # done: left alone...
+    assert left["outdated"] == 1  # ...but reported as outdated
     assert tokens(db, NIGHT)["e1"]["_rev"] == done["_rev"]
     gridxfer("tokens", "reset", NIGHT, "--state", "done", config=db.config_file, check=True)
     assert create(db.config_file, NIGHT, *args)["updated"] == 1  # ...until the user resets it
@@ -168,12 +203,13 @@ def test_late_file_in_a_done_exposure_arrives_after_reset_and_updates_the_manife
 
     doc = tokens(db, NIGHT)["e1"]
     assert doc["state"] == "done", doc["error"]
-    assert tree(remote.path / NIGHT / "e1") == tree(exp)        # new manifest included
+    assert tree(remote.path / NIGHT / "e1") == tree(exp)  # new manifest included
     status = {f["name"]: f["result"]["status"] for f in doc["files"]}
     assert status == {"a.fits": "skipped", "z.fits": "copied", manifest_name("e1"): "copied"}
 
 
 # ----------------------------------------------------------------------------- SURL lists
+
 
 @pytest.fixture
 def surls(xrootd: XRootDServer, remote: Remote, tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
@@ -182,22 +218,44 @@ def surls(xrootd: XRootDServer, remote: Remote, tmp_path: Path) -> tuple[Path, d
     for name, content in data.items():
         xrootd.put(f"{remote.path.name}/raw/{name}", content)
     listing = tmp_path / "srm.txt"
-    listing.write_text("# LOFAR L123456\n\n" + "".join(
-        f"{xrootd.url_for(f'{remote.path.name}/raw/{n}')}\n" for n in data))
+    listing.write_text(
+        "# LOFAR L123456\n\n"
+        + "".join(f"{xrootd.url_for(f'{remote.path.name}/raw/{n}')}\n" for n in data)
+    )
     return listing, data
 
 
 def test_surl_list_groups_files_per_token_with_adler32_from_the_storage(
-        db: Database, tmp_path: Path, surls: tuple[Path, dict[str, bytes]]) -> None:
+    db: Database, tmp_path: Path, surls: tuple[Path, dict[str, bytes]]
+) -> None:
     listing, data = surls
-    report = create(db.config_file, "L123456", "--surls", str(listing), "--group", "2",
-                    "--dest", file_url(tmp_path / "dst"))
+    report = create(
+        db.config_file,
+        "L123456",
+        "--surls",
+        str(listing),
+        "--group",
+        "2",
+        "--dest",
+        file_url(tmp_path / "dst"),
+    )
     assert report["created"] == math.ceil(len(data) / 2) == 3
     docs = tokens(db, "L123456")
     assert [re.sub(r"-[0-9a-f]{8}$", "", e) for e in sorted(docs)] == [
-        "chunk00000", "chunk00001", "chunk00002"]
-    again = create(db.config_file, "L123456", "--surls", str(listing), "--group", "2",
-                   "--dest", file_url(tmp_path / "dst"))
+        "chunk00000",
+        "chunk00001",
+        "chunk00002",
+    ]
+    again = create(
+        db.config_file,
+        "L123456",
+        "--surls",
+        str(listing),
+        "--group",
+        "2",
+        "--dest",
+        file_url(tmp_path / "dst"),
+    )
     assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 3)
     seen = []
     for exp in sorted(docs):
@@ -215,10 +273,13 @@ def test_surl_list_groups_files_per_token_with_adler32_from_the_storage(
 
 
 def test_surl_list_tokens_are_moved_to_the_destination_by_a_worker(
-        db: Database, tmp_path: Path, surls: tuple[Path, dict[str, bytes]]) -> None:
+    db: Database, tmp_path: Path, surls: tuple[Path, dict[str, bytes]]
+) -> None:
     listing, data = surls
     dst = tmp_path / "dst"
-    create(db.config_file, "L123456", "--surls", str(listing), "--group", "2", "--dest", file_url(dst))
+    create(
+        db.config_file, "L123456", "--surls", str(listing), "--group", "2", "--dest", file_url(dst)
+    )
     work(db.config_file, "L123456")
     assert tree(dst / "L123456") == data
     for doc in tokens(db, "L123456").values():
@@ -229,26 +290,45 @@ def test_surl_list_tokens_are_moved_to_the_destination_by_a_worker(
 
 
 def test_surl_list_with_a_line_that_is_not_a_url_exits_6_naming_the_line(
-        db: Database, tmp_path: Path) -> None:
+    db: Database, tmp_path: Path
+) -> None:
     listing = tmp_path / "srm.txt"
     listing.write_text("root://127.0.0.1:1//a\n/just/a/path\n")
-    proc = gridxfer("tokens", "create", "L1", "--surls", str(listing), "--dest",
-                    file_url(tmp_path), config=db.config_file)
+    proc = gridxfer(
+        "tokens",
+        "create",
+        "L1",
+        "--surls",
+        str(listing),
+        "--dest",
+        file_url(tmp_path),
+        config=db.config_file,
+    )
     assert proc.returncode == 6 and "line 2" in proc.stderr, proc.stderr
 
 
 # ----------------------------------------------------------------------------- templates
 
+
 def test_desi_template_with_url_overrides_creates_and_completes_the_night(
-        db: Database, tmp_path: Path, remote: Remote) -> None:
+    db: Database, tmp_path: Path, remote: Remote
+) -> None:
     src = tmp_path / "src"
     info = make_night(src, NIGHT, exposures=2, files_per_exposure=2, size=2000)
-    create(db.config_file, NIGHT, "--template", str(REPO / "tokens" / "desi-night.yaml"),
-           "--source", file_url(src), "--dest", remote.url)
+    create(
+        db.config_file,
+        NIGHT,
+        "--template",
+        str(REPO / "tokens" / "desi-night.yaml"),
+        "--source",
+        file_url(src),
+        "--dest",
+        remote.url,
+    )
     docs = tokens(db, NIGHT)
     assert set(docs) == set(info["exposures"])
     for exp, doc in docs.items():
-        assert doc["source"] == f"{file_url(src)}/{NIGHT}/{exp}"       # not the template's
+        assert doc["source"] == f"{file_url(src)}/{NIGHT}/{exp}"  # not the template's
         assert doc["destination"] == f"{remote.url}/{NIGHT}/{exp}"
         assert doc["payload"] == {"instrument": "spectrograph"}
         assert doc["max_attempts"] == 3
@@ -258,10 +338,19 @@ def test_desi_template_with_url_overrides_creates_and_completes_the_night(
 
 
 def test_lofar_template_groups_a_surl_list_by_its_group_size(
-        db: Database, tmp_path: Path, surls: tuple[Path, dict[str, bytes]]) -> None:
+    db: Database, tmp_path: Path, surls: tuple[Path, dict[str, bytes]]
+) -> None:
     listing, data = surls
-    create(db.config_file, "L123456", "--template", str(REPO / "tokens" / "lofar-surls.yaml"),
-           "--surls", str(listing), "--dest", file_url(tmp_path / "dst"))
+    create(
+        db.config_file,
+        "L123456",
+        "--template",
+        str(REPO / "tokens" / "lofar-surls.yaml"),
+        "--surls",
+        str(listing),
+        "--dest",
+        file_url(tmp_path / "dst"),
+    )
     docs = tokens(db, "L123456")
     assert len(docs) == 1 and next(iter(docs)).startswith("chunk00000-")  # group: 10
     (doc,) = docs.values()
@@ -270,7 +359,8 @@ def test_lofar_template_groups_a_surl_list_by_its_group_size(
 
 
 def test_an_edited_surl_list_adds_tokens_and_never_rewrites_pending_ones(
-        db: Database, tmp_path: Path, surls: tuple[Path, dict[str, bytes]]) -> None:
+    db: Database, tmp_path: Path, surls: tuple[Path, dict[str, bytes]]
+) -> None:
     listing, _ = surls
     args = ("--group", "2", "--dest", file_url(tmp_path / "dst"))
     create(db.config_file, "L123456", "--surls", str(listing), *args)
@@ -278,7 +368,7 @@ def test_an_edited_surl_list_adds_tokens_and_never_rewrites_pending_ones(
     lines = listing.read_text().splitlines()
     first = next(i for i, line in enumerate(lines) if "://" in line)
     edited = tmp_path / "srm2.txt"
-    edited.write_text("\n".join(lines[:first] + lines[first + 1:]) + "\n")  # one URL dropped
+    edited.write_text("\n".join(lines[:first] + lines[first + 1 :]) + "\n")  # one URL dropped
     report = create(db.config_file, "L123456", "--surls", str(edited), *args)
     assert report["updated"] == 0 and report["created"] >= 1
     after = tokens(db, "L123456")
@@ -290,22 +380,35 @@ def test_template_with_an_unknown_key_exits_6_naming_the_key(db: Database, tmp_p
     template = tmp_path / "typo.yaml"
     template.write_text("layout: night\nsource: file:///data\ndestinaton: root://x//y\n")
     make_night(tmp_path / "src", NIGHT, exposures=1)
-    proc = gridxfer("tokens", "create", NIGHT, "--template", str(template), "--source",
-                    file_url(tmp_path / "src"), "--dest", file_url(tmp_path / "dst"),
-                    config=db.config_file)
+    proc = gridxfer(
+        "tokens",
+        "create",
+        NIGHT,
+        "--template",
+        str(template),
+        "--source",
+        file_url(tmp_path / "src"),
+        "--dest",
+        file_url(tmp_path / "dst"),
+        config=db.config_file,
+    )
     assert proc.returncode == 6, proc.stderr
     assert "destinaton" in proc.stderr and "unknown key" in proc.stderr
     assert db.pool().counts(NIGHT) == {}  # nothing was created
 
 
-def test_urls_carrying_credentials_are_refused_and_never_shown(db: Database, tmp_path: Path) -> None:
+def test_urls_carrying_credentials_are_refused_and_never_shown(
+    db: Database, tmp_path: Path
+) -> None:
     src = tmp_path / "src"
     write_exposure(src / NIGHT / "e1", {"a.fits": b"a"})
     listing = tmp_path / "srm.txt"
     listing.write_text("root://host//data/a.MS?authz=S3cr3tT0ken\n")
-    for args in (("--source", file_url(src), "--dest", "davs://alice:S3cr3tT0ken@host/x"),
-                 ("--source", file_url(src), "--dest", "davs://host/x?access_token=S3cr3tT0ken"),
-                 ("--surls", str(listing), "--dest", file_url(tmp_path / "dst"))):
+    for args in (
+        ("--source", file_url(src), "--dest", "davs://alice:S3cr3tT0ken@host/x"),
+        ("--source", file_url(src), "--dest", "davs://host/x?access_token=S3cr3tT0ken"),
+        ("--surls", str(listing), "--dest", file_url(tmp_path / "dst")),
+    ):
         proc = gridxfer("tokens", "create", NIGHT, *args, config=db.config_file)
         assert proc.returncode == 6, proc.stderr
         assert "credentials" in proc.stderr and "S3cr3tT0ken" not in proc.stderr + proc.stdout

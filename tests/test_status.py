@@ -3,6 +3,7 @@
 Seeded nights hold tokens in every state and errors of several codes
 (tests/status_seed.py); the expected numbers come from the documents themselves.
 """
+
 from __future__ import annotations
 
 import base64
@@ -33,8 +34,7 @@ def seeded(db: Database) -> Database:
 
 
 def status_json(db: Database, *args: str) -> dict:
-    return json.loads(gridxfer("status", *args, "--json", config=db.config_file,
-                               check=True).stdout)
+    return json.loads(gridxfer("status", *args, "--json", config=db.config_file, check=True).stdout)
 
 
 def test_json_counts_match_the_tokens(seeded: Database) -> None:
@@ -65,7 +65,7 @@ def test_json_counts_match_the_tokens(seeded: Database) -> None:
 
 
 def test_overview_cache_follows_changes_and_deletions(seeded: Database) -> None:
-    first = status.state_counts(seeded.couch)          # full count, cached with its seq
+    first = status.state_counts(seeded.couch)  # full count, cached with its seq
     assert seeded.couch.get(status.CACHE_ID)["nights"] == first
     pool = seeded.pool()
     pool.create("20261128", [parse_spec("a"), parse_spec("b")])
@@ -73,10 +73,10 @@ def test_overview_cache_follows_changes_and_deletions(seeded: Database) -> None:
     assert lease is not None
     lease.done()
     pool.delete("20261127")
-    cached = status.state_counts(seeded.couch)         # only the changed nights re-read
+    cached = status.state_counts(seeded.couch)  # only the changed nights re-read
     old = seeded.couch.get(status.CACHE_ID)
     seeded.couch.delete(status.CACHE_ID, old["_rev"])
-    fresh = status.state_counts(seeded.couch)          # no cache: everything counted
+    fresh = status.state_counts(seeded.couch)  # no cache: everything counted
     assert cached == fresh
     assert "20261127" not in fresh and fresh["20261128"]["todo"][0] == 2
     assert fresh["20261126"]["done"][0] == first["20261126"]["done"][0] + 1
@@ -107,7 +107,7 @@ def test_expired_lease_shows_in_the_detail(db: Database) -> None:
     pool.create("n1", [parse_spec("a")])
     assert pool.claim("n1") is not None
     time.sleep(1.0)
-    holder, = status.gather(db.couch, "n1").night("n1").holders or []
+    (holder,) = status.gather(db.couch, "n1").night("n1").holders or []
     assert holder.expired and holder.tokens == 1
 
 
@@ -161,7 +161,9 @@ def test_init_installs_the_page_and_updates_it_only_when_changed(db: Database) -
 
     # Someone else's attachment survives; a stale page file is replaced.
     rev = db.couch.put_attachment("_design/gridxfer", rev, "notes.txt", b"site notes", "text/plain")
-    db.couch.put_attachment("_design/gridxfer", rev, "status.js", b"// old", "application/javascript")
+    db.couch.put_attachment(
+        "_design/gridxfer", rev, "status.js", b"// old", "application/javascript"
+    )
     assert views.install(db.couch)["gridxfer"] == "updated"
     assert db.couch.get_attachment("_design/gridxfer", "status.js") == files["status.js"][0]
     assert db.couch.get_attachment("_design/gridxfer", "notes.txt") == b"site notes"
@@ -186,12 +188,16 @@ def test_unchanged_when_the_server_digests_differently(db: Database) -> None:
     # attachment is ours; a later revision of it is someone else's.
     ddoc = db.couch.get("_design/gridxfer")
     files = views.status_files()
-    fake = {n: "md5-" + base64.b64encode(b"compressed-" + n.encode()).decode()[:22] + "=="
-            for n in files}
+    fake = {
+        n: "md5-" + base64.b64encode(b"compressed-" + n.encode()).decode()[:22] + "=="
+        for n in files
+    }
     for n in files:
         ddoc["_attachments"][n]["digest"] = fake[n]
-    ddoc[views._DIGESTS] = {n: {"md5": views._md5(data), "revpos": ddoc["_attachments"][n]["revpos"]}
-                            for n, (data, _) in files.items()}
+    ddoc[views._DIGESTS] = {
+        n: {"md5": views._md5(data), "revpos": ddoc["_attachments"][n]["revpos"]}
+        for n, (data, _) in files.items()
+    }
     assert views._changed_files(ddoc, files) == []
     ddoc["_attachments"]["status.js"]["revpos"] += 1
     assert views._changed_files(ddoc, files) == ["status.js"]

@@ -3,6 +3,7 @@
 Debian's `chromium` and `chromium-driver` (scripts/setup installs them), driven
 with Selenium; nothing is downloaded. Screenshots go to test-artifacts/.
 """
+
 from __future__ import annotations
 
 import os
@@ -26,17 +27,28 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (test extra) not installed")
 if not (os.access(CHROMIUM, os.X_OK) and os.access(CHROMEDRIVER, os.X_OK)):
-    pytest.skip("Debian chromium and chromium-driver are not installed (scripts/setup)",
-                allow_module_level=True)
+    pytest.skip(
+        "Debian chromium and chromium-driver are not installed (scripts/setup)",
+        allow_module_level=True,
+    )
 
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,1100"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1100",
+]
 
 
 @pytest.fixture
@@ -65,14 +77,15 @@ def wait(driver: Any, what: str, predicate: Any, timeout: float = 30) -> Any:
     try:
         # The page rebuilds its tables on every refresh: an element read in the
         # middle of that is stale, and the next poll reads the new one.
-        return WebDriverWait(driver, timeout, poll_frequency=0.2,
-                             ignored_exceptions=[StaleElementReferenceException]
-                             ).until(lambda d: predicate(d))
+        return WebDriverWait(
+            driver, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]
+        ).until(lambda d: predicate(d))
     except Exception:
         shot(driver, "status-page-failure.png")
         problem = driver.find_elements(By.ID, "problem")
-        raise AssertionError(f"page never showed {what}; problem: "
-                             f"{problem[0].text if problem else '?'}") from None
+        raise AssertionError(
+            f"page never showed {what}; problem: {problem[0].text if problem else '?'}"
+        ) from None
 
 
 def shot(driver: Any, name: str) -> Path:
@@ -97,9 +110,15 @@ def test_page_shows_the_seeded_counts_and_errors_and_refreshes(db: Database, bro
     assert "GRID_XFER" in browser.title
 
     for night, e in want.items():
-        wait(browser, f"the counts of {night}", lambda d, n=night, s=e["states"]: row_counts(d, n) == s)
-    assert [r.get_attribute("data-night") for r in
-            browser.find_elements(By.CSS_SELECTOR, "#nights tbody tr")] == sorted(want)
+        wait(
+            browser,
+            f"the counts of {night}",
+            lambda d, n=night, s=e["states"]: row_counts(d, n) == s,
+        )
+    assert [
+        r.get_attribute("data-night")
+        for r in browser.find_elements(By.CSS_SELECTOR, "#nights tbody tr")
+    ] == sorted(want)
     assert browser.find_element(By.ID, "db").text == db.cfg.db
     shot(browser, "status-page.png")
 
@@ -109,26 +128,45 @@ def test_page_shows_the_seeded_counts_and_errors_and_refreshes(db: Database, bro
     browser.get(page_url(db, "?interval=0"))
     wait(browser, "the nights", lambda d: row_counts(d, night) is not None)
     browser.find_element(By.CSS_SELECTOR, f'tr[data-night="{night}"] a').click()
-    wait(browser, "the error table", lambda d: len(d.find_elements(
-        By.CSS_SELECTOR, "#errors tbody tr")) == len(want[night]["errors"]))
+    wait(
+        browser,
+        "the error table",
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "#errors tbody tr")) == len(want[night]["errors"])
+        ),
+    )
     for code, count in want[night]["errors"].items():
         row = browser.find_element(By.CSS_SELECTOR, f'#errors tr[data-code="{code}"]')
         assert row.find_element(By.CSS_SELECTOR, ".count").text == str(count)
         assert row.find_element(By.CSS_SELECTOR, ".name").text == code_name(int(code))
-        assert row.find_element(By.CSS_SELECTOR, ".message").text in want[night]["messages"][int(code)]
+        assert (
+            row.find_element(By.CSS_SELECTOR, ".message").text in want[night]["messages"][int(code)]
+        )
         assert row.find_element(By.CSS_SELECTOR, ".token a").text.startswith(night + "_")
     # The night's tokens by state: the error tokens with their messages.
     browser.find_element(By.CSS_SELECTOR, '#states button[data-state="error"]').click()
-    wait(browser, "the error tokens", lambda d: len(d.find_elements(
-        By.CSS_SELECTOR, "#tokens tbody tr")) == want[night]["states"]["error"])
+    wait(
+        browser,
+        "the error tokens",
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "#tokens tbody tr"))
+            == want[night]["states"]["error"]
+        ),
+    )
     listed = browser.find_element(By.ID, "tokens").text
     assert "CHECKSUM_MISMATCH" in listed and "listed in manifest, not at source" in listed
     shot(browser, "status-page-night.png")
 
     held_night = "20261126"
     browser.get(page_url(db, f"?interval=0#night={held_night}"))
-    wait(browser, "the lease holders", lambda d: len(d.find_elements(
-        By.CSS_SELECTOR, "#holders tbody tr")) == len(want[held_night]["holders"]))
+    wait(
+        browser,
+        "the lease holders",
+        lambda d: (
+            len(d.find_elements(By.CSS_SELECTOR, "#holders tbody tr"))
+            == len(want[held_night]["holders"])
+        ),
+    )
     assert "expires in" in browser.find_element(By.ID, "holders").text
 
     # Auto-refresh: a token finishing and a new night show up without a reload.
@@ -138,17 +176,22 @@ def test_page_shows_the_seeded_counts_and_errors_and_refreshes(db: Database, bro
     assert lease is not None
     lease.done()
     pool.create("20261128", [parse_spec("late")])
-    wait(browser, "the finished token", lambda d: (row_counts(d, "20261127") or {}).get("done")
-         == before["done"] + 1)
-    wait(browser, "the new night", lambda d: row_counts(d, "20261128") == {
-        **dict.fromkeys(STATES, 0), "todo": 1})
+    wait(
+        browser,
+        "the finished token",
+        lambda d: (row_counts(d, "20261127") or {}).get("done") == before["done"] + 1,
+    )
+    wait(
+        browser,
+        "the new night",
+        lambda d: row_counts(d, "20261128") == {**dict.fromkeys(STATES, 0), "todo": 1},
+    )
     shot(browser, "status-page-refreshed.png")
 
 
 def test_page_says_when_the_database_has_no_tokens(db: Database, browser: Any) -> None:
     browser.get(page_url(db))
-    wait(browser, "the empty message",
-         lambda d: d.find_element(By.ID, "no-nights").is_displayed())
+    wait(browser, "the empty message", lambda d: d.find_element(By.ID, "no-nights").is_displayed())
     assert browser.find_element(By.ID, "problem").is_displayed() is False
 
 
@@ -193,8 +236,9 @@ class _CSPProxy:
         self.server.server_close()
 
 
-@pytest.mark.parametrize("policy", ["default-src 'self'",
-                                    "sandbox allow-scripts allow-same-origin", "sandbox"])
+@pytest.mark.parametrize(
+    "policy", ["default-src 'self'", "sandbox allow-scripts allow-same-origin", "sandbox"]
+)
 def test_page_under_a_content_security_policy(db: Database, browser: Any, policy: str) -> None:
     pool = db.pool()
     pool.create("n1", [parse_spec(x) for x in "abc"])
@@ -203,12 +247,18 @@ def test_page_under_a_content_security_policy(db: Database, browser: Any, policy
         browser.get(f"{proxy.url}/{db.cfg.db}/_design/gridxfer/status.html?interval=1")
         if policy == "sandbox":
             # CouchDB's default blocks scripts: the page says what to change.
-            wait(browser, "the noscript advice", lambda d: "Content-Security-Policy" in
-                 d.find_element(By.TAG_NAME, "body").text)
+            wait(
+                browser,
+                "the noscript advice",
+                lambda d: "Content-Security-Policy" in d.find_element(By.TAG_NAME, "body").text,
+            )
             assert row_counts(browser, "n1") is None
         else:
-            wait(browser, "the counts", lambda d: row_counts(d, "n1") == {
-                **dict.fromkeys(STATES, 0), "todo": 3})
+            wait(
+                browser,
+                "the counts",
+                lambda d: row_counts(d, "n1") == {**dict.fromkeys(STATES, 0), "todo": 3},
+            )
     finally:
         proxy.close()
 
@@ -220,7 +270,8 @@ def couch3_db(couchdb3: Any, tmp_path: Path) -> Database:
 
 
 def test_couchdb3_blocks_the_page_script_but_serve_and_html_show_the_numbers(
-        couch3_db: Database, browser: Any, tmp_path: Path) -> None:
+    couch3_db: Database, browser: Any, tmp_path: Path
+) -> None:
     db = couch3_db
     status_seed.seed(db.pool())
     want = status_seed.expected(db.couch)
@@ -229,17 +280,24 @@ def test_couchdb3_blocks_the_page_script_but_serve_and_html_show_the_numbers(
     assert "sandbox" in page.headers.get("Content-Security-Policy", "")
 
     # `status --serve`: the same page from a local server that holds the credentials.
-    proc = subprocess.Popen([sys.executable, "-m", "GRID_XFER.cli", "status", "--serve", "--port", "0"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=cli_env(db.config_file))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "GRID_XFER.cli", "status", "--serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(db.config_file),
+    )
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:") and url.endswith("/status.html"), url
         browser.get(url + "?interval=1")
         for night, e in want.items():
-            wait(browser, f"the counts of {night}", lambda d, n=night, s=e["states"]:
-                 row_counts(d, n) == s)
+            wait(
+                browser,
+                f"the counts of {night}",
+                lambda d, n=night, s=e["states"]: row_counts(d, n) == s,
+            )
         assert browser.find_element(By.ID, "db").text == db.cfg.db
         shot(browser, "status-page-served.png")
         assert db.cfg.secret() not in browser.page_source

@@ -1,4 +1,5 @@
 """Storage against real gfal2: the file plugin and a real XRootD server (no mocks)."""
+
 from __future__ import annotations
 
 import errno
@@ -51,8 +52,13 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Side:
     """One storage endpoint under test: where to write directly, and its URLs."""
 
-    def __init__(self, scheme: str, root: Path, url_for: Callable[[str], str],
-                 put: Callable[[str, bytes], Path]) -> None:
+    def __init__(
+        self,
+        scheme: str,
+        root: Path,
+        url_for: Callable[[str], str],
+        put: Callable[[str, bytes], Path],
+    ) -> None:
         self.scheme, self.root, self.url, self.put = scheme, root, url_for, put
 
 
@@ -60,19 +66,26 @@ class Side:
 def side(request: pytest.FixtureRequest, tmp_path: Path) -> Side:
     """The same behaviour checked through file:// and through root://."""
     if request.param == "file":
+
         def put(rel: str, data: bytes) -> Path:
             path = tmp_path / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             return path
+
         return Side("file", tmp_path, lambda rel: file_url(tmp_path / rel), put)
     server: XRootDServer = request.getfixturevalue("xrootd")
     base = f"t-{request.node.name.replace('/', '_')}-{time.monotonic_ns()}"
-    return Side("root", server.path(base), lambda rel: server.url_for(f"{base}/{rel}"),
-                lambda rel, data: server.put(f"{base}/{rel}", data))
+    return Side(
+        "root",
+        server.path(base),
+        lambda rel: server.url_for(f"{base}/{rel}"),
+        lambda rel, data: server.put(f"{base}/{rel}", data),
+    )
 
 
 # ----------------------------------------------------------------------------- metadata
+
 
 def test_stat_reports_size_type_and_mtime(storage: Storage, side: Side) -> None:
     side.put("d/f.bin", b"x" * 1234)
@@ -105,13 +118,17 @@ def test_listdir_returns_sorted_names_without_dot_entries(storage: Storage, side
     assert storage.listdir(side.url("night")) == ["a.fits", "b.fits", "sub"]
 
 
-def test_walk_lists_nested_files_with_sizes_in_one_listing_per_directory(storage: Storage,
-                                                                          side: Side) -> None:
+def test_walk_lists_nested_files_with_sizes_in_one_listing_per_directory(
+    storage: Storage, side: Side
+) -> None:
     for name, size in [("a.fits", 3), ("sub dir/é b.fits", 5), ("sub dir/deeper/z", 0)]:
         side.put(f"exp/{name}", b"x" * size)
     found = storage.walk(side.url("exp"))
-    assert {k: v.size for k, v in found.items()} == {"a.fits": 3, "sub dir/é b.fits": 5,
-                                                      "sub dir/deeper/z": 0}
+    assert {k: v.size for k, v in found.items()} == {
+        "a.fits": 3,
+        "sub dir/é b.fits": 5,
+        "sub dir/deeper/z": 0,
+    }
     assert [n for n, st in storage.scandir(side.url("exp"))] == ["a.fits", "sub dir"]
 
 
@@ -138,7 +155,9 @@ def test_listdir_of_a_file_is_not_a_directory_error(storage: Storage, side: Side
     assert info.value.errno == 20 and not info.value.transient
 
 
-def test_mkdir_creates_parents_and_accepts_an_existing_directory(storage: Storage, side: Side) -> None:
+def test_mkdir_creates_parents_and_accepts_an_existing_directory(
+    storage: Storage, side: Side
+) -> None:
     side.put("keep", b"")
     storage.mkdir(side.url("x/y/z"))
     storage.mkdir(side.url("x/y/z"))
@@ -146,7 +165,9 @@ def test_mkdir_creates_parents_and_accepts_an_existing_directory(storage: Storag
     assert storage.stat(side.url("x/y/z")).is_dir
 
 
-def test_mkdir_without_parents_fails_when_local_parent_is_missing(storage: Storage, tmp_path: Path) -> None:
+def test_mkdir_without_parents_fails_when_local_parent_is_missing(
+    storage: Storage, tmp_path: Path
+) -> None:
     # (XRootD creates missing parents even then: not checked there.)
     with pytest.raises(StorageError) as info:
         storage.mkdir(file_url(tmp_path / "no" / "such" / "parent"), parents=False)
@@ -175,7 +196,9 @@ def test_rename_of_missing_source_is_permanent(storage: Storage, side: Side) -> 
     assert (info.value.code, info.value.transient) == (Code.SOURCE_MISSING, False)
 
 
-def test_unlink_removes_the_file_and_missing_ok_tolerates_absence(storage: Storage, side: Side) -> None:
+def test_unlink_removes_the_file_and_missing_ok_tolerates_absence(
+    storage: Storage, side: Side
+) -> None:
     side.put("f", b"1")
     storage.unlink(side.url("f"))
     assert not storage.exists(side.url("f"))
@@ -199,6 +222,7 @@ def test_status_of_a_missing_file_is_source_missing(storage: Storage, side: Side
 
 # ----------------------------------------------------------------------------- checksums
 
+
 def test_storage_adler32_matches_zlib(storage: Storage, side: Side) -> None:
     side.put("f", DATA)
     assert storage.checksum(side.url("f")) == adler(DATA)
@@ -216,8 +240,10 @@ def test_unsupported_checksum_algorithm_is_a_permanent_error(storage: Storage, s
 
 # ----------------------------------------------------------------------------- copy
 
-def test_upload_and_download_are_byte_identical(storage: Storage, xrootd: XRootDServer,
-                                                tmp_path: Path) -> None:
+
+def test_upload_and_download_are_byte_identical(
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path
+) -> None:
     src = tmp_path / "src.fits"
     src.write_bytes(DATA)
     remote = xrootd.url_for("up/night/src.fits")
@@ -230,8 +256,9 @@ def test_upload_and_download_are_byte_identical(storage: Storage, xrootd: XRootD
     assert back.read_bytes() == DATA
 
 
-def test_copy_with_the_correct_adler32_succeeds(storage: Storage, xrootd: XRootDServer,
-                                                tmp_path: Path) -> None:
+def test_copy_with_the_correct_adler32_succeeds(
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path
+) -> None:
     src = tmp_path / "src"
     src.write_bytes(DATA)
     remote = xrootd.url_for("ck/ok.fits")
@@ -241,8 +268,9 @@ def test_copy_with_the_correct_adler32_succeeds(storage: Storage, xrootd: XRootD
     assert (tmp_path / "down").read_bytes() == DATA == (tmp_path / "local").read_bytes()
 
 
-def test_copy_with_empty_expected_value_compares_both_ends(storage: Storage, xrootd: XRootDServer,
-                                                           tmp_path: Path) -> None:
+def test_copy_with_empty_expected_value_compares_both_ends(
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path
+) -> None:
     src = tmp_path / "src"
     src.write_bytes(DATA)
     storage.copy(file_url(src), xrootd.url_for("ck/compare.fits"), checksum=("ADLER32", ""))
@@ -251,14 +279,22 @@ def test_copy_with_empty_expected_value_compares_both_ends(storage: Storage, xro
 
 @pytest.mark.parametrize("direction", ["upload", "download", "local"])
 def test_copy_with_a_wrong_adler32_fails_permanently_and_leaves_no_file(
-        storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str) -> None:
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str
+) -> None:
     local_src = tmp_path / "src"
     local_src.write_bytes(DATA)
     remote_src = xrootd.put(f"wrong-{direction}/src", DATA)
     src, dst, dst_path = {
-        "upload": (file_url(local_src), xrootd.url_for(f"wrong-{direction}/dst"),
-                   xrootd.path(f"wrong-{direction}/dst")),
-        "download": (xrootd.url_for(f"wrong-{direction}/src"), file_url(tmp_path / "dst"), tmp_path / "dst"),
+        "upload": (
+            file_url(local_src),
+            xrootd.url_for(f"wrong-{direction}/dst"),
+            xrootd.path(f"wrong-{direction}/dst"),
+        ),
+        "download": (
+            xrootd.url_for(f"wrong-{direction}/src"),
+            file_url(tmp_path / "dst"),
+            tmp_path / "dst",
+        ),
         "local": (file_url(local_src), file_url(tmp_path / "dst"), tmp_path / "dst"),
     }[direction]
     assert remote_src.exists()
@@ -272,7 +308,8 @@ def test_copy_with_a_wrong_adler32_fails_permanently_and_leaves_no_file(
 
 @pytest.mark.parametrize("direction", ["upload", "download", "local"])
 def test_copy_of_a_missing_source_is_permanent_source_missing(
-        storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str) -> None:
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str
+) -> None:
     src, dst = {
         "upload": (file_url(tmp_path / "nope"), xrootd.url_for("missing/dst")),
         "download": (xrootd.url_for("missing/nope"), file_url(tmp_path / "dst")),
@@ -289,7 +326,8 @@ def test_copy_of_a_missing_source_is_permanent_source_missing(
 
 @pytest.mark.parametrize("direction", ["upload", "download"])
 def test_copy_onto_an_existing_destination_without_overwrite_is_eexist_and_keeps_it(
-        storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str) -> None:
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str
+) -> None:
     local = tmp_path / "local"
     local.write_bytes(DATA)
     remote_path = xrootd.put(f"exists-{direction}/remote", b"precious")
@@ -310,8 +348,9 @@ def test_copy_onto_an_existing_destination_without_overwrite_is_eexist_and_keeps
 
 
 @pytest.mark.parametrize("direction", ["upload", "download", "local"])
-def test_copy_with_overwrite_replaces_the_destination(storage: Storage, xrootd: XRootDServer,
-                                                      tmp_path: Path, direction: str) -> None:
+def test_copy_with_overwrite_replaces_the_destination(
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str
+) -> None:
     local = tmp_path / "local"
     local.write_bytes(DATA)
     remote = xrootd.url_for(f"ow-{direction}/file")
@@ -327,8 +366,9 @@ def test_copy_with_overwrite_replaces_the_destination(storage: Storage, xrootd: 
     assert written.read_bytes() == DATA
 
 
-def test_copy_without_create_parents_fails_on_missing_local_directory(storage: Storage,
-                                                                      tmp_path: Path) -> None:
+def test_copy_without_create_parents_fails_on_missing_local_directory(
+    storage: Storage, tmp_path: Path
+) -> None:
     src = tmp_path / "src"
     src.write_bytes(b"1")
     dst = file_url(tmp_path / "no" / "dir" / "dst")
@@ -340,7 +380,8 @@ def test_copy_without_create_parents_fails_on_missing_local_directory(storage: S
 
 @pytest.mark.parametrize("direction", ["upload", "local"])
 def test_copy_asking_for_a_checksum_one_end_cannot_compute_is_a_permanent_config_error(
-        storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str) -> None:
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str
+) -> None:
     src = tmp_path / "src"
     src.write_bytes(DATA)
     dst = xrootd.url_for("sha256/dst") if direction == "upload" else file_url(tmp_path / "dst")
@@ -352,8 +393,9 @@ def test_copy_asking_for_a_checksum_one_end_cannot_compute_is_a_permanent_config
     assert not storage.exists(dst)
 
 
-def test_names_with_spaces_and_non_ascii_survive_a_round_trip(storage: Storage, xrootd: XRootDServer,
-                                                              tmp_path: Path) -> None:
+def test_names_with_spaces_and_non_ascii_survive_a_round_trip(
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path
+) -> None:
     name = "Ångström exposure ü 観測 #1.fits"
     src = tmp_path / "dir with space" / name
     src.parent.mkdir()
@@ -370,7 +412,9 @@ def test_names_with_spaces_and_non_ascii_survive_a_round_trip(storage: Storage, 
     storage.unlink(xrootd.url_for(f"ünï cödé/renamed {name}"))
 
 
-def test_zero_byte_file_copies_and_checksums(storage: Storage, xrootd: XRootDServer, tmp_path: Path) -> None:
+def test_zero_byte_file_copies_and_checksums(
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path
+) -> None:
     empty = tmp_path / "empty.fits"
     empty.write_bytes(b"")
     remote = xrootd.url_for("zero/empty.fits")
@@ -382,8 +426,9 @@ def test_zero_byte_file_copies_and_checksums(storage: Storage, xrootd: XRootDSer
     assert list(storage.open_read(remote)) == []
 
 
-def test_concurrent_copies_from_several_threads_all_succeed(storage: Storage, xrootd: XRootDServer,
-                                                            tmp_path: Path) -> None:
+def test_concurrent_copies_from_several_threads_all_succeed(
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path
+) -> None:
     payloads = {f"f{i}": os.urandom(MiB + i) for i in range(6)}
     for name, data in payloads.items():
         (tmp_path / name).write_bytes(data)
@@ -391,8 +436,11 @@ def test_concurrent_copies_from_several_threads_all_succeed(storage: Storage, xr
 
     def work(name: str) -> None:
         try:
-            storage.copy(file_url(tmp_path / name), xrootd.url_for(f"threads/{name}"),
-                         checksum=("ADLER32", adler(payloads[name])))
+            storage.copy(
+                file_url(tmp_path / name),
+                xrootd.url_for(f"threads/{name}"),
+                checksum=("ADLER32", adler(payloads[name])),
+            )
             assert storage.stat(xrootd.url_for(f"threads/{name}")).size == len(payloads[name])
         except BaseException as exc:  # reported below
             errors.append(exc)
@@ -408,7 +456,10 @@ def test_concurrent_copies_from_several_threads_all_succeed(storage: Storage, xr
 
 # ----------------------------------------------------------------------------- failures
 
-def test_unreachable_server_is_transient(storage: Storage, tmp_path: Path, closed_port: int) -> None:
+
+def test_unreachable_server_is_transient(
+    storage: Storage, tmp_path: Path, closed_port: int
+) -> None:
     port = closed_port
     src = tmp_path / "src"
     src.write_bytes(b"1")
@@ -416,8 +467,10 @@ def test_unreachable_server_is_transient(storage: Storage, tmp_path: Path, close
     with pytest.raises(StorageError) as info:
         storage.stat(f"root://127.0.0.1:{port}//x")
     assert info.value.transient and info.value.code == Code.TRANSFER_FAILED
-    for args in [(file_url(src), f"root://127.0.0.1:{port}//x"),
-                 (f"root://127.0.0.1:{port}//x", file_url(tmp_path / "dst"))]:
+    for args in [
+        (file_url(src), f"root://127.0.0.1:{port}//x"),
+        (f"root://127.0.0.1:{port}//x", file_url(tmp_path / "dst")),
+    ]:
         with pytest.raises(StorageError) as info:
             storage.copy(*args, size=1)
         assert info.value.transient, str(info.value)
@@ -426,7 +479,9 @@ def test_unreachable_server_is_transient(storage: Storage, tmp_path: Path, close
     assert src.read_bytes() == b"1"
 
 
-def _copy_in_thread(storage: Storage, src: str, dst: str) -> tuple[threading.Thread, list[BaseException]]:
+def _copy_in_thread(
+    storage: Storage, src: str, dst: str
+) -> tuple[threading.Thread, list[BaseException]]:
     outcome: list[BaseException] = []
 
     def run() -> None:
@@ -443,13 +498,16 @@ def _copy_in_thread(storage: Storage, src: str, dst: str) -> tuple[threading.Thr
 def _cancel_when_running(storage: Storage, thread: threading.Thread) -> None:
     deadline = time.monotonic() + 10
     while storage.cancel() == 0:  # retry until the copy has registered its context
-        assert thread.is_alive() and time.monotonic() < deadline, "copy ended before it could be cancelled"
+        assert thread.is_alive() and time.monotonic() < deadline, (
+            "copy ended before it could be cancelled"
+        )
         time.sleep(0.005)
 
 
 @pytest.mark.parametrize("target", ["root", "file"])
 def test_cancel_from_another_thread_raises_cancelled_and_storage_stays_usable(
-        storage: Storage, xrootd: XRootDServer, big_file: Path, tmp_path: Path, target: str) -> None:
+    storage: Storage, xrootd: XRootDServer, big_file: Path, tmp_path: Path, target: str
+) -> None:
     if target == "root":
         dst, dst_path = xrootd.url_for("cancel/big.bin"), xrootd.path("cancel/big.bin")
     else:
@@ -468,7 +526,9 @@ def test_cancel_from_another_thread_raises_cancelled_and_storage_stays_usable(
     assert dst_path.read_bytes() == DATA
 
 
-def test_copy_slower_than_min_rate_times_out_as_transient(xrootd: XRootDServer, big_file: Path) -> None:
+def test_copy_slower_than_min_rate_times_out_as_transient(
+    xrootd: XRootDServer, big_file: Path
+) -> None:
     slow = Storage(base_timeout=0.05, min_rate=1e12)
     with pytest.raises(StorageError) as info:
         slow.copy(file_url(big_file), xrootd.url_for("timeout/big.bin"))
@@ -480,9 +540,11 @@ def test_copy_slower_than_min_rate_times_out_as_transient(xrootd: XRootDServer, 
 
 # ----------------------------------------------------------------------------- streaming
 
+
 @pytest.mark.parametrize("source", ["file", "root"])
 def test_stream_writes_exactly_the_bytes_it_shows_and_creates_parents(
-        storage: Storage, side: Side, xrootd: XRootDServer, tmp_path: Path, source: str) -> None:
+    storage: Storage, side: Side, xrootd: XRootDServer, tmp_path: Path, source: str
+) -> None:
     data = os.urandom(3 * MiB + 17)  # several chunks, the last one short
     if source == "file":
         (tmp_path / "in").write_bytes(data)
@@ -499,15 +561,17 @@ def test_stream_writes_exactly_the_bytes_it_shows_and_creates_parents(
 
 
 def test_stream_of_a_missing_source_is_source_missing_and_leaves_nothing(
-        storage: Storage, side: Side, tmp_path: Path) -> None:
+    storage: Storage, side: Side, tmp_path: Path
+) -> None:
     with pytest.raises(StorageError) as info:
         storage.stream(file_url(tmp_path / "absent"), side.url("out"), lambda chunk: None, size=1)
     assert (info.value.code, info.value.transient) == (Code.SOURCE_MISSING, False)
     assert not (side.root / "out").exists()
 
 
-def test_stream_onto_an_existing_file_refuses_and_keeps_it(storage: Storage, side: Side,
-                                                          tmp_path: Path) -> None:
+def test_stream_onto_an_existing_file_refuses_and_keeps_it(
+    storage: Storage, side: Side, tmp_path: Path
+) -> None:
     side.put("out", b"keep me")
     (tmp_path / "in").write_bytes(DATA)
     with pytest.raises(StorageError) as info:
@@ -517,7 +581,8 @@ def test_stream_onto_an_existing_file_refuses_and_keeps_it(storage: Storage, sid
 
 
 def test_stream_cancelled_from_another_thread_stops_and_removes_its_partial_file(
-        storage: Storage, side: Side, big_file: Path) -> None:
+    storage: Storage, side: Side, big_file: Path
+) -> None:
     outcome: list[BaseException] = []
 
     def run() -> None:
@@ -543,7 +608,9 @@ def test_stream_slower_than_min_rate_times_out_as_transient(side: Side, big_file
     assert not (side.root / "big.bin").exists()
 
 
-def test_open_read_streams_chunks_whose_sha256_matches_hashlib(storage: Storage, side: Side) -> None:
+def test_open_read_streams_chunks_whose_sha256_matches_hashlib(
+    storage: Storage, side: Side
+) -> None:
     side.put("f", DATA)
     chunks = list(storage.open_read(side.url("f"), chunk_size=256 * 1024))
     assert len(chunks) >= len(DATA) // (256 * 1024)
@@ -563,17 +630,30 @@ def test_open_read_of_a_missing_file_is_source_missing(storage: Storage, side: S
 
 # ----------------------------------------------------------------------------- redaction
 
+
 @pytest.mark.parametrize(
     ("url", "expected"),
     [
-        ("root://alice:s3cret@host.example:1094//data/f.fits", "root://***@host.example:1094//data/f.fits"),
+        (
+            "root://alice:s3cret@host.example:1094//data/f.fits",
+            "root://***@host.example:1094//data/f.fits",
+        ),
         ("davs://bob:p@ss@host/path", "davs://***@host/path"),
         ("https://host/f?access_token=abc.def&x=1", "https://host/f?access_token=***&x=1"),
         ("https://host/f?x=1&authz=Bearer%20xyz", "https://host/f?x=1&authz=***"),
-        ("s3://bucket/k?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA", "s3://bucket/k?X-Amz-Signature=***&X-Amz-Credential=***"),
-        ("root://host//f?xrd.wantprot=unix&password=hunter2", "root://host//f?xrd.wantprot=unix&password=***"),
+        (
+            "s3://bucket/k?X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA",
+            "s3://bucket/k?X-Amz-Signature=***&X-Amz-Credential=***",
+        ),
+        (
+            "root://host//f?xrd.wantprot=unix&password=hunter2",
+            "root://host//f?xrd.wantprot=unix&password=***",
+        ),
         ("file:///data/night/f.fits", "file:///data/night/f.fits"),
-        ("root://host:1094//a b/ü.fits?svcClass=tape", "root://host:1094//a b/ü.fits?svcClass=tape"),
+        (
+            "root://host:1094//a b/ü.fits?svcClass=tape",
+            "root://host:1094//a b/ü.fits?svcClass=tape",
+        ),
     ],
 )
 def test_redact_hides_userinfo_and_secret_query_values(url: str, expected: str) -> None:
@@ -587,8 +667,9 @@ def test_redact_works_on_urls_inside_free_text() -> None:
     assert "root://***@h//a" in cleaned
 
 
-def test_error_messages_never_contain_credentials(storage: Storage, xrootd: XRootDServer,
-                                                  tmp_path: Path, closed_port: int) -> None:
+def test_error_messages_never_contain_credentials(
+    storage: Storage, xrootd: XRootDServer, tmp_path: Path, closed_port: int
+) -> None:
     secret_remote = f"root://alice:s3cret@127.0.0.1:{xrootd.port}//nothing-here?authz=tok123"
     src = tmp_path / "src"
     src.write_bytes(b"1")
@@ -616,28 +697,30 @@ def test_error_messages_never_contain_credentials(storage: Storage, xrootd: XRoo
 # ----------------------------------------------------------------------------- errno mapping
 # gfal2's own mock plugin fails real gfal2 calls with a chosen errno (?errno=N).
 
+
 @pytest.mark.parametrize(
     ("errno", "code", "transient"),
     [
-        (2, Code.SOURCE_MISSING, False),      # ENOENT
+        (2, Code.SOURCE_MISSING, False),  # ENOENT
         (17, Code.DEST_WRITE_FAILED, False),  # EEXIST
-        (13, Code.TRANSFER_FAILED, False),    # EACCES
-        (1, Code.TRANSFER_FAILED, False),     # EPERM
-        (110, Code.TRANSFER_TIMEOUT, True),   # ETIMEDOUT
-        (111, Code.TRANSFER_FAILED, True),    # ECONNREFUSED
-        (104, Code.TRANSFER_FAILED, True),    # ECONNRESET
-        (11, Code.TRANSFER_FAILED, True),     # EAGAIN
-        (113, Code.TRANSFER_FAILED, True),    # EHOSTUNREACH
-        (101, Code.TRANSFER_FAILED, True),    # ENETUNREACH
-        (70, Code.TRANSFER_FAILED, True),     # ECOMM
-        (5, Code.TRANSFER_FAILED, True),      # EIO
-        (16, Code.TRANSFER_FAILED, True),     # EBUSY
-        (28, Code.DEST_WRITE_FAILED, True),   # ENOSPC
-        (22, Code.TRANSFER_FAILED, False),    # EINVAL: anything else is permanent
+        (13, Code.TRANSFER_FAILED, False),  # EACCES
+        (1, Code.TRANSFER_FAILED, False),  # EPERM
+        (110, Code.TRANSFER_TIMEOUT, True),  # ETIMEDOUT
+        (111, Code.TRANSFER_FAILED, True),  # ECONNREFUSED
+        (104, Code.TRANSFER_FAILED, True),  # ECONNRESET
+        (11, Code.TRANSFER_FAILED, True),  # EAGAIN
+        (113, Code.TRANSFER_FAILED, True),  # EHOSTUNREACH
+        (101, Code.TRANSFER_FAILED, True),  # ENETUNREACH
+        (70, Code.TRANSFER_FAILED, True),  # ECOMM
+        (5, Code.TRANSFER_FAILED, True),  # EIO
+        (16, Code.TRANSFER_FAILED, True),  # EBUSY
+        (28, Code.DEST_WRITE_FAILED, True),  # ENOSPC
+        (22, Code.TRANSFER_FAILED, False),  # EINVAL: anything else is permanent
     ],
 )
-def test_gfal2_errno_maps_to_code_and_transience(storage: Storage, errno: int, code: Code,
-                                                 transient: bool) -> None:
+def test_gfal2_errno_maps_to_code_and_transience(
+    storage: Storage, errno: int, code: Code, transient: bool
+) -> None:
     with pytest.raises(StorageError) as info:
         storage.stat(f"mock://localhost/f?errno={errno}")
     err = info.value
@@ -653,12 +736,16 @@ def test_ecanceled_from_gfal2_raises_cancelled(storage: Storage) -> None:
 
 @pytest.mark.parametrize(
     ("errno", "kind", "code", "transient"),
-    [(110, StorageError, Code.TRANSFER_TIMEOUT, True), (13, StorageError, Code.TRANSFER_FAILED, False),
-     (125, Cancelled, Code.INTERRUPTED, True)],
+    [
+        (110, StorageError, Code.TRANSFER_TIMEOUT, True),
+        (13, StorageError, Code.TRANSFER_FAILED, False),
+        (125, Cancelled, Code.INTERRUPTED, True),
+    ],
     ids=["ETIMEDOUT", "EACCES", "ECANCELED"],
 )
 def test_copy_failures_reported_by_the_plugin_are_classified(
-        storage: Storage, errno: int, kind: type[StorageError], code: Code, transient: bool) -> None:
+    storage: Storage, errno: int, kind: type[StorageError], code: Code, transient: bool
+) -> None:
     dst = f"mock://localhost/d?errno=2&transfer_errno={errno}"  # errno=2: dst does not exist yet
     with pytest.raises(StorageError) as info:
         storage.copy("mock://localhost/s?size=100", dst)

@@ -6,6 +6,7 @@ subprocesses. The LTA stager is remote in production (webportal.astron.nl);
 here tests/stager_service.py stands in for it: the same XML-RPC API and basic
 authentication, staging through gfal2 from the same tape testbed.
 """
+
 from __future__ import annotations
 
 import base64
@@ -32,8 +33,15 @@ def unique(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", label)[:40] + f"-{time.monotonic_ns()}"
 
 
-def tape_night(tape: TapeServer, tmp: Path, base: str, *, exposures: int = 2,
-               files: int = 2, size: int = 64 * 1024) -> dict[str, Any]:
+def tape_night(
+    tape: TapeServer,
+    tmp: Path,
+    base: str,
+    *,
+    exposures: int = 2,
+    files: int = 2,
+    size: int = 64 * 1024,
+) -> dict[str, Any]:
     """A night on disk and tape at <base>/<NIGHT>/ (so the scan lists it)."""
     local = tmp / "night-src"
     info = make_night(local, NIGHT, exposures=exposures, files_per_exposure=files, size=size)
@@ -52,17 +60,20 @@ def config(db: Database, **staging: Any) -> Path:
     return db.write_config(staging=settings, worker={"idle_sleep": 0.5, "lease_seconds": 60})
 
 
-def state_all(cfg: Path, target: str, env: dict[str, str] | None = None,
-              expect: int = 0) -> dict[str, Any]:
+def state_all(
+    cfg: Path, target: str, env: dict[str, str] | None = None, expect: int = 0
+) -> dict[str, Any]:
     proc = gridxfer("state-all", target, "--json", config=cfg, env=env)
     assert proc.returncode == expect, proc.stderr
     return json.loads(proc.stdout)
 
 
-def work(cfg: Path, env: dict[str, str] | None = None, check: bool = True,
-         timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return gridxfer("worker", "--night", NIGHT, "--idle-exit", config=cfg, env=env, check=check,
-                    timeout=timeout)
+def work(
+    cfg: Path, env: dict[str, str] | None = None, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return gridxfer(
+        "worker", "--night", NIGHT, "--idle-exit", config=cfg, env=env, check=check, timeout=timeout
+    )
 
 
 def docs(db: Database) -> dict[str, dict[str, Any]]:
@@ -91,14 +102,25 @@ def stager_env(cfg: Path, home: Path, password: str = STAGER_PASSWORD) -> dict[s
 
 # ----------------------------------------------------------------------------- staging
 
+
 def test_night_on_tape_only_is_staged_with_gfal2_then_copied_and_pins_released(
-        db: Database, tape: TapeServer, tmp_path: Path) -> None:
+    db: Database, tape: TapeServer, tmp_path: Path
+) -> None:
     base = unique("gfal2")
     info = tape_night(tape, tmp_path, base)
     dst = tmp_path / "dst"
     cfg = config(db, method="gfal2")
-    gridxfer("tokens", "create", NIGHT, "--source", tape.url_for(base), "--dest", f"file://{dst}",
-             config=cfg, check=True)
+    gridxfer(
+        "tokens",
+        "create",
+        NIGHT,
+        "--source",
+        tape.url_for(base),
+        "--dest",
+        f"file://{dst}",
+        config=cfg,
+        check=True,
+    )
     tape.evict(base)  # the disk buffer purged the night: on tape only
 
     before = state_all(cfg, NIGHT)
@@ -108,10 +130,11 @@ def test_night_on_tape_only_is_staged_with_gfal2_then_copied_and_pins_released(
     work(cfg)
 
     assert tree(dst / NIGHT) == tree(info["local"] / NIGHT)
-    for exp, doc in docs(db).items():
+    for _exp, doc in docs(db).items():
         assert doc["state"] == "done", doc.get("error")
-        assert states(doc) == ["todo", "locked", "staging", "todo", "locked", "done"], \
-            doc["history"]
+        assert states(doc) == ["todo", "locked", "staging", "todo", "locked", "done"], doc[
+            "history"
+        ]
         assert doc["stage_request"]["method"] == "gfal2" and doc["stage_request"]["online"] > 0
         assert doc["attempts"] == 1  # waiting for tape is not a failed attempt
     # The pins were released: the buffer drops the recalled copies again.
@@ -122,7 +145,8 @@ def test_night_on_tape_only_is_staged_with_gfal2_then_copied_and_pins_released(
 
 
 def test_stage_command_and_worker_with_the_lta_stager(
-        db: Database, tape: TapeServer, lta_stager: Any, tmp_path: Path) -> None:
+    db: Database, tape: TapeServer, lta_stager: Any, tmp_path: Path
+) -> None:
     base = unique("stager")
     data = {f"L{i}_SB{i:03d}.tar": bytes([i]) * (20_000 + i) for i in range(12)}
     for name, content in data.items():
@@ -132,8 +156,20 @@ def test_stage_command_and_worker_with_the_lta_stager(
     dst = tmp_path / "dst"
     cfg = config(db, method="stager", stager_url=lta_stager.url)
     env = stager_env(cfg, tmp_path / "home")
-    gridxfer("tokens", "create", NIGHT, "--surls", str(surls), "--group", "5", "--dest",
-             f"file://{dst}", config=cfg, env=env, check=True)
+    gridxfer(
+        "tokens",
+        "create",
+        NIGHT,
+        "--surls",
+        str(surls),
+        "--group",
+        "5",
+        "--dest",
+        f"file://{dst}",
+        config=cfg,
+        env=env,
+        check=True,
+    )
     tape.evict(base)
     assert state_all(cfg, str(surls), env)["counts"]["NEARLINE"] == 12
 
@@ -141,8 +177,9 @@ def test_stage_command_and_worker_with_the_lta_stager(
     assert out["files"] == 12 and len(out["tokens"]) == 3, out
     rid = out["request"]["id"]
     assert out["request"]["method"] == "stager" and lta_stager.calls.count("add_getid") == 1
-    status = json.loads(gridxfer("stage", "--status", rid, "--json", config=cfg, env=env,
-                                 check=True).stdout)
+    status = json.loads(
+        gridxfer("stage", "--status", rid, "--json", config=cfg, env=env, check=True).stdout
+    )
     assert len(status["tokens"]) == 3
     assert status["stager_status"] in ("scheduled", "in progress", "success")
 
@@ -158,13 +195,24 @@ def test_stage_command_and_worker_with_the_lta_stager(
 
 @pytest.mark.parametrize("method", ["gfal2", "stager"])
 def test_a_file_missing_on_tape_ends_in_22_naming_it(
-        method: str, db: Database, tape: TapeServer, lta_stager: Any, tmp_path: Path) -> None:
+    method: str, db: Database, tape: TapeServer, lta_stager: Any, tmp_path: Path
+) -> None:
     base = unique(f"missing-{method}")
     tape_night(tape, tmp_path, base, exposures=1, files=2)
     cfg = config(db, method=method, stager_url=lta_stager.url)
     env = stager_env(cfg, tmp_path / "home")
-    gridxfer("tokens", "create", NIGHT, "--source", tape.url_for(base), "--dest",
-             f"file://{tmp_path / 'dst'}", config=cfg, env=env, check=True)
+    gridxfer(
+        "tokens",
+        "create",
+        NIGHT,
+        "--source",
+        tape.url_for(base),
+        "--dest",
+        f"file://{tmp_path / 'dst'}",
+        config=cfg,
+        env=env,
+        check=True,
+    )
     tape.evict(base)
     (doc,) = docs(db).values()
     victim = doc["files"][0]["name"]
@@ -182,12 +230,22 @@ def test_a_file_missing_on_tape_ends_in_22_naming_it(
 
 
 def test_a_recall_slower_than_the_staging_timeout_ends_in_23(
-        db: Database, tape: TapeServer, tmp_path: Path) -> None:
+    db: Database, tape: TapeServer, tmp_path: Path
+) -> None:
     base = unique("slow")
     tape_night(tape, tmp_path, base, exposures=1, files=1)
     cfg = config(db, method="gfal2", timeout_seconds=2)
-    gridxfer("tokens", "create", NIGHT, "--source", tape.url_for(base), "--dest",
-             f"file://{tmp_path / 'dst'}", config=cfg, check=True)
+    gridxfer(
+        "tokens",
+        "create",
+        NIGHT,
+        "--source",
+        tape.url_for(base),
+        "--dest",
+        f"file://{tmp_path / 'dst'}",
+        config=cfg,
+        check=True,
+    )
     tape.evict(base)
     tape.set_delay(8)
     try:
@@ -206,14 +264,25 @@ def test_a_recall_slower_than_the_staging_timeout_ends_in_23(
 
 # ----------------------------------------------------------------------------- archive
 
+
 def test_tape_destination_tokens_are_done_only_after_migration(
-        db: Database, tape: TapeServer, tmp_path: Path) -> None:
+    db: Database, tape: TapeServer, tmp_path: Path
+) -> None:
     info = make_night(tmp_path / "src", NIGHT, exposures=2, files_per_exposure=2, size=50_000)
     base = unique("archive")
     tape.mkdir(base)
     cfg = config(db, tape_destination=True, archive_timeout=120)
-    gridxfer("tokens", "create", NIGHT, "--source", f"file://{tmp_path / 'src'}", "--dest",
-             tape.url_for(base), config=cfg, check=True)
+    gridxfer(
+        "tokens",
+        "create",
+        NIGHT,
+        "--source",
+        f"file://{tmp_path / 'src'}",
+        "--dest",
+        tape.url_for(base),
+        config=cfg,
+        check=True,
+    )
 
     work(cfg)
 
@@ -228,8 +297,11 @@ def test_tape_destination_tokens_are_done_only_after_migration(
     assert {name: arrived.get(name) for name in source} == source
     assert not [n for n in arrived if ".gridxfer-part-" in n]
     listing = tmp_path / "dst-urls.txt"
-    names = [f"{base}/{NIGHT}/{exp}/{name}" for exp, e in info["exposures"].items()
-             for name in e["files"]]
+    names = [
+        f"{base}/{NIGHT}/{exp}/{name}"
+        for exp, e in info["exposures"].items()
+        for name in e["files"]
+    ]
     listing.write_text("\n".join(tape.url_for(n) for n in names) + "\n")
     report = state_all(cfg, str(listing))
     assert report["counts"]["ONLINE_AND_NEARLINE"] == len(names)
@@ -237,12 +309,22 @@ def test_tape_destination_tokens_are_done_only_after_migration(
 
 
 def test_a_destination_that_never_migrates_ends_in_51(
-        db: Database, xrootd: XRootDServer, tmp_path: Path) -> None:
+    db: Database, xrootd: XRootDServer, tmp_path: Path
+) -> None:
     make_night(tmp_path / "src", NIGHT, exposures=1, files_per_exposure=1, size=1000)
     base = unique("never")
     cfg = config(db, tape_destination=True, archive_timeout=1)
-    gridxfer("tokens", "create", NIGHT, "--source", f"file://{tmp_path / 'src'}", "--dest",
-             xrootd.url_for(base), config=cfg, check=True)
+    gridxfer(
+        "tokens",
+        "create",
+        NIGHT,
+        "--source",
+        f"file://{tmp_path / 'src'}",
+        "--dest",
+        xrootd.url_for(base),
+        config=cfg,
+        check=True,
+    )
     work(cfg)
     (doc,) = docs(db).values()
     assert doc["state"] == "error" and doc["output"] == Code.ARCHIVE_TIMEOUT, doc.get("error")
@@ -251,8 +333,10 @@ def test_a_destination_that_never_migrates_ends_in_51(
 
 # ----------------------------------------------------------------------------- credentials
 
+
 def test_stager_credentials_never_appear_in_logs_tokens_or_errors(
-        db: Database, tape: TapeServer, lta_stager: Any, tmp_path: Path) -> None:
+    db: Database, tape: TapeServer, lta_stager: Any, tmp_path: Path
+) -> None:
     base = unique("creds")
     tape.put(f"{base}/f.bin", b"x" * 5000, online=True)
     surls = tmp_path / "srm.txt"
@@ -260,13 +344,26 @@ def test_stager_credentials_never_appear_in_logs_tokens_or_errors(
     cfg = config(db, method="stager", stager_url=lta_stager.url, stager_retries=0)
     wrong = "Wr0ng-pa55word-xyz"
     env = stager_env(cfg, tmp_path / "home", password=wrong)
-    gridxfer("tokens", "create", NIGHT, "--surls", str(surls), "--dest",
-             f"file://{tmp_path / 'dst'}", config=cfg, env=env, check=True)
+    gridxfer(
+        "tokens",
+        "create",
+        NIGHT,
+        "--surls",
+        str(surls),
+        "--dest",
+        f"file://{tmp_path / 'dst'}",
+        config=cfg,
+        env=env,
+        check=True,
+    )
     tape.evict(base)
 
     outputs = []
-    for args in (("stage", NIGHT, "--json"), ("--debug", "stage", str(surls)),
-                 ("stage", "--status", "31415", "--method", "stager")):
+    for args in (
+        ("stage", NIGHT, "--json"),
+        ("--debug", "stage", str(surls)),
+        ("stage", "--status", "31415", "--method", "stager"),
+    ):
         proc = gridxfer(*args, config=cfg, env=env)
         assert proc.returncode != 0
         outputs.append(proc.stdout + proc.stderr)
@@ -287,8 +384,9 @@ def test_stager_credentials_never_appear_in_logs_tokens_or_errors(
     # With the right password the same token goes through (after a reset).
     good = stager_env(cfg, tmp_path / "home")
     gridxfer("tokens", "reset", NIGHT, config=cfg, env=good, check=True)
-    proc = gridxfer("--debug", "worker", "--night", NIGHT, "--idle-exit", config=cfg, env=good,
-                    check=True)
+    proc = gridxfer(
+        "--debug", "worker", "--night", NIGHT, "--idle-exit", config=cfg, env=good, check=True
+    )
     (doc,) = docs(db).values()
     assert doc["state"] == "done", doc.get("error")
     assert STAGER_PASSWORD not in proc.stdout + proc.stderr + json.dumps(doc)
@@ -304,7 +402,8 @@ def test_credentials_come_from_awe_environment_cfg_or_the_environment(tmp_path: 
         load_credentials({}, home)
     assert ".stagingrc" in str(exc.value)
     (home / ".awe" / "Environment.cfg").write_text(
-        "database_user : alice\ndatabase_password : pw1\n")
+        "database_user : alice\ndatabase_password : pw1\n"
+    )
     c = load_credentials({}, home)
     assert (c.user, c.password) == ("alice", "pw1") and "pw1" not in repr(c)
     (home / ".stagingrc").write_text("user=bob\npassword=pw2\n")
@@ -329,8 +428,9 @@ def test_state_all_in_processes_agrees_with_threads(tape: TapeServer) -> None:
     assert [s for _, s in procs] == ["ONLINE_AND_NEARLINE", "NEARLINE"] * 3 + ["LOST"]
 
 
-def test_stage_a_file_of_urls_by_hand_and_poll(db: Database, tape: TapeServer,
-                                                tmp_path: Path) -> None:
+def test_stage_a_file_of_urls_by_hand_and_poll(
+    db: Database, tape: TapeServer, tmp_path: Path
+) -> None:
     base = unique("byhand")
     for i in range(3):
         tape.put(f"{base}/f{i}", b"h" * (500 + i))  # tape only
@@ -338,8 +438,9 @@ def test_stage_a_file_of_urls_by_hand_and_poll(db: Database, tape: TapeServer,
     surls.write_text("".join(tape.url_for(f"{base}/f{i}") + "\n" for i in range(3)))
     cfg = config(db)
     assert state_all(cfg, str(surls))["counts"]["NEARLINE"] == 3
-    out = json.loads(gridxfer("stage", str(surls), "--method", "gfal2", "--json", config=cfg,
-                              check=True).stdout)
+    out = json.loads(
+        gridxfer("stage", str(surls), "--method", "gfal2", "--json", config=cfg, check=True).stdout
+    )
     assert out["files"] == 3 and out["request"]["method"] == "gfal2" and out["refused"] == {}
     deadline = time.monotonic() + 30
     while (report := state_all(cfg, str(surls)))["percent_online"] != 100.0:
@@ -357,8 +458,9 @@ def test_stager_client_speaks_the_ltastager_api(tape: TapeServer, lta_stager: An
     base = unique("api")
     tape.put(f"{base}/a", b"a" * 700)
     url = tape.url_for(f"{base}/a")
-    client = StagerClient(lta_stager.url, credentials=Credentials(STAGER_USER, STAGER_PASSWORD),
-                          timeout=10, retries=0)
+    client = StagerClient(
+        lta_stager.url, credentials=Credentials(STAGER_USER, STAGER_PASSWORD), timeout=10, retries=0
+    )
     rid = client.stage([url])
     assert rid.isdigit() and client.status(rid) in ("scheduled", "in progress", "success")
     deadline = time.monotonic() + 30

@@ -3,6 +3,7 @@
 Everything is real: the CLI in subprocesses, a pouchdb-server for the token pool,
 an XRootD server for root:// and gfal2's file plugin for file://.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,6 +50,7 @@ PART = ".gridxfer-part-"
 
 # ----------------------------------------------------------------------------- helpers
 
+
 def file_url(path: Path) -> str:
     return f"file://{path}"
 
@@ -58,10 +60,12 @@ def create(cfg: Path, night: str, *args: str) -> dict[str, Any]:
     return json.loads(proc.stdout)
 
 
-def work(cfg: Path, night: str, *, check: bool = True,
-         timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return gridxfer("worker", "--night", night, "--idle-exit", config=cfg, check=check,
-                    timeout=timeout)
+def work(
+    cfg: Path, night: str, *, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    return gridxfer(
+        "worker", "--night", night, "--idle-exit", config=cfg, check=check, timeout=timeout
+    )
 
 
 def tokens(db: Database, night: str) -> dict[str, dict[str, Any]]:
@@ -72,7 +76,6 @@ def part_files(root: Path) -> list[str]:
     if not root.exists():
         return []
     return sorted(str(p) for p in root.rglob("*") if PART in p.name)
-
 
 
 @dataclass
@@ -108,7 +111,9 @@ def assert_done_with_results(doc: dict[str, Any], expected: dict[str, dict[str, 
     manifests = [f for f in doc["files"] if f.get("role") == "manifest"]
     assert len(manifests) == 1 and manifests[0]["result"]["status"] == "copied"
     assert doc["bytes_done"] == sum(f["result"]["bytes"] for f in doc["files"])
-    logs = [n for n in doc.get("_attachments", {}) if n.startswith("worker-") and n.endswith(".log")]
+    logs = [
+        n for n in doc.get("_attachments", {}) if n.startswith("worker-") and n.endswith(".log")
+    ]
     assert logs, f"no worker log attached to {doc['_id']}"
 
 
@@ -120,8 +125,10 @@ def attachment(db: Database, doc: dict[str, Any], attempt: int = 1) -> str:
 
 # ----------------------------------------------------------------------------- end to end
 
+
 def test_night_file_to_root_arrives_byte_identical_with_per_file_results_and_log(
-        db: Database, tmp_path: Path, remote: Remote) -> None:
+    db: Database, tmp_path: Path, remote: Remote
+) -> None:
     src = tmp_path / "src"
     info = make_night(src, NIGHT, exposures=3, files_per_exposure=3, size=256 * 1024 + 7)
     report = create(db.config_file, NIGHT, "--source", file_url(src), "--dest", remote.url)
@@ -142,12 +149,14 @@ def test_night_file_to_root_arrives_byte_identical_with_per_file_results_and_log
     # A re-run finds nothing new and leaves the finished tokens alone.
     again = create(db.config_file, NIGHT, "--source", file_url(src), "--dest", remote.url)
     assert (again["created"], again["updated"], again["unchanged"]) == (0, 0, 3), again
-    assert {e: d["_rev"] for e, d in tokens(db, NIGHT).items()} == \
-        {e: d["_rev"] for e, d in docs.items()}
+    assert {e: d["_rev"] for e, d in tokens(db, NIGHT).items()} == {
+        e: d["_rev"] for e, d in docs.items()
+    }
 
 
 def test_night_root_to_file_arrives_byte_identical_with_per_file_results_and_log(
-        db: Database, tmp_path: Path, remote: Remote) -> None:
+    db: Database, tmp_path: Path, remote: Remote
+) -> None:
     info = make_night(remote.path, NIGHT, exposures=2, files_per_exposure=3, size=300 * 1024)
     dst = tmp_path / "dst"
     create(db.config_file, NIGHT, "--source", remote.url, "--dest", file_url(dst))
@@ -160,6 +169,7 @@ def test_night_root_to_file_arrives_byte_identical_with_per_file_results_and_log
 
 
 # ----------------------------------------------------------------------------- failures
+
 
 @dataclass
 class Faults:
@@ -175,13 +185,16 @@ class Faults:
 
 
 def _payload(exp: str, n: int = 2, size: int = 40_000) -> dict[str, bytes]:
-    return {f"{exp}-{k}.fits": hashlib.sha256(f"{exp}{k}".encode()).digest() * (size // 32)
-            for k in range(n)}
+    return {
+        f"{exp}-{k}.fits": hashlib.sha256(f"{exp}{k}".encode()).digest() * (size // 32)
+        for k in range(n)
+    }
 
 
 @pytest.fixture(scope="module")
-def faults(couchdb_server: Any, xrootd: XRootDServer,
-           tmp_path_factory: pytest.TempPathFactory) -> Faults:
+def faults(
+    couchdb_server: Any, xrootd: XRootDServer, tmp_path_factory: pytest.TempPathFactory
+) -> Faults:
     tmp = tmp_path_factory.mktemp("faults")
     db = make_database(couchdb_server.url, tmp)
     src = tmp / "src"
@@ -191,14 +204,16 @@ def faults(couchdb_server: Any, xrootd: XRootDServer,
     files = {exp: _payload(exp) for exp in names}
     for exp in names:
         write_exposure(night / exp, files[exp], manifest=exp != "nomanifest")
-    flip_byte(night / "corrupt" / "corrupt-1.fits")          # after its manifest line
-    (night / "missing" / "missing-1.fits").unlink()           # still in the manifest
+    flip_byte(night / "corrupt" / "corrupt-1.fits")  # after its manifest line
+    (night / "missing" / "missing-1.fits").unlink()  # still in the manifest
     (night / "extra" / "stray.fits").write_bytes(b"not in the manifest")
     xrootd.put(f"{remote.path.name}/{NIGHT}/destdiff/destdiff-0.fits", b"someone else's data")
-    xrootd.put(f"{remote.path.name}/{NIGHT}/destsame/destsame-0.fits", files["destsame"]["destsame-0.fits"])
+    xrootd.put(
+        f"{remote.path.name}/{NIGHT}/destsame/destsame-0.fits", files["destsame"]["destsame-0.fits"]
+    )
 
     created = create(db.config_file, NIGHT, "--source", file_url(src), "--dest", remote.url)
-    shutil.rmtree(night / "gone")                               # after the tokens were made
+    shutil.rmtree(night / "gone")  # after the tokens were made
     worker = work(db.config_file, NIGHT, check=False)
     return Faults(db, created, tokens(db, NIGHT), src, remote.path / NIGHT, files, worker)
 
@@ -207,8 +222,8 @@ def assert_error(doc: dict[str, Any], code: Code, file: str | None = None) -> No
     assert doc["state"] == "error", f"{doc['_id']}: {doc['state']} {doc.get('error')}"
     assert doc["output"] == code and doc["error"]["code"] == code, doc["error"]
     assert doc["error"]["name"] == code.name
-    assert doc["lock"] == 99 and doc["done"] == 99           # PiCaS's error convention
-    assert doc["attempts"] == 1                                # permanent: no retry
+    assert doc["lock"] == 99 and doc["done"] == 99  # PiCaS's error convention
+    assert doc["attempts"] == 1  # permanent: no retry
     if file is not None:
         assert doc["error"]["file"] == file
         assert file in doc["error"]["message"]
@@ -223,7 +238,9 @@ def test_worker_survives_failing_tokens_and_completes_the_good_one(faults: Fault
     assert tree(faults.dest / "good") == tree(faults.src / NIGHT / "good")
 
 
-def test_corrupted_source_byte_is_error_30_naming_the_file_and_nothing_lands(faults: Faults) -> None:
+def test_corrupted_source_byte_is_error_30_naming_the_file_and_nothing_lands(
+    faults: Faults,
+) -> None:
     doc = faults.docs["corrupt"]
     assert_error(doc, Code.CHECKSUM_MISMATCH, "corrupt-1.fits")
     assert not (faults.dest / "corrupt" / "corrupt-1.fits").exists()
@@ -273,15 +290,27 @@ def test_source_exposure_removed_after_create_is_error_20(faults: Faults) -> Non
 
 
 def test_failures_are_listed_by_code(faults: Faults) -> None:
-    out = gridxfer("tokens", "list", NIGHT, "--state", "error", "--code", "30", "--json",
-                   config=faults.db.config_file, check=True)
+    out = gridxfer(
+        "tokens",
+        "list",
+        NIGHT,
+        "--state",
+        "error",
+        "--code",
+        "30",
+        "--json",
+        config=faults.db.config_file,
+        check=True,
+    )
     assert [d["exposure"] for d in json.loads(out.stdout)] == ["corrupt"]
 
 
 # ----------------------------------------------------------------------------- awkward inputs
 
+
 def test_names_with_spaces_non_ascii_empty_and_nested_files_arrive_intact(
-        db: Database, tmp_path: Path, remote: Remote) -> None:
+    db: Database, tmp_path: Path, remote: Remote
+) -> None:
     src = tmp_path / "src"
     files = {
         "with space.fits": b"spaces " * 1000,
@@ -301,11 +330,13 @@ def test_names_with_spaces_non_ascii_empty_and_nested_files_arrive_intact(
 
 
 def test_manifest_with_crlf_line_ends_and_upper_case_hex_is_accepted(
-        db: Database, tmp_path: Path, remote: Remote) -> None:
+    db: Database, tmp_path: Path, remote: Remote
+) -> None:
     src = tmp_path / "src"
-    info = make_night(src, NIGHT, exposures=1, files_per_exposure=3, size=10_000,
-                      crlf=True, upper=True)
-    (exp, entry), = info["exposures"].items()
+    info = make_night(
+        src, NIGHT, exposures=1, files_per_exposure=3, size=10_000, crlf=True, upper=True
+    )
+    ((exp, entry),) = info["exposures"].items()
     raw = (src / NIGHT / exp / entry["manifest"]).read_bytes()
     assert b"\r\n" in raw and re.search(rb"[A-F]", raw)
     create(db.config_file, NIGHT, "--source", file_url(src), "--dest", remote.url)
@@ -315,12 +346,22 @@ def test_manifest_with_crlf_line_ends_and_upper_case_hex_is_accepted(
 
 
 def test_adler32_manifest_night_transfers_and_records_adler32(
-        db: Database, tmp_path: Path, remote: Remote) -> None:
-    info = make_night(remote.path, NIGHT, exposures=2, files_per_exposure=2, size=50_000,
-                      algo="adler32")
+    db: Database, tmp_path: Path, remote: Remote
+) -> None:
+    info = make_night(
+        remote.path, NIGHT, exposures=2, files_per_exposure=2, size=50_000, algo="adler32"
+    )
     dst = tmp_path / "dst"
-    report = create(db.config_file, NIGHT, "--source", remote.url, "--dest", file_url(dst),
-                    "--manifest", "adler32")
+    report = create(
+        db.config_file,
+        NIGHT,
+        "--source",
+        remote.url,
+        "--dest",
+        file_url(dst),
+        "--manifest",
+        "adler32",
+    )
     assert report["manifest_problems"] == {}
     work(db.config_file, NIGHT)
     assert tree(dst / NIGHT) == tree(remote.path / NIGHT)
@@ -336,12 +377,28 @@ def test_adler32_manifest_night_transfers_and_records_adler32(
 
 
 def test_adler32_manifest_catches_a_corrupted_byte_with_error_30(
-        db: Database, tmp_path: Path, remote: Remote) -> None:
+    db: Database, tmp_path: Path, remote: Remote
+) -> None:
     src = tmp_path / "src"
-    info = make_night(src, NIGHT, exposures=1, files_per_exposure=2, size=50_000,
-                      algo="adler32", corrupt={"00001000"})
-    create(db.config_file, NIGHT, "--source", file_url(src), "--dest", remote.url,
-           "--manifest", "adler32")
+    info = make_night(
+        src,
+        NIGHT,
+        exposures=1,
+        files_per_exposure=2,
+        size=50_000,
+        algo="adler32",
+        corrupt={"00001000"},
+    )
+    create(
+        db.config_file,
+        NIGHT,
+        "--source",
+        file_url(src),
+        "--dest",
+        remote.url,
+        "--manifest",
+        "adler32",
+    )
     work(db.config_file, NIGHT)
     bad = info["exposures"]["00001000"]["corrupted"][0]
     assert_error(tokens(db, NIGHT)["00001000"], Code.CHECKSUM_MISMATCH, bad)
@@ -350,10 +407,12 @@ def test_adler32_manifest_catches_a_corrupted_byte_with_error_30(
 
 
 def test_verify_destination_reads_back_the_copy_and_still_catches_corruption(
-        db: Database, tmp_path: Path, remote: Remote) -> None:
+    db: Database, tmp_path: Path, remote: Remote
+) -> None:
     src = tmp_path / "src"
-    info = make_night(src, NIGHT, exposures=2, files_per_exposure=2, size=30_000,
-                      corrupt={"00001001"})
+    info = make_night(
+        src, NIGHT, exposures=2, files_per_exposure=2, size=30_000, corrupt={"00001001"}
+    )
     cfg = db.write_config(transfer={"verify": "destination"})
     create(cfg, NIGHT, "--source", file_url(src), "--dest", remote.url)
     work(cfg, NIGHT)
@@ -367,6 +426,7 @@ def test_verify_destination_reads_back_the_copy_and_still_catches_corruption(
 
 
 # ----------------------------------------------------------------------------- interruptions
+
 
 @dataclass(frozen=True)
 class BigFile:
@@ -410,7 +470,8 @@ def copying(dest_dir: Path) -> bool:
 
 
 def test_sigkilled_worker_leaves_no_final_file_and_reaped_token_completes(
-        db: Database, tmp_path: Path, remote: Remote, big_file: BigFile) -> None:
+    db: Database, tmp_path: Path, remote: Remote, big_file: BigFile
+) -> None:
     big_night(tmp_path / "src", big_file)
     cfg = db.write_config(worker={"lease_seconds": 3})
     create(cfg, NIGHT, "--source", file_url(tmp_path / "src"), "--dest", remote.url)
@@ -431,8 +492,11 @@ def test_sigkilled_worker_leaves_no_final_file_and_reaped_token_completes(
     assert doc["state"] == "locked" and doc["attempts"] == 1
 
     grace = PoolSettings(lease=3).grace  # the reaper leaves clocks this much slack
-    wait_for(lambda: db.pool().get(f"{NIGHT}_big")["lease_expires"] + grace < time.time(),
-             timeout=30, every=0.2)
+    wait_for(
+        lambda: db.pool().get(f"{NIGHT}_big")["lease_expires"] + grace < time.time(),
+        timeout=30,
+        every=0.2,
+    )
     reaped = gridxfer("tokens", "reap", "--json", config=cfg, check=True)
     assert json.loads(reaped.stdout)["reaped"] == [f"{NIGHT}_big"]
     doc = db.pool().get(f"{NIGHT}_big")
@@ -452,7 +516,8 @@ def test_sigkilled_worker_leaves_no_final_file_and_reaped_token_completes(
 
 
 def test_sigterm_mid_copy_releases_token_uncounted_and_leaves_no_final_file(
-        db: Database, tmp_path: Path, remote: Remote, big_file: BigFile) -> None:
+    db: Database, tmp_path: Path, remote: Remote, big_file: BigFile
+) -> None:
     big_night(tmp_path / "src", big_file)
     cfg = db.write_config(worker={"lease_seconds": 60})
     create(cfg, NIGHT, "--source", file_url(tmp_path / "src"), "--dest", remote.url)
@@ -480,13 +545,15 @@ def test_sigterm_mid_copy_releases_token_uncounted_and_leaves_no_final_file(
 
 # ----------------------------------------------------------------------------- integrity
 
+
 def sha256_of(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def test_source_rewritten_while_destination_stalls_never_ends_done_with_other_bytes(
-        db: Database, tmp_path: Path, own_xrootd: XRootDServer, big_file: BigFile) -> None:
+    db: Database, tmp_path: Path, own_xrootd: XRootDServer, big_file: BigFile
+) -> None:
     """The manifest's SHA-256 and the bytes sent come from one read of the source.
 
     The destination server is paused (SIGSTOP) once the copy reaches it; the
@@ -533,7 +600,8 @@ def test_source_rewritten_while_destination_stalls_never_ends_done_with_other_by
 
 
 def test_sigterm_while_the_destination_stalls_stops_the_worker_and_releases_the_token(
-        db: Database, tmp_path: Path, own_xrootd: XRootDServer, big_file: BigFile) -> None:
+    db: Database, tmp_path: Path, own_xrootd: XRootDServer, big_file: BigFile
+) -> None:
     """A streamed copy never blocks the worker inside gfal2: a paused server cannot
     hold a warm shutdown for XrdCl's request timeout."""
     big_night(tmp_path / "src", big_file)
@@ -562,8 +630,9 @@ def test_sigterm_while_the_destination_stalls_stops_the_worker_and_releases_the_
 
 
 @pytest.mark.parametrize("how", ["immutable directory", "file in the way"])
-def test_unwritable_file_destination_is_error_40_like_root(db: Database, tmp_path: Path,
-                                                           how: str) -> None:
+def test_unwritable_file_destination_is_error_40_like_root(
+    db: Database, tmp_path: Path, how: str
+) -> None:
     """Which end failed is known when the worker writes the stream itself: a
     destination that cannot be written is 40 on every protocol, not 21."""
     src = tmp_path / "src"
@@ -588,21 +657,32 @@ def test_unwritable_file_destination_is_error_40_like_root(db: Database, tmp_pat
 # ----------------------------------------------------------------------------- properties
 
 _NAMES = st.text(alphabet="abcxyz019_-. ", min_size=1, max_size=8).filter(
-    lambda n: n.strip(" .") == n and n not in (".", "..") and not n.startswith("checksum-"))
+    lambda n: n.strip(" .") == n and n not in (".", "..") and not n.startswith("checksum-")
+)
 _FILES = st.dictionaries(
     st.one_of(_NAMES, st.builds(lambda d, n: f"{d}/{n}", _NAMES, _NAMES)),
-    st.binary(min_size=0, max_size=3000), min_size=1, max_size=4).filter(
-    lambda files: not any(a != b and b.startswith(a + "/") for a in files for b in files))
-_CHANGES = st.lists(st.tuples(st.sampled_from(["flip", "append", "truncate", "delete", "extra",
-                                               "rewrite"]),
-                              st.integers(0, 10 ** 6)), max_size=2)
+    st.binary(min_size=0, max_size=3000),
+    min_size=1,
+    max_size=4,
+).filter(lambda files: not any(a != b and b.startswith(a + "/") for a in files for b in files))
+_CHANGES = st.lists(
+    st.tuples(
+        st.sampled_from(["flip", "append", "truncate", "delete", "extra", "rewrite"]),
+        st.integers(0, 10**6),
+    ),
+    max_size=2,
+)
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(files=_FILES, changes=_CHANGES, big=st.booleans())
 def test_any_exposure_changed_after_create_never_ends_done_with_other_bytes(
-        files: dict[str, bytes], changes: list[tuple[str, int]], big: bool) -> None:
+    files: dict[str, bytes], changes: list[tuple[str, int]], big: bool
+) -> None:
     """Random exposures, changed at the source after their token was made: the task
     either fails with a code, or every file under a final name holds exactly the
     bytes its manifest names, and no temporary file is left."""
@@ -613,7 +693,7 @@ def test_any_exposure_changed_after_create_never_ends_done_with_other_bytes(
         exp = src / NIGHT / "e1"
         write_exposure(exp, files)
         storage = Storage()
-        spec, = scan_night(storage, file_url(src), NIGHT, destination=file_url(dst)).specs
+        (spec,) = scan_night(storage, file_url(src), NIGHT, destination=file_url(dst)).specs
         token = tk.new_token(NIGHT, spec)
         names = sorted(files)
         for kind, n in changes:
@@ -634,20 +714,28 @@ def test_any_exposure_changed_after_create_never_ends_done_with_other_bytes(
                 (exp / f"extra{n}").write_bytes(b"x")
             elif kind == "rewrite":  # a consistent new content and manifest
                 path.write_bytes(b"new" + path.read_bytes())
-                write_manifest(exp, {m: (exp / m).read_bytes() for m in names
-                                     if (exp / m).exists()})
+                write_manifest(
+                    exp, {m: (exp / m).read_bytes() for m in names if (exp / m).exists()}
+                )
         ctx = TaskContext(log=logging.getLogger("test.property"), cancelled=threading.Event())
         try:
             TransferTask(storage).run(token, ctx)
             finished = True
         except TaskError as err:
             finished = False
-            assert err.code in (Code.CHECKSUM_MISMATCH, Code.MISSING_AT_SOURCE,
-                                Code.NOT_IN_MANIFEST, Code.MANIFEST_MISSING,
-                                Code.TRANSFER_FAILED), err
+            assert err.code in (
+                Code.CHECKSUM_MISMATCH,
+                Code.MISSING_AT_SOURCE,
+                Code.NOT_IN_MANIFEST,
+                Code.MANIFEST_MISSING,
+                Code.TRANSFER_FAILED,
+            ), err
         out = dst / NIGHT / "e1"
-        landed = {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} \
-            if out.exists() else set()
+        landed = (
+            {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()}
+            if out.exists()
+            else set()
+        )
         assert not [n for n in landed if PART in n]
         manifest = (exp / manifest_name("e1")).read_text()
         listed = dict(reversed(line.split("  ", 1)) for line in manifest.splitlines() if line)

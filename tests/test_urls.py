@@ -7,6 +7,7 @@ and check that :func:`redact` never leaves it and the policy never accepts it; t
 command-line tests check that every way in (config, --from, templates, URL lists,
 the stager) refuses such URLs, stores nothing, and never prints the secret.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,16 +34,39 @@ SECRET = "S3cr3tT0ken"
 UNRESERVED = string.ascii_letters + string.digits + "-._~"
 PCT = st.sampled_from(["%2F", "%40", "%3A", "%3D", "%26", "%3F", "%23", "%25", "%2B", "%20"])
 SCHEMES = ["root", "xroot", "davs", "dav", "https", "http", "s3", "s3s", "gsiftp", "srm", "file"]
-SECRET_NAMES = ["access_token", "authz", "X-Amz-Signature", "X-Amz-Credential",
-                "X-Amz-Security-Token", "password", "passwd", "pass", "pwd", "token",
-                "bearer_token", "sig", "Signature", "api_key", "key", "secret", "client_secret",
-                "refresh_token", "id_token", "session", "macaroon", "scitoken", "jwt",
-                "X-Goog-Signature", "xrd.gsiusrpxy_cert"]
+SECRET_NAMES = [
+    "access_token",
+    "authz",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    "password",
+    "passwd",
+    "pass",
+    "pwd",
+    "token",
+    "bearer_token",
+    "sig",
+    "Signature",
+    "api_key",
+    "key",
+    "secret",
+    "client_secret",
+    "refresh_token",
+    "id_token",
+    "session",
+    "macaroon",
+    "scitoken",
+    "jwt",
+    "X-Goog-Signature",
+    "xrd.gsiusrpxy_cert",
+]
 
 
 def _chars(alphabet: str, min_size: int = 0, max_size: int = 12) -> st.SearchStrategy[str]:
-    return st.lists(st.one_of(st.sampled_from(alphabet), PCT), min_size=min_size,
-                    max_size=max_size).map("".join)
+    return st.lists(
+        st.one_of(st.sampled_from(alphabet), PCT), min_size=min_size, max_size=max_size
+    ).map("".join)
 
 
 # The secret itself: unreserved characters and percent-escapes, as a real token or password is sent.
@@ -51,8 +75,28 @@ hosts = st.from_regex(r"[a-z][a-z0-9-]{0,10}(\.[a-z]{2,6}){0,2}", fullmatch=True
 ports = st.one_of(st.just(""), st.integers(1, 65535).map(lambda p: f":{p}"))
 segments = st.lists(_chars(UNRESERVED, 1, 10), max_size=4).map(lambda s: "/".join(s))
 benign_names = st.from_regex(r"[a-z][a-z0-9._]{0,8}", fullmatch=True).filter(
-    lambda n: not any(w in n for w in ("tok", "pass", "pw", "sec", "aut", "sig", "cred", "key",
-                                       "sess", "bear", "cert", "prox", "mac", "jwt")))
+    lambda n: (
+        not any(
+            w in n
+            for w in (
+                "tok",
+                "pass",
+                "pw",
+                "sec",
+                "aut",
+                "sig",
+                "cred",
+                "key",
+                "sess",
+                "bear",
+                "cert",
+                "prox",
+                "mac",
+                "jwt",
+            )
+        )
+    )
+)
 # Query and fragment values may hold a raw "/", ":", "@" and "?" (RFC 3986).
 benign_params = st.lists(st.tuples(benign_names, _chars(UNRESERVED + "/:@?")), max_size=3)
 
@@ -60,10 +104,12 @@ benign_params = st.lists(st.tuples(benign_names, _chars(UNRESERVED + "/:@?")), m
 @st.composite
 def secret_names(draw: st.DrawFn) -> str:
     """A secret-suggesting parameter name, in any case, sometimes with a letter percent-encoded."""
-    name = "".join(c.upper() if draw(st.booleans()) else c.lower() for c in draw(st.sampled_from(SECRET_NAMES)))
+    name = "".join(
+        c.upper() if draw(st.booleans()) else c.lower() for c in draw(st.sampled_from(SECRET_NAMES))
+    )
     if draw(st.booleans()):
         i = draw(st.integers(0, len(name) - 1))
-        name = f"{name[:i]}%{ord(name[i]):02X}{name[i + 1:]}"
+        name = f"{name[:i]}%{ord(name[i]):02X}{name[i + 1 :]}"
     return name
 
 
@@ -78,8 +124,9 @@ def secret_urls(draw: st.DrawFn, schemes: list[str] = SCHEMES) -> tuple[str, str
     host, port, path = draw(hosts), draw(ports), draw(segments)
     secret = draw(secrets)
     params = draw(benign_params)
-    where = draw(st.sampled_from(["password", "user", "query", "query-in-value", "fragment",
-                                  "path-param"]))
+    where = draw(
+        st.sampled_from(["password", "user", "query", "query-in-value", "fragment", "path-param"])
+    )
     userinfo, query, fragment = "", _query(params), ""
     if where == "password":
         user = draw(_chars(UNRESERVED, 1, 8))
@@ -121,6 +168,7 @@ def plain_urls(draw: st.DrawFn) -> str:
 
 # ----------------------------------------------------------------------------- properties
 
+
 @given(secret_urls())
 @example(("root://host//data/a.MS?oss.asize=1?authz=S3cr3tT0ken", SECRET))
 @example(("davs://host/x#access_token=S3cr3tT0ken", SECRET))
@@ -136,7 +184,8 @@ def test_redact_never_leaves_the_secret(case: tuple[str, str]) -> None:
 
 @given(secret_urls())
 def test_the_policy_never_accepts_a_url_carrying_a_secret_and_never_shows_it(
-        case: tuple[str, str]) -> None:
+    case: tuple[str, str],
+) -> None:
     url, secret = case
     assert url_problem(url) is not None
     with pytest.raises(InvalidInput) as info:
@@ -148,7 +197,9 @@ def test_the_policy_never_accepts_a_url_carrying_a_secret_and_never_shows_it(
 @given(secret_urls(schemes=["http", "https"]))
 @example(("http://127.0.0.1:5984/;password=S3cr3tT0ken", SECRET))
 @example(("https://db.example.org/couchdb#password=S3cr3tT0ken", SECRET))
-def test_couchdb_url_policy_never_accepts_a_secret_and_never_prints_it(case: tuple[str, str]) -> None:
+def test_couchdb_url_policy_never_accepts_a_secret_and_never_prints_it(
+    case: tuple[str, str],
+) -> None:
     url, secret = case
     assert http_url_problem(url, "couchdb.password_file") is not None
     with tempfile.TemporaryDirectory() as tmp:
@@ -176,26 +227,35 @@ def test_redact_is_idempotent_on_any_text(text: str) -> None:
     assert redact(once) == once
 
 
-@pytest.mark.parametrize("url, expected", [
-    ("root://alice:pw@host//data", "root://***@host//data"),
-    ("davs://host/x?access_token=abc&x=1", "davs://host/x?access_token=***&x=1"),
-    ("https://host/x?a=b?authz=abc", "https://host/x?a=b?authz=***"),
-    ("https://host/x#id_token=abc", "https://host/x#id_token=***"),
-    ("http://h:5984/;password=abc/more", "http://h:5984/;password=***"),
-    ("s3://host/b/k?X-Amz-Credential=AK%2F1&X-Amz-Signature=f00", "s3://host/b/k?X-Amz-Credential=***&X-Amz-Signature=***"),
-    ("Authorization: Bearer abc.def", "Authorization: Bearer ***"),
-    ("root://host//a?token=", "root://host//a?token="),
-])
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("root://alice:pw@host//data", "root://***@host//data"),
+        ("davs://host/x?access_token=abc&x=1", "davs://host/x?access_token=***&x=1"),
+        ("https://host/x?a=b?authz=abc", "https://host/x?a=b?authz=***"),
+        ("https://host/x#id_token=abc", "https://host/x#id_token=***"),
+        ("http://h:5984/;password=abc/more", "http://h:5984/;password=***"),
+        (
+            "s3://host/b/k?X-Amz-Credential=AK%2F1&X-Amz-Signature=f00",
+            "s3://host/b/k?X-Amz-Credential=***&X-Amz-Signature=***",
+        ),
+        ("Authorization: Bearer abc.def", "Authorization: Bearer ***"),
+        ("root://host//a?token=", "root://host//a?token="),
+    ],
+)
 def test_redact_examples(url: str, expected: str) -> None:
     assert redact(url) == expected
 
 
-@pytest.mark.parametrize("url, problem", [
-    ("/data/night", "scheme"),
-    ("root://host//a\nb", "control characters"),
-    ("root://***@host//a", "credentials"),
-    ("", "must be a URL"),
-])
+@pytest.mark.parametrize(
+    "url, problem",
+    [
+        ("/data/night", "scheme"),
+        ("root://host//a\nb", "control characters"),
+        ("root://***@host//a", "credentials"),
+        ("", "must be a URL"),
+    ],
+)
 def test_the_policy_refuses_what_is_not_a_plain_url(url: str, problem: str) -> None:
     assert problem in (url_problem(url) or "")
 
@@ -208,8 +268,10 @@ def test_join_keeps_a_base_ending_in_a_slash() -> None:
 
 # ----------------------------------------------------------------------------- every way in
 
+
 def test_from_file_urls_with_credentials_are_refused_and_nothing_is_stored(
-        db: Database, tmp_path: Path) -> None:
+    db: Database, tmp_path: Path
+) -> None:
     entries = [
         {"exposure": "e1", "source": f"root://alice:{SECRET}@host//data/e1"},
         {"exposure": "e1", "destination": f"davs://host/x?access_token={SECRET}"},
@@ -219,39 +281,64 @@ def test_from_file_urls_with_credentials_are_refused_and_nothing_is_stored(
     for i, entry in enumerate(entries):
         listing = tmp_path / f"from{i}.json"
         listing.write_text(json.dumps({"exposures": [{"exposure": "ok"}, entry]}))
-        proc = gridxfer("tokens", "create", NIGHT, "--from", str(listing), "--dest",
-                        "file:///dst", config=db.config_file)
+        proc = gridxfer(
+            "tokens",
+            "create",
+            NIGHT,
+            "--from",
+            str(listing),
+            "--dest",
+            "file:///dst",
+            config=db.config_file,
+        )
         assert proc.returncode == 6, proc.stderr
         assert "entry 1" in proc.stderr and "credentials" in proc.stderr, proc.stderr
         assert SECRET not in proc.stderr + proc.stdout
     assert db.pool().counts() == {}
 
 
-def test_template_urls_with_credentials_are_refused_naming_the_key(db: Database, tmp_path: Path) -> None:
+def test_template_urls_with_credentials_are_refused_naming_the_key(
+    db: Database, tmp_path: Path
+) -> None:
     write_exposure(tmp_path / "src" / NIGHT / "e1", {"a.fits": b"a"})
-    for key, url in (("source", f"root://alice:{SECRET}@host//data"),
-                     ("destination", f"davs://host/x?authz={SECRET}")):
+    for key, url in (
+        ("source", f"root://alice:{SECRET}@host//data"),
+        ("destination", f"davs://host/x?authz={SECRET}"),
+    ):
         template = tmp_path / f"{key}.yaml"
         template.write_text(yaml.safe_dump({"layout": "night", key: url}))
-        proc = gridxfer("tokens", "create", NIGHT, "--template", str(template),
-                        *(["--source", f"file://{tmp_path / 'src'}"] if key != "source" else []),
-                        *(["--dest", f"file://{tmp_path / 'dst'}"] if key != "destination" else []),
-                        config=db.config_file)
+        proc = gridxfer(
+            "tokens",
+            "create",
+            NIGHT,
+            "--template",
+            str(template),
+            *(["--source", f"file://{tmp_path / 'src'}"] if key != "source" else []),
+            *(["--dest", f"file://{tmp_path / 'dst'}"] if key != "destination" else []),
+            config=db.config_file,
+        )
         assert proc.returncode == 6, proc.stderr
         assert f"{key}:" in proc.stderr and "credentials" in proc.stderr
         assert SECRET not in proc.stderr + proc.stdout
     assert db.pool().counts() == {}
 
 
-@pytest.mark.parametrize("section, value", [
-    ({"source": f"root://alice:{SECRET}@host//data"}, "source"),
-    ({"destination": f"davs://host/x?access_token={SECRET}"}, "destination"),
-    ({"couchdb": {"url": f"http://127.0.0.1:5984/;password={SECRET}"}}, "couchdb.url"),
-    ({"couchdb": {"url": f"http://127.0.0.1:5984/?password={SECRET}"}}, "couchdb.url"),
-    ({"staging": {"stager_url": f"https://lta.example.org/rpc;token={SECRET}"}}, "staging.stager_url"),
-])
+@pytest.mark.parametrize(
+    "section, value",
+    [
+        ({"source": f"root://alice:{SECRET}@host//data"}, "source"),
+        ({"destination": f"davs://host/x?access_token={SECRET}"}, "destination"),
+        ({"couchdb": {"url": f"http://127.0.0.1:5984/;password={SECRET}"}}, "couchdb.url"),
+        ({"couchdb": {"url": f"http://127.0.0.1:5984/?password={SECRET}"}}, "couchdb.url"),
+        (
+            {"staging": {"stager_url": f"https://lta.example.org/rpc;token={SECRET}"}},
+            "staging.stager_url",
+        ),
+    ],
+)
 def test_config_urls_with_credentials_exit_3_without_showing_them(
-        tmp_path: Path, section: dict[str, object], value: str) -> None:
+    tmp_path: Path, section: dict[str, object], value: str
+) -> None:
     cfg = tmp_path / "gridxfer.yaml"
     cfg.write_text(yaml.safe_dump(section))
     proc = gridxfer("status", "--json", config=cfg)
@@ -263,14 +350,19 @@ def test_config_urls_with_credentials_exit_3_without_showing_them(
 def test_stager_client_refuses_a_url_with_a_secret_without_showing_it() -> None:
     from GRID_XFER.stager import StagerClient
 
-    for url in (f"https://u:{SECRET}@lta.example.org/rpc", f"https://lta.example.org/rpc?token={SECRET}",
-                f"https://lta.example.org/rpc;password={SECRET}"):
+    for url in (
+        f"https://u:{SECRET}@lta.example.org/rpc",
+        f"https://lta.example.org/rpc?token={SECRET}",
+        f"https://lta.example.org/rpc;password={SECRET}",
+    ):
         with pytest.raises(ConfigError) as info:
             StagerClient(url)
         assert SECRET not in str(info.value)
 
 
-def test_a_url_list_for_state_all_with_a_secret_is_refused_unshown(db: Database, tmp_path: Path) -> None:
+def test_a_url_list_for_state_all_with_a_secret_is_refused_unshown(
+    db: Database, tmp_path: Path
+) -> None:
     listing = tmp_path / "srm.txt"
     listing.write_text(f"# ok\nroot://host//data/a.MS?authz={SECRET}\n")
     proc = gridxfer("--debug", "state-all", str(listing), config=db.config_file)

@@ -1,5 +1,6 @@
 """Design documents from tokens/views: install, idempotence, PiCaS Monitor semantics,
 the write check, and who may do what on CouchDB 3."""
+
 from __future__ import annotations
 
 import json
@@ -47,16 +48,19 @@ def test_picas_monitor_views_read_our_tokens(db: Database) -> None:
     failed.fail(Code.SOURCE_MISSING, "gone")
 
     def ids(view: str) -> set[str]:
-        return {r["id"] for r in db.couch.view("Monitor", view, reduce=False)["rows"]} \
-            if view == "overview_total" else \
-            {r["id"] for r in db.couch.view("Monitor", view)["rows"]}
+        return (
+            {r["id"] for r in db.couch.view("Monitor", view, reduce=False)["rows"]}
+            if view == "overview_total"
+            else {r["id"] for r in db.couch.view("Monitor", view)["rows"]}
+        )
 
     assert ids("done") == {done.id}
     assert ids("error") == {failed.id}
     assert ids("locked") == {held.id}
     assert len(ids("todo")) == 1
-    totals = {r["key"]: r["value"] for r in db.couch.view("Monitor", "overview_total",
-                                                          group=True)["rows"]}
+    totals = {
+        r["key"]: r["value"] for r in db.couch.view("Monitor", "overview_total", group=True)["rows"]
+    }
     assert totals == {"todo": 1, "locked": 1, "done": 1, "error": 1}
 
 
@@ -64,10 +68,12 @@ def test_the_write_check_refuses_a_broken_token_from_any_client(db: Database) ->
     pool = db.pool()
     pool.create("n1", [parse_spec("a")])
     doc = pool.get("n1_a")
-    for field, value, says in [("state", "finished", "state must be one of"),
-                               ("bytes_total", "12 GB", "bytes_total must be a number"),
-                               ("history", "none", "history must be a list"),
-                               ("files", [{"size": 1}], "files[0] must be an object with a non-empty name")]:
+    for field, value, says in [
+        ("state", "finished", "state must be one of"),
+        ("bytes_total", "12 GB", "bytes_total must be a number"),
+        ("history", "none", "history must be a list"),
+        ("files", [{"size": 1}], "files[0] must be an object with a non-empty name"),
+    ]:
         broken = {**doc, field: value}
         with pytest.raises(Rejected, match=f"invalid token n1_a: {re.escape(says)}"):
             db.couch.put(broken)
@@ -89,12 +95,16 @@ def test_init_merges_into_a_picas_monitor_and_keeps_views_it_does_not_own(db: Da
     assert views.install(db.couch)["Monitor"] == "unchanged"
 
 
-def test_init_on_a_fresh_cluster_database_works_the_first_time(couchdb_cluster: CouchDB3,
-                                                               tmp_path: Path) -> None:
+def test_init_on_a_fresh_cluster_database_works_the_first_time(
+    couchdb_cluster: CouchDB3, tmp_path: Path
+) -> None:
     for _ in range(3):  # a fresh database each time: the first write of the page must stick
-        cfg = CouchDBConfig(url=couchdb_cluster.urls, db=f"t{uuid.uuid4().hex[:10]}",
-                            user=couchdb_cluster.user,
-                            password_file=couchdb_cluster.password_file(tmp_path))
+        cfg = CouchDBConfig(
+            url=couchdb_cluster.urls,
+            db=f"t{uuid.uuid4().hex[:10]}",
+            user=couchdb_cluster.user,
+            password_file=couchdb_cluster.password_file(tmp_path),
+        )
         couch = Couch(cfg)
         assert couch.create_db()
         assert views.install(couch) == {"Monitor": "created", "gridxfer": "created"}
@@ -107,16 +117,34 @@ def _as_member(db: Database, tmp_path: Path, name: str) -> Path:
     """A CouchDB user with the role `gridxfer`, and a config file that logs in as it."""
     password = "member-" + uuid.uuid4().hex
     users = Couch(db.cfg.model_copy(update={"db": "_users"}))
-    users.put({"_id": f"org.couchdb.user:{name}", "name": name, "password": password,
-               "roles": ["gridxfer"], "type": "user"})
+    users.put(
+        {
+            "_id": f"org.couchdb.user:{name}",
+            "name": name,
+            "password": password,
+            "roles": ["gridxfer"],
+            "type": "user",
+        }
+    )
     secret = tmp_path / f"{name}.password"
     secret.write_text(password)
     secret.chmod(0o600)
     cfg = tmp_path / f"{name}.yaml"
-    cfg.write_text(yaml.safe_dump({"couchdb": {"url": db.cfg.primary, "db": db.cfg.db, "user": name,
-                                               "password_file": str(secret), "retries": 1,
-                                               "backoff": 0.2},
-                                   "worker": {"command": "true", "idle_sleep": 0.5}}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "couchdb": {
+                    "url": db.cfg.primary,
+                    "db": db.cfg.db,
+                    "user": name,
+                    "password_file": str(secret),
+                    "retries": 1,
+                    "backoff": 0.2,
+                },
+                "worker": {"command": "true", "idle_sleep": 0.5},
+            }
+        )
+    )
     return cfg
 
 
@@ -129,8 +157,17 @@ def test_workers_and_status_need_only_member_rights(couchdb3: CouchDB3, tmp_path
     db.write_config(couchdb={"member_roles": ["gridxfer"]})
     out = gridxfer("init", "--json", config=db.config_file, check=True)
     assert json.loads(out.stdout)["members_updated"] is True
-    gridxfer("tokens", "create", "n1", "--from", str(_exposures(tmp_path, "abc")),
-             "--dest", "file:///tmp/none", config=member, check=True)
+    gridxfer(
+        "tokens",
+        "create",
+        "n1",
+        "--from",
+        str(_exposures(tmp_path, "abc")),
+        "--dest",
+        "file:///tmp/none",
+        config=member,
+        check=True,
+    )
     gridxfer("worker", "--night", "n1", "--idle-exit", config=member, check=True)
     report = json.loads(gridxfer("status", "n1", "--json", config=member, check=True).stdout)
     assert report["nights"][0]["states"]["done"] == 3

@@ -1,4 +1,5 @@
 """Worker processes (the real `gridxfer worker`) against a real server."""
+
 from __future__ import annotations
 
 import os
@@ -14,9 +15,16 @@ from GRID_XFER.errors import Code
 from GRID_XFER.pool import PoolSettings
 from GRID_XFER.token import parse_spec
 from GRID_XFER.worker import batch_job_id
-from tests.conftest import Database, wait_for, cli_env, free_port, gridxfer, make_database, spawn_worker, \
-    start_server
-
+from tests.conftest import (
+    Database,
+    cli_env,
+    free_port,
+    gridxfer,
+    make_database,
+    spawn_worker,
+    start_server,
+    wait_for,
+)
 
 
 def recording_command(out: Path, sleep: float = 0) -> str:
@@ -29,8 +37,10 @@ def test_eight_workers_drain_2000_tokens_each_exactly_once(db: Database, tmp_pat
     out = tmp_path / "ran.txt"
     db.pool().create("n1", [parse_spec(f"e{i:05d}") for i in range(2000)])
     cfg = db.write_config(worker={"command": recording_command(out), "lease_seconds": 120})
-    workers = [spawn_worker(cfg, "--night", "n1", "--idle-exit", "--json",
-                            stderr=subprocess.DEVNULL) for _ in range(8)]
+    workers = [
+        spawn_worker(cfg, "--night", "n1", "--idle-exit", "--json", stderr=subprocess.DEVNULL)
+        for _ in range(8)
+    ]
     for w in workers:
         assert w.wait(timeout=600) == 0
     runs = [line.split() for line in out.read_text().splitlines()]
@@ -48,11 +58,11 @@ def test_eight_workers_drain_2000_tokens_each_exactly_once(db: Database, tmp_pat
 
 
 def test_sigkilled_worker_token_is_reaped_and_completed_then_errors_90(
-        db: Database, tmp_path: Path) -> None:
+    db: Database, tmp_path: Path
+) -> None:
     out = tmp_path / "ran.txt"
     db.pool(max_attempts=2).create("n1", [parse_spec("only")])
-    slow = db.write_config(worker={"command": "sleep 30", "lease_seconds": 1.5,
-                                   "max_attempts": 2})
+    slow = db.write_config(worker={"command": "sleep 30", "lease_seconds": 1.5, "max_attempts": 2})
     fast_cfg = tmp_path / "fast.yaml"
     fast_cfg.write_text(slow.read_text().replace("sleep 30", recording_command(out)))
 
@@ -109,8 +119,9 @@ def test_signal_during_task_releases_token_without_attempt(db: Database, signum:
 def test_failing_command_records_code_message_and_log(db: Database, tmp_path: Path) -> None:
     db.pool().create("n1", [parse_spec("a")])
     script = tmp_path / "fail.sh"
-    script.write_text("#!/bin/sh\necho checking $GRIDXFER_EXPOSURE\necho 'sha256 differs' >&2\n"
-                      "exit 30\n")
+    script.write_text(
+        "#!/bin/sh\necho checking $GRIDXFER_EXPOSURE\necho 'sha256 differs' >&2\nexit 30\n"
+    )
     script.chmod(0o755)
     cfg = db.write_config(worker={"command": str(script)})
     gridxfer("worker", "--idle-exit", config=cfg, check=True)
@@ -128,8 +139,13 @@ def test_worker_rides_out_a_server_restart_and_loses_nothing(tmp_path: Path) -> 
         db = make_database(srv.url, tmp_path)
         out = tmp_path / "ran.txt"
         db.pool().create("n1", [parse_spec(f"e{i:03d}") for i in range(150)])
-        cfg = db.write_config(worker={"command": recording_command(out, 0.02),
-                                      "lease_seconds": 120, "outage_seconds": 120})
+        cfg = db.write_config(
+            worker={
+                "command": recording_command(out, 0.02),
+                "lease_seconds": 120,
+                "outage_seconds": 120,
+            }
+        )
         logs = [open(tmp_path / f"w{i}.err", "w") for i in range(2)]
         workers = [spawn_worker(cfg, "--night", "n1", "--idle-exit", stderr=f) for f in logs]
         wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 20, timeout=30)
@@ -152,16 +168,20 @@ def test_worker_rides_out_a_server_restart_and_loses_nothing(tmp_path: Path) -> 
 
 def test_worker_exits_with_4_when_server_never_returns(db: Database, tmp_path: Path) -> None:
     cfg = tmp_path / "gone.yaml"
-    cfg.write_text(f"couchdb: {{url: 'http://127.0.0.1:{free_port()}', retries: 1, "
-                   "backoff: 0.1}\nworker: {outage_seconds: 1, command: 'true'}\n")
+    cfg.write_text(
+        f"couchdb: {{url: 'http://127.0.0.1:{free_port()}', retries: 1, "
+        "backoff: 0.1}\nworker: {outage_seconds: 1, command: 'true'}\n"
+    )
     proc = gridxfer("worker", "--idle-exit", config=cfg)
     assert proc.returncode == 4
     assert proc.stderr.strip().splitlines()[-1].startswith("gridxfer: error: database server")
 
 
 def test_batch_job_id_from_slurm_array_and_plain_jobs() -> None:
-    assert batch_job_id({"SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3",
-                         "SLURM_JOB_ID": "15"}) == "12_3"
+    assert (
+        batch_job_id({"SLURM_ARRAY_JOB_ID": "12", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_ID": "15"})
+        == "12_3"
+    )
     assert batch_job_id({"SLURM_JOB_ID": "15"}) == "15"
     assert batch_job_id({}) is None
 
@@ -189,8 +209,9 @@ def test_secret_not_passed_to_task_environment(db: Database, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize("edit", ["reset --force", "delete", "delete and create again"])
-def test_a_token_edited_while_its_worker_runs_it_gets_no_stale_result(db: Database,
-                                                                     edit: str) -> None:
+def test_a_token_edited_while_its_worker_runs_it_gets_no_stale_result(
+    db: Database, edit: str
+) -> None:
     """What each edit does to a running worker (docs/tokens.md): the holder drops its
     result and goes on; a reset or re-created token is then run anew."""
     db.pool().create("n1", [parse_spec({"exposure": "a", "payload": {"v": 1}})])
@@ -199,8 +220,9 @@ def test_a_token_edited_while_its_worker_runs_it_gets_no_stale_result(db: Databa
     try:
         wait_for(lambda: db.pool().get("n1_a")["state"] == "locked", timeout=30)
         if edit == "reset --force":
-            gridxfer("tokens", "reset", "n1", "--state", "locked", "--force", config=cfg,
-                     check=True)
+            gridxfer(
+                "tokens", "reset", "n1", "--state", "locked", "--force", config=cfg, check=True
+            )
         else:
             gridxfer("tokens", "delete", "n1", "--yes", config=cfg, check=True)
         if edit == "delete and create again":

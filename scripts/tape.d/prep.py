@@ -6,6 +6,7 @@ stage queues recalls in the FRM transfer daemon (the queue xrootd itself uses on
 open), query answers gfal2's bring_online_poll, evict drops a disk replica that
 is safe on "tape" (gfal2 release).
 """
+
 import json
 import os
 import subprocess
@@ -22,7 +23,7 @@ def online(lfn: str) -> bool:
 
 def main() -> None:
     args = sys.argv[1:]
-    args = args[args.index("--") + 1:]
+    args = args[args.index("--") + 1 :]
     reqid, op, lfns = args[0], args[1], args[2:]
     os.makedirs(REQS, exist_ok=True)
     with open(os.path.join(STATE, "prep.log"), "a") as f:
@@ -35,8 +36,13 @@ def main() -> None:
         todo = [lfn for lfn in lfns if not online(lfn)]
         if todo:
             line = f"+ {reqid} - 1 r {' '.join(todo)}\n"
-            subprocess.run(["frm_xfragent", "-c", CFG, "-n", NAME], input=line.encode(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=30)
+            subprocess.run(
+                ["frm_xfragent", "-c", CFG, "-n", NAME],
+                input=line.encode(),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=30,
+            )
     elif op == "query":
         req = {"t": "", "paths": []}
         if os.path.exists(rf):
@@ -46,18 +52,28 @@ def main() -> None:
         for lfn in lfns:
             on = online(lfn)
             failed = os.path.exists(DISK + lfn + ".fail")
-            resp.append({"path": lfn, "path_exists": on or os.path.exists(MSS + lfn),
-                         "online": on, "requested": lfn in req["paths"] and not on,
-                         "has_reqid": lfn in req["paths"], "req_time": req["t"],
-                         "error_text": "recall failed" if failed else ""})
+            resp.append(
+                {
+                    "path": lfn,
+                    "path_exists": on or os.path.exists(MSS + lfn),
+                    "online": on,
+                    "requested": lfn in req["paths"] and not on,
+                    "has_reqid": lfn in req["paths"],
+                    "req_time": req["t"],
+                    "error_text": "recall failed" if failed else "",
+                }
+            )
         print(json.dumps({"request_id": reqid, "responses": resp}))
     elif op == "cancel":
         if os.path.exists(rf):
             os.unlink(rf)
     elif op == "evict":
         for lfn in lfns:
-            if online(lfn) and os.path.exists(MSS + lfn) \
-                    and os.path.getsize(MSS + lfn) == os.path.getsize(DISK + lfn):
+            if (
+                online(lfn)
+                and os.path.exists(MSS + lfn)
+                and os.path.getsize(MSS + lfn) == os.path.getsize(DISK + lfn)
+            ):
                 os.unlink(DISK + lfn)
 
 

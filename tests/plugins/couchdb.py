@@ -6,6 +6,7 @@ Without a release (``scripts/couchdb release`` exits 3), every test that needs
 CouchDB 3 is skipped with the one line the script printed, saying how to
 enable them; ``pytest_report_header`` prints it at the top of the run too.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,8 +33,11 @@ def _release() -> tuple[str | None, str]:
     if proc.returncode == 0:
         home = proc.stdout.strip().splitlines()[-1]
         return home, f"CouchDB 3: {home}"
-    return None, (proc.stderr.strip() or proc.stdout.strip()
-                  or f"scripts/couchdb release exited {proc.returncode}")
+    return None, (
+        proc.stderr.strip()
+        or proc.stdout.strip()
+        or f"scripts/couchdb release exited {proc.returncode}"
+    )
 
 
 _FOUND: tuple[str | None, str] | None = None
@@ -82,10 +86,12 @@ class CouchDB3:
         path.chmod(0o600)
         return path
 
-    def script(self, *args: str, check: bool = True,
-               timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True,
-                              env=self.env, timeout=timeout)
+    def script(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [str(SCRIPT), *args], capture_output=True, text=True, env=self.env, timeout=timeout
+        )
         if check and proc.returncode != 0:
             raise RuntimeError(f"scripts/couchdb {' '.join(args)}: {proc.stderr.strip()}")
         return proc
@@ -106,8 +112,12 @@ def _start(kind: str) -> Iterator[CouchDB3]:
         pytest.skip(line)
     run = Path(tempfile.mkdtemp(prefix="gridxfer-couchdb-"))
     password = secrets.token_urlsafe(18)
-    env = {**os.environ, "GRIDXFER_RUN": str(run), "COUCHDB_USER": ADMIN,
-           "COUCHDB_PASSWORD": password}
+    env = {
+        **os.environ,
+        "GRIDXFER_RUN": str(run),
+        "COUCHDB_USER": ADMIN,
+        "COUCHDB_PASSWORD": password,
+    }
     name = f"{kind}{os.getpid()}"
     server = None
     errors = []
@@ -117,8 +127,13 @@ def _start(kind: str) -> Iterator[CouchDB3]:
             if not _ports_free(*range(base, base + 4)):
                 continue
             verb = "start" if kind == "single" else "cluster"
-            proc = subprocess.run([str(SCRIPT), verb, name, str(base)], capture_output=True,
-                                  text=True, env=env, timeout=180)
+            proc = subprocess.run(
+                [str(SCRIPT), verb, name, str(base)],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=180,
+            )
             if proc.returncode == 0:
                 count = 1 if kind == "single" else 3
                 urls = [f"http://127.0.0.1:{base + i}" for i in range(count)]

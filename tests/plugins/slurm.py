@@ -6,6 +6,7 @@ can search). Every job a test submits is registered with ``track`` and
 cancelled at the end of that test; at the end of the session the remaining
 jobs are cancelled and the daemons stopped by their recorded PIDs.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,11 +33,21 @@ class SlurmCluster:
     env: dict[str, str]
     jobs: set[str] = field(default_factory=set)
 
-    def run(self, *argv: str, timeout: float = 30, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(list(argv), env=self.env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+    def run(
+        self, *argv: str, timeout: float = 30, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            list(argv),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}")
+            raise AssertionError(
+                f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.strip()}"
+            )
         return proc
 
     def track(self, job_id: str) -> str:
@@ -66,7 +77,9 @@ class SlurmCluster:
             if tasks and not any(f.get("JobState") in ACTIVE for f in tasks.values()):
                 return tasks
             time.sleep(0.5)
-        raise AssertionError(f"Slurm job {job_id} still active after {timeout}s: {self.tasks(job_id)}")
+        raise AssertionError(
+            f"Slurm job {job_id} still active after {timeout}s: {self.tasks(job_id)}"
+        )
 
     def cancel_all(self, timeout: float = 60) -> None:
         """Cancel every tracked job and wait until none of its tasks is active."""
@@ -93,17 +106,28 @@ class SlurmCluster:
 
 
 def _script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True,
-                          timeout=120, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(SCRIPT), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Iterator[SlurmCluster]:
-    missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch")
-               if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+    missing = [
+        b
+        for b in ("munged", "slurmctld", "slurmd", "sbatch")
+        if shutil.which(b) is None and not Path("/usr/sbin", b).exists()
+    ]
     if missing:
-        pytest.fail(f"Slurm is not installed ({', '.join(missing)} missing): run scripts/setup "
-                    "(Debian: slurmctld slurmd slurm-client munge)")
+        pytest.fail(
+            f"Slurm is not installed ({', '.join(missing)} missing): run scripts/setup "
+            "(Debian: slurmctld slurmd slurm-client munge)"
+        )
     if os.geteuid() != 0:
         pytest.fail("the Slurm testbed needs root (slurmd)")
     base = Path(tempfile.mkdtemp(prefix="gridxfer-slurm-"))
@@ -113,12 +137,17 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
     env: dict[str, str] = {}
     try:
         for _ in range(3):  # a port may be taken between the probe and the bind
-            env = {**os.environ, "GRIDXFER_SLURM_LIFETIME": "1h",
-                   "GRIDXFER_SLURMCTLD_PORT": str(free_port()),
-                   "GRIDXFER_SLURMD_PORT": str(free_port())}
+            env = {
+                **os.environ,
+                "GRIDXFER_SLURM_LIFETIME": "1h",
+                "GRIDXFER_SLURMCTLD_PORT": str(free_port()),
+                "GRIDXFER_SLURMD_PORT": str(free_port()),
+            }
             result = _script(env, "start", str(base))
             if result.returncode == 0:
-                cluster = SlurmCluster(base, {**env, "SLURM_CONF": str(base / "etc" / "slurm.conf")})
+                cluster = SlurmCluster(
+                    base, {**env, "SLURM_CONF": str(base / "etc" / "slurm.conf")}
+                )
                 break
             errors.append((result.stdout + result.stderr).strip())
             _script(env, "stop", str(base))

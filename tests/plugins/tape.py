@@ -6,6 +6,7 @@ short recall latency so staging tests take seconds, not minutes. Files put
 ONLINE_AND_NEARLINE. Directories are created on both sides, because XRootD
 5.5.3 does not list tape-only files.
 """
+
 from __future__ import annotations
 
 import os
@@ -85,8 +86,9 @@ class TapeServer:
             time.sleep(0.2)
 
 
-def _script(env: dict[str, str], *args: str,
-            check: bool = False) -> subprocess.CompletedProcess[str]:
+def _script(
+    env: dict[str, str], *args: str, check: bool = False
+) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run([str(SCRIPT), *args], env=env, capture_output=True, text=True, timeout=90)
     if check and proc.returncode != 0:
         raise AssertionError(f"scripts/tape {' '.join(args)}: {proc.stdout}{proc.stderr}")
@@ -101,9 +103,14 @@ def tape() -> Iterator[TapeServer]:
     base = Path(tempfile.mkdtemp(prefix="gridxfer-tape-"))
     base.chmod(0o755)  # the xrootd user must reach disk/, mss/ and run/
     name = f"pytest-{os.getpid()}"
-    env = {**os.environ, "GRIDXFER_RUN": str(base / "run"), "GRIDXFER_XROOTD_LIFETIME": "1h",
-           "GRIDXFER_TAPE_RECALL_DELAY": f"{RECALL_DELAY:g}", "GRIDXFER_TAPE_MIGRATE_DELAY": "0.5",
-           "GRIDXFER_TAPE_MIGRATE_WAIT": "2s"}
+    env = {
+        **os.environ,
+        "GRIDXFER_RUN": str(base / "run"),
+        "GRIDXFER_XROOTD_LIFETIME": "1h",
+        "GRIDXFER_TAPE_RECALL_DELAY": f"{RECALL_DELAY:g}",
+        "GRIDXFER_TAPE_MIGRATE_DELAY": "0.5",
+        "GRIDXFER_TAPE_MIGRATE_WAIT": "2s",
+    }
     server: TapeServer | None = None
     errors: list[str] = []
     try:
@@ -111,8 +118,9 @@ def tape() -> Iterator[TapeServer]:
             port = free_port()
             result = _script(env, "start", name, str(port), str(base / "disk"), str(base / "mss"))
             if result.returncode == 0:
-                server = TapeServer(name, port, (base / "disk").resolve(), (base / "mss").resolve(),
-                                    env)
+                server = TapeServer(
+                    name, port, (base / "disk").resolve(), (base / "mss").resolve(), env
+                )
                 break
             errors.append((result.stdout + result.stderr).strip())
         if server is None:

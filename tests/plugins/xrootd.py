@@ -5,6 +5,7 @@ session; its data and run directories live in a private temporary directory
 (not under pytest's ``tmp_path_factory`` base, whose parents are mode 0700 and
 so unreachable for the unprivileged ``xrootd`` user the server runs as).
 """
+
 from __future__ import annotations
 
 import os
@@ -59,7 +60,11 @@ class XRootDServer:
     def put(self, relpath: str | os.PathLike[str], data: bytes) -> Path:
         """Write a file straight into the export, owned so the server may rename/delete it."""
         target = self.datadir / relpath
-        missing = [p for p in reversed(target.relative_to(self.datadir).parents) if not (self.datadir / p).exists()]
+        missing = [
+            p
+            for p in reversed(target.relative_to(self.datadir).parents)
+            if not (self.datadir / p).exists()
+        ]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
         if os.geteuid() == 0:
