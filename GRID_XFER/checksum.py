@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Iterable
 from os import PathLike
 
-from GRID_XFER.errors import Code, ConfigError, GridXferError
+from GRID_XFER.errors import ConfigError, ManifestError
 
 CHUNK_SIZE = 4 * 1024 * 1024
 
@@ -29,12 +29,6 @@ _MANIFEST_SUFFIX = {"sha256": "sha256sum", "adler32": "adler32"}
 # backslash marks a GNU-escaped name (one containing "\\" or a newline).
 _LINE = re.compile(r"(?P<esc>\\?)(?P<hex>[0-9A-Fa-f]+)(?: (?P<sep>[ *]?)(?P<name>.*))?")
 _UNESCAPE = {"\\\\": "\\", "\\n": "\n", "\\r": "\r"}
-
-
-class ManifestError(GridXferError):
-    """A manifest that cannot be trusted as a complete list of files."""
-
-    code = Code.MANIFEST_MISSING
 
 
 def normalise_algo(algo: str) -> str:

@@ -1,12 +1,15 @@
-"""One exception root for the package, and the error codes written into tokens.
+"""The one exception tree of the package, and the error codes written into tokens.
 
 Every failure a worker can meet maps to one code of DESIGN.md's table, so a data
 manager reads the same number in the token, the view and the docs. ``transient``
-tells the pool whether a retry with backoff can help.
+(on the root, so every handler can ask) tells the pool whether a retry with backoff
+can help. Exit statuses are the CLI's business: ``GRID_XFER.cli.exits`` maps this
+tree to them, so the library never decides how a process ends.
 """
 
 from __future__ import annotations
 
+import errno as E
 from enum import IntEnum
 
 
@@ -68,61 +71,56 @@ class GridXferError(Exception):
     """Root of every exception GRID_XFER raises on purpose."""
 
     code: Code = Code.UNEXPECTED
-    # CLI exit status; see docs/cli.md (exit status).
-    exit_status: int = 1
+    transient: bool = False
 
-    def __init__(self, message: str, *, code: Code | None = None) -> None:
+    def __init__(
+        self, message: str, *, code: Code | None = None, transient: bool | None = None
+    ) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
+        if transient is not None:
+            self.transient = transient
 
 
+# -- configuration and input ----------------------------------------------------
 class ConfigError(GridXferError):
     code = Code.CONFIG
-    exit_status = 3
 
 
-class DatabaseUnavailable(GridXferError):
-    """The CouchDB server did not answer (connection refused, timeout, 5xx)."""
-
-    code = Code.CONFIG
-    exit_status = 4
-
-
-class DatabaseError(GridXferError):
-    """The server answered with an error we cannot retry (auth, bad request)."""
-
-    code = Code.CONFIG
-    exit_status = 4
-
-
-class ViewError(DatabaseError):
-    """A view the server could not answer (HTTP 500): a document its map or reduce
-    cannot handle, or a broken view. Asking again gives the same answer: no outage."""
-
-
-class NotFound(GridXferError):
-    exit_status = 5
+class InvalidInput(GridXferError):
+    """A user's argument or input file that cannot be used as given."""
 
 
 class InvalidToken(GridXferError):
     code = Code.INVALID_TOKEN
-    exit_status = 6
 
 
 class Rejected(InvalidToken):
     """The database's write check (``validate_doc_update``) refused a token."""
 
 
-class InvalidInput(GridXferError):
-    exit_status = 6
+class NotFound(GridXferError):
+    """A night, token, sandbox or request that is not there."""
 
 
-class ServerError(GridXferError):
-    """The embedded server could not be started or stopped."""
+# -- the database ----------------------------------------------------------------
+class DatabaseUnavailable(GridXferError):
+    """The CouchDB server did not answer (connection refused, timeout, 5xx)."""
 
     code = Code.CONFIG
-    exit_status = 7
+    transient = True
+
+
+class DatabaseError(GridXferError):
+    """The server answered with an error we cannot retry (auth, bad request)."""
+
+    code = Code.CONFIG
+
+
+class ViewError(DatabaseError):
+    """A view the server could not answer (HTTP 500): a document its map or reduce
+    cannot handle, or a broken view. Asking again gives the same answer: no outage."""
 
 
 class Conflict(GridXferError):
@@ -132,14 +130,21 @@ class Conflict(GridXferError):
     then be our own earlier attempt that succeeded unseen.
     """
 
-    exit_status = 1
     retried = False
 
 
+class ServerError(GridXferError):
+    """The embedded server could not be started or stopped."""
+
+    code = Code.CONFIG
+
+
+# -- workers and tasks -------------------------------------------------------------
 class LeaseLost(GridXferError):
     """Our claim on a token was taken away (expired and reaped, or reset)."""
 
     code = Code.LEASE_EXPIRED
+    transient = True
 
 
 class TaskError(GridXferError):
@@ -154,17 +159,110 @@ class TaskError(GridXferError):
         transient: bool | None = None,
     ) -> None:
         code = Code(code)
-        super().__init__(message, code=code)
+        super().__init__(
+            message,
+            code=code,
+            transient=code in TRANSIENT_CODES if transient is None else transient,
+        )
         self.file = file
-        self.transient = code in TRANSIENT_CODES if transient is None else transient
 
 
 class Interrupted(GridXferError):
     """A signal asked the worker to stop."""
 
     code = Code.INTERRUPTED
+    transient = True
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"interrupted by signal {signum}")
         self.signum = signum
-        self.exit_status = 128 + signum
+
+
+class ManifestError(GridXferError):
+    """A manifest that cannot be trusted as a complete list of files."""
+
+
+# -- storage -----------------------------------------------------------------------
+class StorageError(GridXferError):
+    """A storage operation failed; ``transient`` says whether retrying later can help.
+
+    ``code`` is a default guess from the errno (e.g. ENOENT -> SOURCE_MISSING);
+    callers who know better (a missing *destination* directory) may reassign it.
+    Message and URL are redacted and made one line here, whoever raises: a
+    credential in a URL never reaches a token, a log or the terminal.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str = "",
+        errno: int = 0,
+        transient: bool = False,
+        code: Code = Code.TRANSFER_FAILED,
+    ) -> None:
+        from GRID_XFER.urls import redact  # urls imports this module
+
+        # gfal2/XrdCl messages carry NULs (raw and as literal "\\x00") and newlines.
+        text = redact(message).replace("\\x00", " ").replace("\x00", " ")
+        super().__init__(" ".join(text.split()), code=code, transient=transient)
+        self.url = redact(url)
+        self.errno = errno
+
+
+class Cancelled(StorageError):
+    """The operation was stopped by ``Storage.cancel`` (e.g. on SIGTERM)."""
+
+    def __init__(self, message: str, *, url: str = "", errno: int = E.ECANCELED) -> None:
+        super().__init__(message, url=url, errno=errno, transient=True, code=Code.INTERRUPTED)
+
+
+class NotContained(StorageError):
+    """An entry leads outside the directory being walked, nowhere, or round in a loop (34).
+
+    Permanent: the source has to change. ``path`` is the entry, relative to the walk.
+    """
+
+    def __init__(self, message: str, *, url: str, path: str) -> None:
+        super().__init__(
+            message, url=url, errno=E.ELOOP, transient=False, code=Code.SOURCE_NOT_CONTAINED
+        )
+        self.path = path
+
+
+# -- tape ------------------------------------------------------------------------
+class StagerError(GridXferError):
+    """The LTA stager refused or failed a call; ``transient`` says whether a retry helps."""
+
+    code = Code.NOT_STAGED
+
+
+# -- sandbox and launch ------------------------------------------------------------
+class SandboxError(GridXferError):
+    """The sandbox could not be fetched or unpacked safely (token code 10)."""
+
+    code = Code.SANDBOX_FETCH
+
+
+class SandboxChecksumError(SandboxError):
+    """The fetched sandbox is not the one recorded (token code 11)."""
+
+    code = Code.SANDBOX_CHECKSUM
+
+
+class SandboxUploadError(GridXferError):
+    """The storage did not take the sandbox (the message says why)."""
+
+    code = Code.CONFIG
+
+
+class SandboxBuildError(GridXferError):
+    """The sandbox directory cannot be packed (a credential, a link, no launch.sh)."""
+
+    code = Code.CONFIG
+
+
+class LaunchError(GridXferError):
+    """The batch system refused or failed to take the job."""
+
+    code = Code.CONFIG

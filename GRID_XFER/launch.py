@@ -36,7 +36,7 @@ from typing import Any
 import yaml
 
 from GRID_XFER.config import Config
-from GRID_XFER.errors import Code, ConfigError, GridXferError, InvalidInput
+from GRID_XFER.errors import ConfigError, GridXferError, InvalidInput, LaunchError
 from GRID_XFER.sandbox import LAUNCH_NAME, default_source_dir
 
 log = logging.getLogger(__name__)
@@ -49,13 +49,6 @@ ENV_NAME = "job.env"
 # Variables that must never reach a batch system's copy of our environment.
 SECRET_ENV = ("GRIDXFER_COUCHDB_PASSWORD",)
 SUBMIT_TIMEOUT = 120.0
-
-
-class LaunchError(GridXferError):
-    """The batch system refused or failed to take the job (exit status 12)."""
-
-    code = Code.CONFIG
-    exit_status = 12
 
 
 # --------------------------------------------------------------------------- spec

@@ -19,7 +19,6 @@ status; otherwise it is the process's exit status.
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import hashlib
 import io
@@ -29,12 +28,11 @@ import re
 import shutil
 import signal
 import socket
-import sys
 import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +40,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from GRID_XFER.errors import Code, Conflict, GridXferError, Interrupted
-from GRID_XFER.urls import RedactingFormatter, check_plain_url, redact
+from GRID_XFER.errors import (
+    Conflict,
+    GridXferError,
+    Interrupted,
+    SandboxBuildError,
+    SandboxChecksumError,
+    SandboxError,
+    SandboxUploadError,
+)
+from GRID_XFER.urls import check_plain_url, redact
 
 if TYPE_CHECKING:
     from GRID_XFER.couch import Couch
@@ -76,34 +82,6 @@ _SECRET_ASSIGNMENT = re.compile(
     r"""["']?(?P<value>[^\s"'#]+)""",
     re.I | re.M,
 )
-
-
-class SandboxError(GridXferError):
-    """The sandbox could not be fetched or unpacked safely (token code 10)."""
-
-    code = Code.SANDBOX_FETCH
-    exit_status = int(Code.SANDBOX_FETCH)
-
-
-class SandboxChecksumError(SandboxError):
-    """The fetched sandbox is not the one recorded (token code 11)."""
-
-    code = Code.SANDBOX_CHECKSUM
-    exit_status = int(Code.SANDBOX_CHECKSUM)
-
-
-class SandboxUploadError(GridXferError):
-    """The storage did not take the sandbox (exit status 1; the message says why)."""
-
-    code = Code.CONFIG
-    exit_status = 1
-
-
-class SandboxBuildError(GridXferError):
-    """The sandbox directory cannot be packed (a credential, a link, no launch.sh)."""
-
-    code = Code.CONFIG
-    exit_status = 6
 
 
 # --------------------------------------------------------------------------- build
@@ -601,7 +579,7 @@ def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def _interruptible() -> Iterator[None]:
+def interruptible() -> Iterator[None]:
     """Until the worker installs its own handlers, SIGTERM/SIGINT clean up and exit 128+N."""
 
     def handler(signum: int, frame: Any) -> None:
@@ -687,103 +665,33 @@ def job_config(sandbox_dir: Path | None, work: Path) -> Path:
 
 def run(
     night: str | None,
+    work: Callable[[Path], int],
     *,
     fetch_mode: str = "fetch",
-    worker_args: list[str] | None = None,
     scratch: str | None = None,
     keep: bool = False,
 ) -> int:
-    """What ``launch.sh`` does on a node: sandbox, then ``gridxfer worker``; the exit status."""
+    """What ``launch.sh`` does on a node: fetch the sandbox into a private scratch
+    directory, then ``work(config path)`` there (one worker); its exit status."""
     from GRID_XFER.config import load_config
 
     for name in ("GRIDXFER_CONFIG", "GRIDXFER_COUCHDB_PASSWORD_FILE"):
         _absolute_env(name)  # we change directory below
     base = scratch or os.environ.get("GRIDXFER_SCRATCH") or None
-    work = Path(tempfile.mkdtemp(prefix="gridxfer-job-", dir=base))
+    job_dir = Path(tempfile.mkdtemp(prefix="gridxfer-job-", dir=base))
     home = os.getcwd()
     try:
-        with _interruptible():
+        with interruptible():
             sandbox_dir: Path | None = None
             if fetch_mode != "none":
-                cfg = load_config()
-                sandbox_dir = fetch_into(work, night, config=cfg)
-            config_path = job_config(sandbox_dir, work)
+                sandbox_dir = fetch_into(job_dir, night, config=load_config())
+            config_path = job_config(sandbox_dir, job_dir)
         os.environ["GRIDXFER_CONFIG"] = str(config_path)
-        os.chdir(sandbox_dir or work)
-        from GRID_XFER import cli
-
-        args = (
-            ["worker", "--idle-exit"]
-            + (["--night", night] if night else [])
-            + list(worker_args or [])
-        )
-        try:
-            cli.main(args)
-        except SystemExit as exc:
-            return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        return 0
-    except GridXferError as exc:
-        print(f"gridxfer: error: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_status
+        os.chdir(sandbox_dir or job_dir)
+        return work(config_path)
     finally:
         os.chdir(home if os.path.isdir(home) else "/")
         if keep:
-            print(f"gridxfer: sandbox work directory kept: {work}", file=sys.stderr)
+            log.warning("sandbox work directory kept: %s", job_dir)
         else:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _setup_logging() -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
-    root = logging.getLogger("GRID_XFER")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    logging.getLogger("urllib3").setLevel(logging.ERROR)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m GRID_XFER.sandbox fetch|run``: the node side of launch.sh."""
-    p = argparse.ArgumentParser(
-        prog="python -m GRID_XFER.sandbox",
-        description="Fetch, verify and unpack the worker sandbox on a "
-        "batch node (exit 10: fetch/unpack failed, 11: checksum mismatch).",
-    )
-    sub = p.add_subparsers(dest="action", required=True)
-    f = sub.add_parser("fetch", help="fetch, verify and unpack into DIR/sandbox")
-    f.add_argument("--night", default=os.environ.get("GRIDXFER_NIGHT") or None)
-    f.add_argument("--into", required=True, metavar="DIR")
-    r = sub.add_parser(
-        "run",
-        help="sandbox, then `gridxfer worker --idle-exit`; arguments after -- go to the worker",
-    )
-    r.add_argument("--night", default=os.environ.get("GRIDXFER_NIGHT") or None)
-    r.add_argument(
-        "--sandbox",
-        choices=["fetch", "none"],
-        default=os.environ.get("GRIDXFER_SANDBOX") or "fetch",
-    )
-    r.add_argument("--keep", action="store_true", help="keep the scratch directory")
-    r.add_argument("worker_args", nargs=argparse.REMAINDER)
-    args = p.parse_args(argv)
-    _setup_logging()
-    if args.action == "fetch":
-        try:
-            with _interruptible():
-                where = fetch_into(Path(args.into), args.night)
-        except GridXferError as exc:
-            print(f"gridxfer: error: {exc}", file=sys.stderr, flush=True)
-            return exc.exit_status
-        print(where)
-        return 0
-    extra = args.worker_args[1:] if args.worker_args[:1] == ["--"] else args.worker_args
-    return run(args.night, fetch_mode=args.sandbox, worker_args=extra, keep=args.keep)
-
-
-if __name__ == "__main__":
-    # Run the imported module, not this __main__ copy: one set of classes and loggers.
-    from GRID_XFER.sandbox import main as _main
-
-    sys.exit(_main())
+            shutil.rmtree(job_dir, ignore_errors=True)

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 from xml.parsers.expat import ExpatError
 
-from GRID_XFER.errors import Code, ConfigError, GridXferError
+from GRID_XFER.errors import ConfigError, StagerError
 from GRID_XFER.urls import check_http_url
 
 log = logging.getLogger(__name__)
@@ -37,17 +37,6 @@ PASSWORD_ENV = "GRIDXFER_STAGER_PASSWORD"
 # getstatus answers: still working, finished well, finished badly.
 PENDING = frozenset({"new", "scheduled", "in progress", "on hold", "queued", "running"})
 SUCCESS = frozenset({"success"})
-
-
-class StagerError(GridXferError):
-    """The stager refused or failed a call; ``transient`` says whether a retry can help."""
-
-    code = Code.NOT_STAGED
-    exit_status = 9
-
-    def __init__(self, message: str, *, transient: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
 
 
 @dataclass(frozen=True)

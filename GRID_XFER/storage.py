@@ -41,7 +41,7 @@ os.environ.setdefault("XRD_REQUESTTIMEOUT", "300")
 
 import gfal2  # after the XrdCl settings above
 
-from GRID_XFER.errors import Code, GridXferError
+from GRID_XFER.errors import Cancelled, Code, NotContained, StorageError
 from GRID_XFER.urls import check_plain_url, join, redact  # re-exported: storage.redact
 
 log = logging.getLogger(__name__)
@@ -71,36 +71,6 @@ def _one_line(text: str) -> str:
 
 
 # --------------------------------------------------------------------------- errors
-
-
-class StorageError(GridXferError):
-    """A storage operation failed; ``transient`` says whether retrying later can help.
-
-    ``code`` is a default guess from the errno (e.g. ENOENT -> SOURCE_MISSING);
-    callers who know better (a missing *destination* directory) may reassign it.
-    ``url`` is already redacted.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        url: str = "",
-        errno: int = 0,
-        transient: bool = False,
-        code: Code = Code.TRANSFER_FAILED,
-    ) -> None:
-        super().__init__(_one_line(redact(message)), code=code)
-        self.url = redact(url)
-        self.errno = errno
-        self.transient = transient
-
-
-class Cancelled(StorageError):
-    """The operation was stopped by :meth:`Storage.cancel` (e.g. on SIGTERM)."""
-
-    def __init__(self, message: str, *, url: str = "", errno: int = E.ECANCELED) -> None:
-        super().__init__(message, url=url, errno=errno, transient=True, code=Code.INTERRUPTED)
 
 
 # The xrootd plugin passes some XRootD protocol codes (kXR_*, 3000..) through
@@ -290,19 +260,6 @@ class CopyResult:
 # found exactly (below); over root:// the server follows links and a loop only shows as
 # ever deeper directories (XRootD gives up at the kernel's 40 links).
 MAX_DEPTH = 32
-
-
-class NotContained(StorageError):
-    """An entry leads outside the directory being walked, nowhere, or round in a loop (34).
-
-    Permanent: the source has to change. ``path`` is the entry, relative to the walk.
-    """
-
-    def __init__(self, message: str, *, url: str, path: str) -> None:
-        super().__init__(
-            message, url=url, errno=E.ELOOP, transient=False, code=Code.SOURCE_NOT_CONTAINED
-        )
-        self.path = path
 
 
 def _local_path(url: str) -> str | None:

@@ -35,7 +35,7 @@ if ! command -v "$py" >/dev/null 2>&1; then
     echo "launch.sh: $py not found on $(hostname); set GRIDXFER_PYTHON" >&2
     exit 1
 fi
-if ! "$py" -c 'import GRID_XFER.sandbox' 2>/dev/null; then
+if ! "$py" -c 'import GRID_XFER.cli' 2>/dev/null; then
     echo "launch.sh: $py on $(hostname) cannot import GRID_XFER; set GRIDXFER_PYTHON" >&2
     exit 1
 fi
@@ -45,4 +45,4 @@ job=${job:-${SLURM_JOB_ID:-${GRIDXFER_JOB_ID:-${DIRACJOBID:-${GLITE_WMS_JOBID:-n
 echo "launch.sh: host $(hostname) job $job night ${GRIDXFER_NIGHT:-any} sandbox ${GRIDXFER_SANDBOX:-fetch}" >&2
 
 # exec: the worker itself receives the batch system's signals (--signal=B:TERM, scancel).
-exec "$py" -m GRID_XFER.sandbox run -- "$@"
+exec "$py" -m GRID_XFER.cli node run --idle-exit "$@"

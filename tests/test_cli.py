@@ -3,7 +3,7 @@
 Every test runs the real ``gridxfer`` in a subprocess against a real
 pouchdb-server (the session server from conftest, or one the test starts
 through ``gridxfer server start``). Exit codes are those of
-GRID_XFER/errors.py (``exit_status``) and docs/cli.md:
+GRID_XFER/cli/exits.py and docs/cli.md:
 3 configuration, 4 database unavailable or refused, 5 not found,
 6 invalid input or token, 7 embedded server.
 """

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from GRID_XFER import token as tk
 from GRID_XFER.cli import cli
+from GRID_XFER.cli.exits import exit_status
 from GRID_XFER.errors import Code, GridXferError, InvalidToken, Rejected
 from GRID_XFER.task import NoopTask
 from GRID_XFER.token import parse_spec
@@ -401,7 +402,7 @@ def run_cli(config: Path, *args: str) -> tuple[int, str]:
     if isinstance(exc, SystemExit):
         return int(exc.code or 0), result.output
     if isinstance(exc, GridXferError):
-        return exc.exit_status, result.output
+        return exit_status(exc), result.output
     raise AssertionError(f"gridxfer {' '.join(args)} crashed") from exc
 
 

@@ -244,7 +244,7 @@ def test_code_reaches_the_token_when_one_is_held(db: Database, tmp_path: Path) -
     pool = db.pool()
     pool.create("n1", [parse_spec("a")])
     cfg = db.write_config(
-        worker={"command": f"{sys.executable} -m GRID_XFER.sandbox fetch --into {tmp_path / 'w'}"}
+        worker={"command": f"{sys.executable} -m GRID_XFER.cli node fetch --into {tmp_path / 'w'}"}
     )
     env = cli_env(cfg, GRIDXFER_SANDBOX_URL=f"file://{archive}", GRIDXFER_SANDBOX_SHA256="0" * 64)
     gridxfer("worker", "--idle-exit", config=cfg, env=env, check=True)
@@ -284,7 +284,7 @@ def test_unsafe_archive_exits_10_and_writes_nothing_outside(tmp_path: Path, case
         GRIDXFER_CONFIG=str(tmp_path / "none.yaml"),
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "GRID_XFER.sandbox", "fetch", "--into", str(work)],
+        [sys.executable, "-m", "GRID_XFER.cli", "node", "fetch", "--into", str(work)],
         env=env,
         capture_output=True,
         text=True,

@@ -1,0 +1,59 @@
+"""What every command shares: the application object, JSON output, option sets."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from GRID_XFER.app import TASKS, App, WorkerOptions
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+pass_app = click.make_pass_decorator(App)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def json_option(help: str | None = None) -> Callable[[F], F]:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def worker_options(f: F) -> F:
+    """The options of one worker (`worker`, `node run`); ``launch`` has its own wording."""
+    for opt in reversed(
+        (
+            click.option("--night", help="Only this night's tokens (default: any night)."),
+            click.option("--max-tokens", type=click.IntRange(min=1), help="Stop after K tokens."),
+            click.option(
+                "--max-time", type=click.FloatRange(min=0), help="Stop claiming after S seconds."
+            ),
+            click.option("--idle-exit", is_flag=True, help="Exit when nothing is claimable."),
+            click.option(
+                "--task",
+                "task_kind",
+                type=click.Choice(TASKS),
+                help="Task to run per token (default: worker.task).",
+            ),
+            click.option(
+                "--command", help="Command for the command task (default: worker.command)."
+            ),
+        )
+    ):
+        f = opt(f)
+    return f
+
+
+def to_worker_options(
+    night: str | None,
+    max_tokens: int | None,
+    max_time: float | None,
+    idle_exit: bool,
+    task_kind: str | None,
+    command: str | None,
+) -> WorkerOptions:
+    return WorkerOptions(night, max_tokens, max_time, idle_exit, task_kind, command)

@@ -1,0 +1,210 @@
+"""`tokens create|list|show|reset|reap|delete`: a night's tokens."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from GRID_XFER import token as tk
+from GRID_XFER.app import App
+from GRID_XFER.cli.base import emit_json, json_option, pass_app
+from GRID_XFER.create import CreateRequest, create_tokens
+from GRID_XFER.errors import InvalidInput
+
+log = logging.getLogger("GRID_XFER.cli")
+
+
+@click.group()
+def tokens() -> None:
+    """Create, inspect and repair a night's tokens."""
+
+
+@tokens.command("create")
+@click.argument("night")
+@click.option(
+    "--source",
+    help="Source URL: <source>/<NIGHT>/<EXPOSURE>/ is scanned "
+    "(default: template, then config `source`).",
+)
+@click.option(
+    "--dest",
+    "destination",
+    help="Destination URL; files go to <dest>/<NIGHT>/... "
+    "(default: template, then config `destination`).",
+)
+@click.option(
+    "--template", type=click.Path(path_type=Path), help="Token-set template (tokens/*.yaml)."
+)
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(path_type=Path),
+    help="YAML/JSON list of exposures instead of scanning a source.",
+)
+@click.option(
+    "--surls",
+    type=click.Path(path_type=Path),
+    help="File of URLs, one per line, grouped --group per token (ADLER32 from storage).",
+)
+@click.option("--group", type=click.IntRange(min=1), help="Files per token for --surls.")
+@click.option(
+    "--manifest",
+    "manifest_algo",
+    type=click.Choice(["sha256", "adler32"]),
+    help="Manifest kind: checksum-<EXPOSURE>.sha256sum or .adler32.",
+)
+@json_option()
+@pass_app
+def tokens_create(
+    app: App,
+    night: str,
+    source: str | None,
+    destination: str | None,
+    template: Path | None,
+    from_file: Path | None,
+    surls: Path | None,
+    group: int | None,
+    manifest_algo: str | None,
+    as_json: bool,
+) -> None:
+    """Create NIGHT's tokens from its source; re-running catches up, adding only what is new."""
+    req = CreateRequest(
+        night, source, destination, template, from_file, surls, group, manifest_algo
+    )
+    out = create_tokens(app.config, app.pool(), req, app.storage)
+    if out.report.outdated:
+        log.warning(
+            "%d done token(s) have new or changed files at the source (e.g. %s); "
+            "they are left alone: `gridxfer tokens reset %s --state done` moves them again",
+            len(out.report.outdated),
+            out.report.outdated[0],
+            night,
+        )
+    for code, problems in ((31, out.manifest_problems), (34, out.source_problems)):
+        for exposure, message in sorted(problems.items()):
+            log.warning(
+                "%s: %s (the token will fail with %d unless it is fixed first)",
+                exposure,
+                message,
+                code,
+            )
+    if as_json:
+        emit_json(out.as_dict())
+        return
+    r = out.report.as_dict()
+    click.echo(
+        f"night {night}: {r['created']} created, {r['updated']} updated, "
+        f"{r['unchanged']} unchanged, {r['skipped']} left alone (held or finished)"
+    )
+
+
+@tokens.command("list")
+@click.argument("night")
+@click.option("--state", "states", multiple=True, type=click.Choice(tk.STATES))
+@click.option("--code", "codes", multiple=True, type=int, help="Only errors with this code.")
+@json_option("An array of the token documents.")
+@pass_app
+def tokens_list(
+    app: App, night: str, states: tuple[str, ...], codes: tuple[int, ...], as_json: bool
+) -> None:
+    """List NIGHT's tokens (optionally by state or error code)."""
+    pool = app.pool()
+    pool.require_night(night)
+    docs = pool.select(night, states or None, codes or None)
+    if as_json:
+        emit_json(docs)
+        return
+    for d in docs:
+        click.echo(token_line(d))
+
+
+def token_line(doc: dict[str, Any]) -> str:
+    """One token as `tokens list` shows it: a malformed one too (docs/tokens.md)."""
+    state, problem = tk.shown_state(doc), tk.problem(doc)
+    err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
+    message = err.get("message") if doc.get("state") == "error" else None
+    extra = ""
+    if state == "error":
+        extra = f"  {tk.error_code(doc)} {message if isinstance(message, str) else problem or ''}"
+    if problem is not None and problem not in extra:
+        extra += f"  ({problem})"
+    return f"{doc['_id']:<40} {state:<9} attempts={doc.get('attempts', 0)!s}{extra}"
+
+
+@tokens.command("show")
+@click.argument("token_id")
+@json_option()
+@pass_app
+def tokens_show(app: App, token_id: str, as_json: bool) -> None:
+    """Show one token (as stored, even a malformed one)."""
+    tk.check_token_id(token_id)  # `..`, `_all_docs`, `a/b` would ask the server for another thing
+    doc = app.pool().get(token_id)
+    if as_json:
+        emit_json(doc)
+    else:
+        click.echo(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True).rstrip())
+
+
+@tokens.command("reset")
+@click.argument("night")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(tk.STATES),
+    help="States to reset (default: error).",
+)
+@click.option("--code", "codes", multiple=True, type=int, help="Only tokens with this error code.")
+@click.option("--force", is_flag=True, help="Also tokens that live workers hold.")
+@json_option()
+@pass_app
+def tokens_reset(
+    app: App,
+    night: str,
+    states: tuple[str, ...],
+    codes: tuple[int, ...],
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Send tokens back to todo with a fresh attempt count."""
+    pool = app.pool()
+    pool.require_night(night)
+    ids = pool.reset(night, states or None, codes or None, force=force)
+    emit_json({"reset": ids}) if as_json else click.echo(f"{len(ids)} tokens reset")
+
+
+@tokens.command("reap")
+@click.option("--night", help="Only this night.")
+@json_option()
+@pass_app
+def tokens_reap(app: App, night: str | None, as_json: bool) -> None:
+    """Return tokens of lost workers (expired leases) to todo, or error 90; settle conflicts."""
+    pool = app.pool()
+    swept = pool.sweep(night)
+    ids = pool.reap(night)
+    if as_json:
+        emit_json({"reaped": ids, "conflicts_settled": swept})
+    else:
+        click.echo(f"{len(ids)} expired leases reaped, {len(swept)} conflicted tokens settled")
+
+
+@tokens.command("delete")
+@click.argument("night")
+@click.option("--yes", is_flag=True, help="Do not ask.")
+@json_option()
+@pass_app
+def tokens_delete(app: App, night: str, yes: bool, as_json: bool) -> None:
+    """Delete every token of NIGHT."""
+    pool = app.pool()
+    pool.require_night(night)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise InvalidInput("refusing to delete without --yes (no terminal to ask)")
+        click.confirm(f"Delete every token of night {night}?", abort=True)
+    ids = pool.delete(night)
+    emit_json({"deleted": ids}) if as_json else click.echo(f"{len(ids)} tokens deleted")
