@@ -133,7 +133,8 @@ class Couch:
                         f"login to {url} as {user!r} refused (HTTP {status})"
                     ) from None
                 self._clients[url] = client
-            return client.r_session
+            session: requests.Session = client.r_session
+            return session
 
     def _reset_session(self, url: str) -> None:
         with self._lock:
@@ -274,7 +275,8 @@ class Couch:
 
     # -- server and database ----------------------------------------------
     def server_info(self) -> dict[str, Any]:
-        return self.request("GET", "", db=False).json()
+        info: dict[str, Any] = self.request("GET", "", db=False).json()
+        return info
 
     def db_exists(self) -> bool:
         try:
@@ -301,7 +303,8 @@ class Couch:
 
     # -- documents ----------------------------------------------------------
     def get(self, doc_id: str, **params: Any) -> dict[str, Any]:
-        return self.request("GET", _quote_id(doc_id), params=params or None).json()
+        doc: dict[str, Any] = self.request("GET", _quote_id(doc_id), params=params or None).json()
+        return doc
 
     def get_or_none(self, doc_id: str) -> dict[str, Any] | None:
         try:
@@ -371,14 +374,18 @@ class Couch:
 
     def bulk_docs(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """POST _bulk_docs; per-doc results (``error: conflict`` for losers)."""
-        return self.request("POST", "_bulk_docs", body={"docs": docs}).json()
+        results: list[dict[str, Any]] = self.request(
+            "POST", "_bulk_docs", body={"docs": docs}
+        ).json()
+        return results
 
     def all_docs(self, keys: list[str] | None = None, **params: Any) -> list[dict[str, Any]]:
         if keys is not None:
-            return self.request(
-                "POST", "_all_docs", params=params or None, body={"keys": keys}
-            ).json()["rows"]
-        return self.request("GET", "_all_docs", params=params or None).json()["rows"]
+            resp = self.request("POST", "_all_docs", params=params or None, body={"keys": keys})
+        else:
+            resp = self.request("GET", "_all_docs", params=params or None)
+        rows: list[dict[str, Any]] = resp.json()["rows"]
+        return rows
 
     def iter_ids(self, prefix: str, *, page: int = 1000) -> Iterator[str]:
         """Ids of the documents whose id starts with ``prefix``, paged by id.
@@ -400,10 +407,11 @@ class Couch:
         path = f"_design/{quote(ddoc, safe='')}/_view/{quote(name, safe='')}"
         view = f"{ddoc}/{name}"
         if keys is not None:
-            return self.request(
-                "POST", path, params=params or None, body={"keys": keys}, view=view
-            ).json()
-        return self.request("GET", path, params=params or None, view=view).json()
+            resp = self.request("POST", path, params=params or None, body={"keys": keys}, view=view)
+        else:
+            resp = self.request("GET", path, params=params or None, view=view)
+        answer: dict[str, Any] = resp.json()
+        return answer
 
     def iter_view(
         self, ddoc: str, name: str, *, page: int = 1000, **params: Any
@@ -426,9 +434,10 @@ class Couch:
         self, doc_id: str, rev: str, name: str, data: bytes, content_type: str
     ) -> str:
         path = f"{_quote_id(doc_id)}/{quote(name, safe='')}"
-        return self.request(
+        resp = self.request(
             "PUT", path, params={"rev": rev}, data=data, headers={"Content-Type": content_type}
-        ).json()["rev"]
+        )
+        return str(resp.json()["rev"])
 
     def get_attachment(self, doc_id: str, name: str) -> bytes:
         return self.request("GET", f"{_quote_id(doc_id)}/{quote(name, safe='')}").content

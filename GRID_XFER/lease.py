@@ -51,7 +51,7 @@ class Lease:
 
     @property
     def id(self) -> str:
-        return self.doc["_id"]
+        return str(self.doc["_id"])
 
     @property
     def _couch(self) -> Any:

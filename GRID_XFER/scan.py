@@ -29,9 +29,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from GRID_XFER import token as tk
-from GRID_XFER.checksum import ManifestError, manifest_name, normalise_algo, parse_manifest
-from GRID_XFER.errors import Code, InvalidInput, InvalidToken, NotFound
-from GRID_XFER.storage import Storage, StorageError
+from GRID_XFER.checksum import manifest_name, normalise_algo, parse_manifest
+from GRID_XFER.errors import Code, InvalidInput, InvalidToken, ManifestError, NotFound, StorageError
+from GRID_XFER.storage import Storage
 from GRID_XFER.urls import PlainURL, check_plain_url, join, redact
 
 log = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ import time
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from GRID_XFER.config import ServerConfig
 from GRID_XFER.errors import ServerError
@@ -86,16 +87,17 @@ class EmbeddedServer:
             "server.prefix to the folder holding node_modules/.bin/pouchdb-server"
         )
 
-    def _read_state(self) -> dict | None:
+    def _read_state(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.state_file.read_text())
+            state = json.loads(self.state_file.read_text())
+            return state if isinstance(state, dict) else None
         except (OSError, ValueError):
             return None
 
     def _answers(self) -> bool:
         try:
             with urllib.request.urlopen(self.url + "/", timeout=2) as resp:
-                return resp.status == 200
+                return bool(resp.status == 200)
         except OSError:
             return False
 
@@ -204,5 +206,5 @@ class EmbeddedServer:
         return (lines[-1] if lines else "(empty log)")[:300]
 
 
-def state_dict(state: ServerState) -> dict:
+def state_dict(state: ServerState) -> dict[str, Any]:
     return asdict(state)

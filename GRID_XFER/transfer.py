@@ -24,11 +24,19 @@ import time
 import uuid
 from typing import Any, Literal
 
-from GRID_XFER.checksum import Hasher, ManifestError, hash_chunks
-from GRID_XFER.errors import Code, TaskError
-from GRID_XFER.scan import join, read_manifest
-from GRID_XFER.storage import Cancelled, NotContained, Storage, StorageError, redact
+from GRID_XFER.checksum import Hasher, hash_chunks
+from GRID_XFER.errors import (
+    Cancelled,
+    Code,
+    ManifestError,
+    NotContained,
+    StorageError,
+    TaskError,
+)
+from GRID_XFER.scan import read_manifest
+from GRID_XFER.storage import Storage
 from GRID_XFER.task import TaskContext
+from GRID_XFER.urls import join, redact
 
 log = logging.getLogger(__name__)
 

@@ -126,8 +126,9 @@ def tokens_list(
 def token_line(doc: dict[str, Any]) -> str:
     """One token as `tokens list` shows it: a malformed one too (docs/tokens.md)."""
     state, problem = tk.shown_state(doc), tk.problem(doc)
-    err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
-    message = err.get("message") if doc.get("state") == "error" else None
+    err = doc.get("error")
+    message = err.get("message") if isinstance(err, dict) else None
+    message = message if doc.get("state") == "error" else None
     extra = ""
     if state == "error":
         extra = f"  {tk.error_code(doc)} {message if isinstance(message, str) else problem or ''}"
