@@ -32,7 +32,7 @@ from GRID_XFER import token as tk
 from GRID_XFER.checksum import manifest_name, normalise_algo, parse_manifest
 from GRID_XFER.errors import Code, InvalidInput, InvalidToken, ManifestError, NotFound, StorageError
 from GRID_XFER.storage import Storage
-from GRID_XFER.urls import PlainURL, check_plain_url, join, redact
+from GRID_XFER.urls import PlainURL, basename, check_plain_url, join, redact
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def read_surl_list(path: Path) -> list[str]:
 def _surl_entry(storage: Storage, url: str) -> dict[str, Any]:
     st = storage.stat(url)
     return {
-        "name": url.rstrip("/").rsplit("/", 1)[-1],
+        "name": basename(url),
         "url": url,
         "size": st.size,
         "checksums": {"adler32": storage.checksum(url, "ADLER32")},
@@ -216,7 +216,7 @@ def group_surls(
     urls = list(urls)
     if group < 1:
         raise InvalidInput("group must be at least 1")
-    names = [u.rstrip("/").rsplit("/", 1)[-1] for u in urls]
+    names = [basename(u) for u in urls]
     if len(set(names)) != len(names):
         raise InvalidInput("two URLs in the list end in the same file name")
     with ThreadPoolExecutor(max_workers=max(1, threads)) as ex:

@@ -23,7 +23,7 @@ import logging
 import re
 import unicodedata
 from typing import Annotated
-from urllib.parse import unquote_plus, urlsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 from pydantic import AfterValidator
 
@@ -66,6 +66,25 @@ def join(base: str, *parts: str) -> str:
     if not rest:
         return base
     return base + rest if base.endswith("/") else f"{base}/{rest}"
+
+
+def basename(url: str) -> str:
+    """The last path element (``root://h//a/b/`` -> ``b``): a per-file name in a token."""
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def parent(url: str) -> str:
+    """The URL one level up (``root://h//a/b`` -> ``root://h//a``)."""
+    return url.rstrip("/").rsplit("/", 1)[0]
+
+
+def public_url(url: str) -> str:
+    """The URL without userinfo, query or fragment: safe to show and to log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def secret_name(name: str) -> bool:
