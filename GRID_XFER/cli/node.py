@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -64,7 +65,7 @@ def node_run(
         sys.exit(status)
 
 
-def _worker(opts: WorkerOptions):  # noqa: ANN202
+def _worker(opts: WorkerOptions) -> Callable[[Path], int]:
     def work(config_path: Path) -> int:
         _, report = App(str(config_path)).run_worker(opts)
         return 0 if report.signal is None else 128 + report.signal
