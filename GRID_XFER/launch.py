@@ -5,7 +5,7 @@
     job.yaml            the worker configuration: the launching config without any password
     couchdb.password    the database password (0600), only when there is one and it is not
                         already in a file the nodes can read (``couchdb.password_file``)
-    launch.sh           the node-side starter (a copy of sandbox/launch.sh)
+    launch.sh           the node-side starter (a copy of GRID_XFER/sandbox/files/launch.sh)
     job.env             the job's GRIDXFER_* settings (grid jobs read them from here)
     logs/               the workers' output
     gridxfer.sbatch | gridxfer.sub | gridxfer.jdl     the backend's job file
@@ -226,8 +226,8 @@ def _launch_source() -> Path:
     src = default_source_dir() / LAUNCH_NAME
     if not src.is_file():
         raise ConfigError(
-            f"cannot find {LAUNCH_NAME} (looked in {src.parent}); run from the "
-            "GRID_XFER checkout or one with a sandbox/ directory"
+            f"cannot find {LAUNCH_NAME} in {src.parent}: this GRID_XFER installation "
+            "is incomplete; reinstall it"
         )
     return src
 

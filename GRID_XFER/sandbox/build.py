@@ -53,9 +53,8 @@ class Built:
 
 
 def default_source_dir() -> Path:
-    """``sandbox/`` next to the package (a source checkout), else ``./sandbox``."""
-    beside = Path(__file__).resolve().parents[2] / "sandbox"
-    return beside if (beside / LAUNCH_NAME).is_file() else Path("sandbox")
+    """The sandbox shipped inside the package, so an installed wheel builds and launches too."""
+    return Path(__file__).resolve().parent / "files"
 
 
 def sha256_file(path: Path) -> str:
