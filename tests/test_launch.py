@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from GRID_XFER.sandbox import default_source_dir
 from GRID_XFER.token import parse_spec
-from tests.conftest import REPO, Database, cli_env, gridxfer, wait_for
+from tests.conftest import Database, cli_env, gridxfer, wait_for
 from tests.plugins.slurm import SlurmCluster
 
 SECRET = "Launch-Pa55-w0rd-never-shown"
@@ -82,7 +83,7 @@ def check_worker_process(pid: int) -> bool:
 def make_sandbox(db: Database, tmp: Path, night: str, task: str) -> None:
     """Build and upload a sandbox whose defaults run ``task.sh`` (shipped inside it)."""
     src = tmp / "sbx"
-    shutil.copytree(REPO / "sandbox", src)
+    shutil.copytree(default_source_dir(), src)
     (src / "task.sh").write_text(task)
     (src / "worker.yaml").write_text("log_level: INFO\nworker:\n  command: sh ./task.sh\n")
     archive = tmp / "sandbox.tar.gz"

@@ -21,16 +21,17 @@ import yaml
 from GRID_XFER import sandbox as sb
 from GRID_XFER.errors import Code
 from GRID_XFER.token import parse_spec
-from tests.conftest import REPO, Database, cli_env, gridxfer
+from tests.conftest import Database, cli_env, gridxfer
 
 SECRET = "Sandbox-Pa55-never-packed"
-LAUNCH = REPO / "sandbox" / "launch.sh"
+SHIPPED = sb.default_source_dir()  # GRID_XFER/sandbox/files, shipped in the package
+LAUNCH = SHIPPED / "launch.sh"
 
 
 def make_sandbox(tmp: Path, command: str | None = None) -> Path:
     """A copy of the shipped sandbox plus a task script, as a site would make one."""
     src = tmp / "sbx"
-    shutil.copytree(REPO / "sandbox", src)
+    shutil.copytree(SHIPPED, src)
     (src / "task.sh").write_text('#!/bin/sh\necho "$GRIDXFER_TOKEN_ID $(pwd)" >> "$RECORD"\n')
     if command:
         defaults = yaml.safe_load((src / "worker.yaml").read_text())
@@ -240,7 +241,7 @@ def test_missing_sandbox_exits_10(db: Database, tmp_path: Path) -> None:
 def test_code_reaches_the_token_when_one_is_held(db: Database, tmp_path: Path) -> None:
     """Fetching inside a task (as GRID_LRT fetches per token) records 11 in that token."""
     archive = tmp_path / "s.tar.gz"
-    sb.build(REPO / "sandbox", archive)
+    sb.build(SHIPPED, archive)
     pool = db.pool()
     pool.create("n1", [parse_spec("a")])
     cfg = db.write_config(

@@ -1,16 +1,14 @@
-"""`launch`: start N workers locally or through a batch system."""
+"""`launch`: start N workers locally or through a batch system (the work is ``launch.launch``)."""
 
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from GRID_XFER import launch as ln
-from GRID_XFER import sandbox as sb
 from GRID_XFER.app import App
 from GRID_XFER.cli.base import emit_json, json_option, pass_app
 
@@ -18,7 +16,7 @@ log = logging.getLogger("GRID_XFER.cli")
 
 
 @click.command()
-@click.option("--backend", type=click.Choice(["local", "slurm", "condor", "jdl"]), required=True)
+@click.option("--backend", type=click.Choice(ln.BACKENDS), required=True)
 @click.option("--workers", type=click.IntRange(min=1), required=True, help="How many workers.")
 @click.option("--night", help="Only this night's tokens (default: any night).")
 @click.option("--dry-run", is_flag=True, help="Write the job files and print them; submit nothing.")
@@ -101,91 +99,60 @@ def launch(
     The database password reaches the jobs as a file (GRIDXFER_COUCHDB_PASSWORD_FILE),
     never in a job file or on a command line. See docs/launch.md.
     """
-    spec = ln.LaunchSpec(
-        backend=backend,
-        workers=workers,
-        night=night,
-        workdir=workdir,
-        time_limit=ln.parse_duration(time_limit),
-        grace=ln.parse_duration(grace),
-        partition=partition,
-        account=account,
-        memory_mb=memory,
-        task=task_kind,
-        command=command,
-        max_tokens=max_tokens,
-        max_time=max_time,
-        python=node_python,
+    result = ln.launch(
+        app,
+        ln.LaunchSpec.from_options(
+            backend,
+            workers,
+            night=night,
+            workdir=workdir,
+            time_limit=time_limit,
+            grace=grace,
+            partition=partition,
+            account=account,
+            memory_mb=memory,
+            task=task_kind,
+            command=command,
+            max_tokens=max_tokens,
+            max_time=max_time,
+            python=node_python,
+        ),
+        sandbox_mode,
+        dry_run,
     )
-    if dry_run:  # look the sandbox up once, quickly: a dry run works without the database
-        couch = app.couch(retries=0)
-    else:
-        couch = app.couch()
-        couch.require_db()
-        if night:
-            app.pool().require_night(night)
-    spec.sandbox = ln.resolve_sandbox_mode(
-        sandbox_mode, lambda: sb.lookup(couch, night), dry_run=dry_run
-    )
-    job = ln.prepare(app.config, spec)
-    job_file = ln.write_job_file(spec, job)
-    result: dict[str, Any] = {
-        "backend": backend,
-        "workers": workers,
-        "night": night,
-        "sandbox": spec.sandbox,
-        "dry_run": dry_run,
-        **job.as_dict(),
-        "job_id": None,
-        "submitted": False,
-    }
-    if backend == "local":
-        commands = ln.local_commands(spec, job)
-        if dry_run:
-            result["commands"] = commands
-            if as_json:
-                emit_json(result)
-                return
-            for k, v in job.env.items():
-                click.echo(f"{k}={v}")
-            for argv in commands:
-                click.echo(" ".join(argv))
-            return
-        report = ln.Supervisor(
-            commands, env=ln.local_environment(job), cwd=job.path, logs=job.logs
-        ).run()
-        result.update(report.as_dict(), submitted=True)
-        if as_json:
-            emit_json(result)
-        else:
-            for w in report.workers:
-                click.echo(
-                    f"worker {w.index} (job id {w.job_id}, pid {w.pid}): exit {w.status}, "
-                    f"log {w.log}"
-                )
-        if report.status:
-            sys.exit(report.status)
-        return
-    assert job_file is not None
-    if dry_run:
-        if as_json:
-            emit_json({**result, "text": job_file.read_text()})
-        else:
-            click.echo(job_file.read_text().rstrip())
-            log.info("dry run: wrote %s; nothing submitted", job_file)
-        return
-    job_id = ln.submit(spec, job)
-    result.update(job_id=job_id, submitted=job_id is not None)
     if as_json:
-        emit_json(result)
-    elif job_id is None:
-        tool = "condor_submit" if backend == "condor" else "dirac-wms-job-submit"
+        emit_json(result.as_dict())
+    else:
+        _show(result)
+    if result.status:
+        sys.exit(result.status)
+
+
+def _show(result: ln.LaunchResult) -> None:
+    """The result for people: what runs, or where the job went."""
+    job, spec = result.job, result.spec
+    if result.commands is not None:  # local, dry run
+        for k, v in job.env.items():
+            click.echo(f"{k}={v}")
+        for argv in result.commands:
+            click.echo(" ".join(argv))
+    elif result.report is not None:  # local workers, all exited
+        for w in result.report.workers:
+            click.echo(
+                f"worker {w.index} (job id {w.job_id}, pid {w.pid}): exit {w.status}, log {w.log}"
+            )
+    elif result.text is not None:  # batch, dry run
+        click.echo(result.text.rstrip())
+        log.info("dry run: wrote %s; nothing submitted", job.job_file)
+    elif result.job_id is None:
+        assert job.job_file is not None
+        tool = ln.get_backend(spec.backend).tool
         click.echo(
-            f"wrote {job_file}; {tool} is not installed here: submit it from a "
-            f"submit node (cd {job.path} && {tool} {job_file.name})"
+            f"wrote {job.job_file}; {tool} is not installed here: submit it from a "
+            f"submit node (cd {job.path} && {tool} {job.job_file.name})"
         )
     else:
         click.echo(
-            f"{backend} job {job_id} submitted: {workers} workers; job file {job_file}; "
-            f"logs {job.logs}"
+            f"{spec.backend} job {result.job_id} submitted: {spec.workers} workers; "
+            f"job file {job.job_file}; logs {job.logs}"
         )

@@ -6,6 +6,7 @@ holding the verified sandbox and the job's configuration.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -16,6 +17,8 @@ import click
 from GRID_XFER import sandbox as sb
 from GRID_XFER.app import App, WorkerOptions
 from GRID_XFER.cli.base import to_worker_options, worker_options
+
+log = logging.getLogger("GRID_XFER.cli")
 
 
 @click.group()
@@ -68,6 +71,9 @@ def node_run(
 def _worker(opts: WorkerOptions) -> Callable[[Path], int]:
     def work(config_path: Path) -> int:
         _, report = App(str(config_path)).run_worker(opts)
-        return 0 if report.signal is None else 128 + report.signal
+        if report.signal is None:
+            return 0
+        log.warning("stopped by signal %d", report.signal)  # as `gridxfer worker` says it
+        return 128 + report.signal
 
     return work

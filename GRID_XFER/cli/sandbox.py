@@ -25,7 +25,7 @@ def sandbox() -> None:
     "--dir",
     "src",
     type=click.Path(path_type=Path, file_okay=False),
-    help="The sandbox directory (default: sandbox/ of this checkout).",
+    help="The sandbox directory (default: the one shipped with GRID_XFER).",
 )
 @click.option(
     "-o",
