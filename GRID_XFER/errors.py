@@ -181,6 +181,8 @@ class Interrupted(GridXferError):
 class ManifestError(GridXferError):
     """A manifest that cannot be trusted as a complete list of files."""
 
+    code = Code.MANIFEST_MISSING
+
 
 # -- storage -----------------------------------------------------------------------
 class StorageError(GridXferError):
