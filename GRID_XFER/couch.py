@@ -48,6 +48,27 @@ _BROKEN = (
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
+def _encode(
+    params: dict[str, Any] | None,
+    body: Any,
+    data: bytes | None,
+    headers: dict[str, str] | None,
+) -> dict[str, Any]:
+    """Keyword arguments for requests: view parameters as JSON, a body as JSON or bytes."""
+    if params:
+        params = {
+            k: json.dumps(v) if k in _JSON_PARAMS or isinstance(v, bool) else v
+            for k, v in params.items()
+        }
+    kwargs: dict[str, Any] = {"params": params, "headers": dict(headers or {})}
+    if body is not None:
+        kwargs["data"] = json.dumps(body)
+        kwargs["headers"]["Content-Type"] = "application/json"
+    elif data is not None:
+        kwargs["data"] = data
+    return kwargs
+
+
 def _quote_id(doc_id: str) -> str:
     for prefix in ("_design/", "_local/"):
         if doc_id.startswith(prefix):
@@ -158,17 +179,7 @@ class Couch:
         what it read (a reduce over a value it cannot add), the same on every try
         and every coordinator, so it is reported at once, not ridden out.
         """
-        if params:
-            params = {
-                k: json.dumps(v) if k in _JSON_PARAMS or isinstance(v, bool) else v
-                for k, v in params.items()
-            }
-        kwargs: dict[str, Any] = {"params": params, "headers": dict(headers or {})}
-        if body is not None:
-            kwargs["data"] = json.dumps(body)
-            kwargs["headers"]["Content-Type"] = "application/json"
-        elif data is not None:
-            kwargs["data"] = data
+        kwargs = _encode(params, body, data, headers)
         deadline = time.monotonic() + self.outage_seconds if self.outage_seconds else None
         attempt = 0  # requests sent
         rounds = 0  # full rounds of coordinators that all failed
@@ -178,73 +189,72 @@ class Couch:
             base = self.url
             url = f"{base}/{self.db}/{path}" if db else f"{base}/{path}"
             url = url.rstrip("/") if not path else url
-            shown = f"{method} {url}"
-            problem: str
-            try:
-                resp = self._session(base).request(method, url, **kwargs)
-            except _BROKEN as exc:
-                self._reset_session(base)
-                problem = (
-                    "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
-                )
-                if isinstance(exc, requests.Timeout):
-                    problem = f"no answer within {self.cfg.timeout:g}s"
-            else:
-                if resp.status_code == 500 and view is not None:
-                    raise ViewError(
-                        f"{shown}: view {view} failed on the server: HTTP 500 "
-                        f"{_reason(resp, with_error=True)}"
-                    )
-                if resp.status_code not in _RETRY_STATUS:
-                    if rounds:
-                        self.recovered_at = time.monotonic()  # see Pool.reap
-                    try:
-                        return self._check(resp, shown)
-                    except Conflict as exc:
-                        exc.retried = attempt > 1
-                        raise
-                problem = f"HTTP {resp.status_code}"
+            answer = self._send(base, method, url, kwargs, view)
+            if isinstance(answer, requests.Response):
+                if rounds:
+                    self.recovered_at = time.monotonic()  # see Pool.reap
+                try:
+                    return self._check(answer, f"{method} {url}")
+                except Conflict as exc:
+                    exc.retried = attempt > 1
+                    raise
             failed_in_round += 1
+            with self._lock:
+                self._current = (self._current + 1) % len(self.urls)
             if failed_in_round < len(self.urls):
                 # Another coordinator of the same cluster: at once, no backoff.
-                with self._lock:
-                    self._current = (self._current + 1) % len(self.urls)
                 log.warning(
                     "database coordinator %s unavailable (%s); failing over to %s",
                     base,
-                    problem,
+                    answer,
                     self.url,
                 )
                 continue
             failed_in_round = 0
             rounds += 1
-            with self._lock:
-                self._current = (self._current + 1) % len(self.urls)
-            delay = min(30.0, self.cfg.backoff * 2 ** min(rounds - 1, 10)) * random.uniform(
-                0.8, 1.2
+            self._back_off(base, answer, attempt, rounds, deadline)
+
+    def _send(
+        self, base: str, method: str, url: str, kwargs: dict[str, Any], view: str | None
+    ) -> requests.Response | str:
+        """The answer to keep, or why this coordinator could not give one."""
+        try:
+            resp = self._session(base).request(method, url, **kwargs)
+        except _BROKEN as exc:
+            self._reset_session(base)
+            if isinstance(exc, requests.Timeout):
+                return f"no answer within {self.cfg.timeout:g}s"
+            return "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+        if resp.status_code == 500 and view is not None:
+            raise ViewError(
+                f"{method} {url}: view {view} failed on the server: HTTP 500 "
+                f"{_reason(resp, with_error=True)}"
             )
-            where = base if len(self.urls) == 1 else f"{len(self.urls)} coordinators, last {base}"
-            gave_up = (
-                f"database server {where} unavailable ({problem}) after {attempt} "
-                f"attempt{'s' if attempt > 1 else ''}"
-            )
-            if (
-                deadline is None
-                and rounds > self.cfg.retries
-                or (deadline is not None and time.monotonic() + delay > deadline)
-            ):
-                raise DatabaseUnavailable(gave_up)
-            if self.stopping.is_set():
-                raise DatabaseUnavailable(f"{gave_up}; not retried: stopping")
-            log.warning(
-                "database server %s unavailable (%s); retry %d in %.1fs",
-                where,
-                problem,
-                rounds,
-                delay,
-            )
-            if self.stopping.wait(delay):
-                raise DatabaseUnavailable(f"{gave_up}; not retried: stopping")
+        if resp.status_code in _RETRY_STATUS:
+            return f"HTTP {resp.status_code}"
+        return resp
+
+    def _back_off(
+        self, base: str, problem: str, attempt: int, rounds: int, deadline: float | None
+    ) -> None:
+        """Wait before the next round of coordinators, or give up saying why."""
+        delay = min(30.0, self.cfg.backoff * 2 ** min(rounds - 1, 10)) * random.uniform(0.8, 1.2)
+        where = base if len(self.urls) == 1 else f"{len(self.urls)} coordinators, last {base}"
+        gave_up = (
+            f"database server {where} unavailable ({problem}) after {attempt} "
+            f"attempt{'s' if attempt > 1 else ''}"
+        )
+        if deadline is None and rounds > self.cfg.retries:
+            raise DatabaseUnavailable(gave_up)
+        if deadline is not None and time.monotonic() + delay > deadline:
+            raise DatabaseUnavailable(gave_up)
+        if self.stopping.is_set():
+            raise DatabaseUnavailable(f"{gave_up}; not retried: stopping")
+        log.warning(
+            "database server %s unavailable (%s); retry %d in %.1fs", where, problem, rounds, delay
+        )
+        if self.stopping.wait(delay):
+            raise DatabaseUnavailable(f"{gave_up}; not retried: stopping")
 
     @staticmethod
     def _check(resp: requests.Response, shown: str) -> requests.Response:

@@ -121,39 +121,7 @@ def create_tokens(
             "no destination: give --dest, a template `destination` or config `destination`"
         )
     outcome = CreateOutcome(req.night, CreateReport())
-    tc = config.transfer
-    surls = req.surls or t.surls
-    if surls or t.layout == "surl-list":
-        if not surls:
-            raise InvalidInput("a surl-list template needs --surls FILE (or `surls:`)")
-        specs = scan.group_surls(
-            storage_factory(),
-            scan.read_surl_list(surls),
-            group=req.group or t.group or tc.group,
-            destination=join(destination, req.night),
-            threads=tc.scan_threads,
-        )
-    else:
-        if not source:
-            raise ConfigError(
-                "no source: give --source, a template `source` or config "
-                "`source` (or --from FILE / --surls FILE)"
-            )
-        found = scan.scan_night(
-            storage_factory(),
-            source,
-            req.night,
-            destination=destination,
-            algo=req.manifest or t.manifest or tc.manifest,
-            threads=tc.scan_threads,
-        )
-        specs = found.specs
-        outcome.manifest_problems, outcome.source_problems = (
-            found.manifest_problems,
-            found.source_problems,
-        )
-        for name in found.ignored:
-            log.warning("ignored %s: not an exposure directory", name)
+    specs = _find_specs(config, req, t, source, destination, storage_factory, outcome)
     if t.max_attempts or t.payload:
         specs = [
             s.model_copy(
@@ -166,3 +134,48 @@ def create_tokens(
         ]
     outcome.report = pool.create(req.night, specs)
     return outcome
+
+
+def _find_specs(
+    config: Config,
+    req: CreateRequest,
+    t: scan.Template,
+    source: str | None,
+    destination: str,
+    storage_factory: Any,
+    outcome: CreateOutcome,
+) -> list[ExposureSpec]:
+    """The night's exposures: grouped from a SURL list, or scanned at the source.
+
+    A scan's problems (bad manifests, unreadable sources) go into ``outcome``.
+    """
+    tc = config.transfer
+    surls = req.surls or t.surls
+    if surls or t.layout == "surl-list":
+        if not surls:
+            raise InvalidInput("a surl-list template needs --surls FILE (or `surls:`)")
+        return scan.group_surls(
+            storage_factory(),
+            scan.read_surl_list(surls),
+            group=req.group or t.group or tc.group,
+            destination=join(destination, req.night),
+            threads=tc.scan_threads,
+        )
+    if not source:
+        raise ConfigError(
+            "no source: give --source, a template `source` or config "
+            "`source` (or --from FILE / --surls FILE)"
+        )
+    found = scan.scan_night(
+        storage_factory(),
+        source,
+        req.night,
+        destination=destination,
+        algo=req.manifest or t.manifest or tc.manifest,
+        threads=tc.scan_threads,
+    )
+    outcome.manifest_problems = found.manifest_problems
+    outcome.source_problems = found.source_problems
+    for name in found.ignored:
+        log.warning("ignored %s: not an exposure directory", name)
+    return found.specs

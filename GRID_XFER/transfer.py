@@ -34,7 +34,7 @@ from GRID_XFER.errors import (
     TaskError,
 )
 from GRID_XFER.scan import read_manifest
-from GRID_XFER.storage import Storage
+from GRID_XFER.storage import Stat, Storage
 from GRID_XFER.task import TaskContext
 from GRID_XFER.urls import join, redact
 
@@ -179,18 +179,7 @@ class TransferTask:
         appeared since `tokens create` and leaves the exposure is refused here, before
         anything is read through it.
         """
-        try:
-            present = self.storage.walk(src)
-        except NotContained as err:
-            raise TaskError(err.code, str(err), file=err.path, transient=False) from None
-        except StorageError as err:
-            if err.code == Code.SOURCE_MISSING:
-                raise TaskError(
-                    Code.SOURCE_MISSING,
-                    f"exposure directory {redact(src)} not found",
-                    transient=False,
-                ) from None
-            raise _task_error(err, exposure) from None
+        present = self._walk_source(src, exposure)
         algo = manifest.get("algo", "sha256")
         try:
             mname, expected, digest = read_manifest(self.storage, src, exposure, algo)
@@ -200,22 +189,7 @@ class TransferTask:
             ) from None
         except StorageError as err:
             raise _task_error(err, manifest.get("name", "manifest")) from None
-        missing = sorted(n for n in expected if n not in present)
-        if missing:
-            raise TaskError(
-                Code.MISSING_AT_SOURCE,
-                f"{len(missing)} file(s) listed in {mname} not at the source: {_few(missing)}",
-                file=missing[0],
-                transient=False,
-            )
-        extra = sorted(n for n in present if n not in expected and n != mname)
-        if extra:
-            raise TaskError(
-                Code.NOT_IN_MANIFEST,
-                f"{len(extra)} file(s) at the source not in {mname}: {_few(extra)}",
-                file=extra[0],
-                transient=False,
-            )
+        _compare(present, expected, mname)
         before = {f["name"]: f for f in files}
         out = []
         for name in sorted(expected):
@@ -235,6 +209,21 @@ class TransferTask:
         )
         self._manifest = (mname, digest)
         return out
+
+    def _walk_source(self, src: str, exposure: str) -> dict[str, Stat]:
+        """Every file under the exposure directory, by relative name (20, 34 or transient)."""
+        try:
+            return self.storage.walk(src)
+        except NotContained as err:
+            raise TaskError(err.code, str(err), file=err.path, transient=False) from None
+        except StorageError as err:
+            if err.code == Code.SOURCE_MISSING:
+                raise TaskError(
+                    Code.SOURCE_MISSING,
+                    f"exposure directory {redact(src)} not found",
+                    transient=False,
+                ) from None
+            raise _task_error(err, exposure) from None
 
     # ------------------------------------------------------------------ file
     def _one(
@@ -317,40 +306,9 @@ class TransferTask:
         copied = self.storage.stream(src, tmp, observe, size=f.get("size"))
         try:
             sent_sha, sent_adler = sha.hexdigest(), adler.hexdigest()
-            if want_sha and sent_sha != want_sha:
-                if manifest:
-                    raise TaskError(
-                        Code.TRANSFER_FAILED,
-                        f"{name}: the manifest changed at the "
-                        "source during the transfer; will retry",
-                        file=name,
-                        transient=True,
-                    )
-                raise _Mismatch(
-                    f"{name}: sha256 {sent_sha} of the bytes read from the source "
-                    f"does not match the manifest's {want_sha}"
-                )
-            if want_adler and sent_adler != want_adler:
-                raise _Mismatch(
-                    f"{name}: adler32 {sent_adler} of the bytes read from the source "
-                    f"does not match the expected {want_adler}"
-                )
+            _check_sent(name, manifest, (want_sha, sent_sha), (want_adler, sent_adler))
             self._check_written(tmp, name, sent_sha, sent_adler, ctx)
-            if not manifest and self.storage.exists(dst):
-                # Someone wrote the final name while we copied: never replace it blindly.
-                same, detail = self._same_content(src, dst, f)
-                if not same:
-                    raise TaskError(
-                        Code.DEST_EXISTS_DIFFERENT,
-                        f"{name}: destination "
-                        f"{redact(dst)} appeared during the copy with different "
-                        f"content ({detail})",
-                        file=name,
-                        transient=False,
-                    )
-                self.storage.unlink(tmp, missing_ok=True)
-            else:
-                self.storage.rename(tmp, dst)
+            self._place(src, tmp, dst, f, manifest)
         except BaseException:
             if not self.storage.discard(tmp):
                 ctx.log.warning(
@@ -366,6 +324,23 @@ class TransferTask:
             result["sha256"] = sent_sha
         result["adler32"] = sent_adler
         return result
+
+    def _place(self, src: str, tmp: str, dst: str, f: dict[str, Any], manifest: bool) -> None:
+        """The verified temporary copy takes the final name, unless someone else's did."""
+        if manifest or not self.storage.exists(dst):
+            self.storage.rename(tmp, dst)
+            return
+        # Someone wrote the final name while we copied: never replace it blindly.
+        same, detail = self._same_content(src, dst, f)
+        if not same:
+            raise TaskError(
+                Code.DEST_EXISTS_DIFFERENT,
+                f"{f['name']}: destination {redact(dst)} appeared during the copy with "
+                f"different content ({detail})",
+                file=f["name"],
+                transient=False,
+            )
+        self.storage.unlink(tmp, missing_ok=True)
 
     def _check_written(
         self, tmp: str, name: str, sent_sha: str, sent_adler: str, ctx: TaskContext
@@ -417,3 +392,54 @@ class TransferTask:
             a = hash_chunks(self.storage.open_read(src, READ_CHUNK), "sha256")
             b = hash_chunks(self.storage.open_read(dst, READ_CHUNK), "sha256")
         return a == b, f"checksum {b} at the destination, {a} at the source"
+
+
+def _compare(present: dict[str, Stat], expected: dict[str, str], mname: str) -> None:
+    """The source holds exactly the manifest's files (32, 33)."""
+    missing = sorted(n for n in expected if n not in present)
+    if missing:
+        raise TaskError(
+            Code.MISSING_AT_SOURCE,
+            f"{len(missing)} file(s) listed in {mname} not at the source: {_few(missing)}",
+            file=missing[0],
+            transient=False,
+        )
+    extra = sorted(n for n in present if n not in expected and n != mname)
+    if extra:
+        raise TaskError(
+            Code.NOT_IN_MANIFEST,
+            f"{len(extra)} file(s) at the source not in {mname}: {_few(extra)}",
+            file=extra[0],
+            transient=False,
+        )
+
+
+def _check_sent(
+    name: str,
+    manifest: bool,
+    sha: tuple[str | None, str],
+    adler: tuple[str | None, str],
+) -> None:
+    """The bytes read from the source are the ones expected: ``(wanted, sent)`` pairs.
+
+    A manifest that differs changed during the copy (transient: read it again); any
+    other file differs from what the manifest says (a mismatch, copied again).
+    """
+    (want_sha, sent_sha), (want_adler, sent_adler) = sha, adler
+    if want_sha and sent_sha != want_sha:
+        if manifest:
+            raise TaskError(
+                Code.TRANSFER_FAILED,
+                f"{name}: the manifest changed at the source during the transfer; will retry",
+                file=name,
+                transient=True,
+            )
+        raise _Mismatch(
+            f"{name}: sha256 {sent_sha} of the bytes read from the source "
+            f"does not match the manifest's {want_sha}"
+        )
+    if want_adler and sent_adler != want_adler:
+        raise _Mismatch(
+            f"{name}: adler32 {sent_adler} of the bytes read from the source "
+            f"does not match the expected {want_adler}"
+        )

@@ -218,32 +218,14 @@ class Worker:
     def _process(self, lease: Lease) -> None:
         self.report.processed += 1
         self.report.tokens.append(lease.id)
-        buffer = io.StringIO()
-        tlog = logging.getLogger(f"GRID_XFER.token.{lease.id}")
-        handler = logging.StreamHandler(buffer)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        tlog.addHandler(handler)
-        tlog.setLevel(logging.DEBUG)
-        tlog.propagate = False
+        tlog, handler, buffer = _token_log(lease.id)
         lost = threading.Event()
         beat_stop = threading.Event()
-
-        def beat() -> None:
-            while not beat_stop.wait(self.heartbeat):
-                try:
-                    lease.heartbeat()
-                except LeaseLost as exc:
-                    log.error("%s; cancelling its task", exc)
-                    lost.set()
-                    self.task.cancel()
-                    return
-                except Exception as exc:  # keep beating through a bad moment
-                    log.warning("heartbeat for %s failed: %s", lease.id, exc)
-
-        beater = threading.Thread(target=beat, name=f"heartbeat-{lease.id}", daemon=True)
+        beater = threading.Thread(
+            target=self._beat, args=(lease, lost, beat_stop), name=f"heartbeat-{lease.id}"
+        )
+        beater.daemon = True
         beater.start()
-        ctx = TaskContext(log=tlog, cancelled=self._cancelled, save_progress=lease.update)
-        outcome: tuple[str, Any] = ("done", None)
         tlog.info(
             "worker %s claimed %s (attempt %s)",
             self.pool.worker["id"],
@@ -251,33 +233,48 @@ class Worker:
             lease.doc.get("attempts"),
         )
         try:
-            request = self.staging.prepare(lease.doc, tlog) if self.staging is not None else None
-            if request is not None:
-                outcome = ("staging", request)
-            else:
-                outcome = ("done", self.task.run(lease.doc, ctx) or {})
-        except Interrupted as exc:
-            outcome = ("release", f"signal {exc.signum}")
-        except TaskError as exc:
-            outcome = ("fail", exc)
-        except LeaseLost as exc:
-            outcome = ("lost", str(exc))
-        except Exception as exc:
-            log.exception("unexpected error in task for %s", lease.id)
-            outcome = (
-                "fail",
-                TaskError(Code.UNEXPECTED, f"{type(exc).__name__}: {exc}", transient=True),
-            )
+            kind, value = self._run_task(lease, tlog)
         finally:
             beat_stop.set()
             beater.join()
             tlog.removeHandler(handler)
-        kind, value = outcome
         if lost.is_set():
             kind, value = "lost", "lease lost during the task"
         elif self._stop.is_set() and kind != "done":
             kind, value = "release", f"signal {self._signal}"
         self._record(lease, kind, value, buffer.getvalue())
+
+    def _beat(self, lease: Lease, lost: threading.Event, stop: threading.Event) -> None:
+        """Keep the lease alive while the task runs; cancel the task if it was lost."""
+        while not stop.wait(self.heartbeat):
+            try:
+                lease.heartbeat()
+            except LeaseLost as exc:
+                log.error("%s; cancelling its task", exc)
+                lost.set()
+                self.task.cancel()
+                return
+            except Exception as exc:  # keep beating through a bad moment
+                log.warning("heartbeat for %s failed: %s", lease.id, exc)
+
+    def _run_task(self, lease: Lease, tlog: logging.Logger) -> tuple[str, Any]:
+        """What became of the token: ``(kind, value)`` for :meth:`_record`."""
+        ctx = TaskContext(log=tlog, cancelled=self._cancelled, save_progress=lease.update)
+        try:
+            request = self.staging.prepare(lease.doc, tlog) if self.staging is not None else None
+            if request is not None:
+                return ("staging", request)
+            return ("done", self.task.run(lease.doc, ctx) or {})
+        except Interrupted as exc:
+            return ("release", f"signal {exc.signum}")
+        except TaskError as exc:
+            return ("fail", exc)
+        except LeaseLost as exc:
+            return ("lost", str(exc))
+        except Exception as exc:
+            log.exception("unexpected error in task for %s", lease.id)
+            error = TaskError(Code.UNEXPECTED, f"{type(exc).__name__}: {exc}", transient=True)
+            return ("fail", error)
 
     def _record(self, lease: Lease, kind: str, value: Any, text: str) -> None:
         try:
@@ -329,3 +326,15 @@ class Worker:
             self.report.lost += 1
             log.error("%s; result dropped", exc)
             lease.abandon()
+
+
+def _token_log(token_id: str) -> tuple[logging.Logger, logging.Handler, io.StringIO]:
+    """A logger whose lines are kept for the token's attachment, not the process log."""
+    buffer = io.StringIO()
+    tlog = logging.getLogger(f"GRID_XFER.token.{token_id}")
+    handler = logging.StreamHandler(buffer)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    tlog.addHandler(handler)
+    tlog.setLevel(logging.DEBUG)
+    tlog.propagate = False
+    return tlog, handler, buffer
