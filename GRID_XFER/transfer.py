@@ -28,13 +28,12 @@ from GRID_XFER.checksum import Hasher, hash_chunks
 from GRID_XFER.errors import (
     Cancelled,
     Code,
-    ManifestError,
     NotContained,
     StorageError,
     TaskError,
 )
-from GRID_XFER.scan import read_manifest
-from GRID_XFER.storage import Stat, Storage
+from GRID_XFER.source import check_source, task_error
+from GRID_XFER.storage import Storage
 from GRID_XFER.task import TaskContext
 from GRID_XFER.urls import join, redact
 
@@ -47,17 +46,6 @@ PART_MARK = ".gridxfer-part-"  # temporary copies: <final name>.gridxfer-part-<8
 
 class _Mismatch(Exception):
     pass
-
-
-def _task_error(err: StorageError, name: str) -> TaskError:
-    if isinstance(err, Cancelled):
-        return TaskError(Code.INTERRUPTED, f"{name}: cancelled", file=name)
-    return TaskError(err.code, f"{name}: {err}", file=name, transient=err.transient)
-
-
-def _few(names: list[str], limit: int = 5) -> str:
-    shown = ", ".join(repr(n) for n in names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 class TransferTask:
@@ -94,7 +82,9 @@ class TransferTask:
         if token.get("manifest"):
             if not src:
                 raise TaskError(Code.CONFIG, "token has no source URL", transient=False)
-            files = self._check_source(src, token.get("exposure", ""), token["manifest"], files)
+            files, self._manifest = check_source(
+                self.storage, src, token.get("exposure", ""), token["manifest"], files
+            )
         elif src:
             for f in files:  # named, not listed: contained all the same
                 if not f.get("url"):
@@ -170,61 +160,6 @@ class TransferTask:
                     except StorageError as err:
                         ctx.log.warning("could not remove stale %s: %s", name, err)
 
-    def _check_source(
-        self, src: str, exposure: str, manifest: dict[str, Any], files: list[dict[str, Any]]
-    ) -> list[dict[str, Any]]:
-        """The source as it is now, against its manifest: 20, 31, 32, 33 or 34, or the file list.
-
-        The walk is contained (docs/transfer.md, links at the source): a link that
-        appeared since `tokens create` and leaves the exposure is refused here, before
-        anything is read through it.
-        """
-        present = self._walk_source(src, exposure)
-        algo = manifest.get("algo", "sha256")
-        try:
-            mname, expected, digest = read_manifest(self.storage, src, exposure, algo)
-        except ManifestError as err:
-            raise TaskError(
-                Code.MANIFEST_MISSING, str(err), file=manifest.get("name"), transient=False
-            ) from None
-        except StorageError as err:
-            raise _task_error(err, manifest.get("name", "manifest")) from None
-        _compare(present, expected, mname)
-        before = {f["name"]: f for f in files}
-        out = []
-        for name in sorted(expected):
-            entry: dict[str, Any] = {
-                "name": name,
-                "size": present[name].size,
-                "checksums": {algo: expected[name]},
-            }
-            old = before.get(name, {})
-            if old.get("checksums") == entry["checksums"] and "result" in old:
-                entry["result"] = old["result"]
-            out.append(entry)
-        # Same shape as the scan's entry (FileEntry dumps an empty ``checksums``), so
-        # the next `tokens create` finds this token's work unchanged, not "different".
-        out.append(
-            {"name": mname, "size": present[mname].size, "checksums": {}, "role": "manifest"}
-        )
-        self._manifest = (mname, digest)
-        return out
-
-    def _walk_source(self, src: str, exposure: str) -> dict[str, Stat]:
-        """Every file under the exposure directory, by relative name (20, 34 or transient)."""
-        try:
-            return self.storage.walk(src)
-        except NotContained as err:
-            raise TaskError(err.code, str(err), file=err.path, transient=False) from None
-        except StorageError as err:
-            if err.code == Code.SOURCE_MISSING:
-                raise TaskError(
-                    Code.SOURCE_MISSING,
-                    f"exposure directory {redact(src)} not found",
-                    transient=False,
-                ) from None
-            raise _task_error(err, exposure) from None
-
     # ------------------------------------------------------------------ file
     def _one(
         self, f: dict[str, Any], src_base: str | None, dst_base: str, ctx: TaskContext
@@ -276,7 +211,7 @@ class TransferTask:
                         Code.CHECKSUM_MISMATCH, str(m), file=name, transient=False
                     ) from None
         except StorageError as err:
-            raise _task_error(err, name) from None
+            raise task_error(err, name) from None
         raise AssertionError("unreachable")
 
     def _is_manifest(self, f: dict[str, Any]) -> bool:
@@ -392,26 +327,6 @@ class TransferTask:
             a = hash_chunks(self.storage.open_read(src, READ_CHUNK), "sha256")
             b = hash_chunks(self.storage.open_read(dst, READ_CHUNK), "sha256")
         return a == b, f"checksum {b} at the destination, {a} at the source"
-
-
-def _compare(present: dict[str, Stat], expected: dict[str, str], mname: str) -> None:
-    """The source holds exactly the manifest's files (32, 33)."""
-    missing = sorted(n for n in expected if n not in present)
-    if missing:
-        raise TaskError(
-            Code.MISSING_AT_SOURCE,
-            f"{len(missing)} file(s) listed in {mname} not at the source: {_few(missing)}",
-            file=missing[0],
-            transient=False,
-        )
-    extra = sorted(n for n in present if n not in expected and n != mname)
-    if extra:
-        raise TaskError(
-            Code.NOT_IN_MANIFEST,
-            f"{len(extra)} file(s) at the source not in {mname}: {_few(extra)}",
-            file=extra[0],
-            transient=False,
-        )
 
 
 def _check_sent(
