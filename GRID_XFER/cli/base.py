@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -23,8 +24,26 @@ def json_option(help: str | None = None) -> Callable[[F], F]:
     return click.option("--json", "as_json", is_flag=True, help=help)
 
 
-def worker_options(f: F) -> F:
-    """The options of one worker (`worker`, `node run`); ``launch`` has its own wording."""
+def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of one worker (`worker`, `node run`), handed on as one ``opts``.
+
+    ``launch`` has its own wording of them.
+    """
+
+    @functools.wraps(f)
+    def command(
+        *args: Any,
+        night: str | None,
+        max_tokens: int | None,
+        max_time: float | None,
+        idle_exit: bool,
+        task_kind: str | None,
+        command: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        opts = WorkerOptions(night, max_tokens, max_time, idle_exit, task_kind, command)
+        return f(*args, opts=opts, **kwargs)
+
     for opt in reversed(
         (
             click.option("--night", help="Only this night's tokens (default: any night)."),
@@ -44,16 +63,5 @@ def worker_options(f: F) -> F:
             ),
         )
     ):
-        f = opt(f)
-    return f
-
-
-def to_worker_options(
-    night: str | None,
-    max_tokens: int | None,
-    max_time: float | None,
-    idle_exit: bool,
-    task_kind: str | None,
-    command: str | None,
-) -> WorkerOptions:
-    return WorkerOptions(night, max_tokens, max_time, idle_exit, task_kind, command)
+        command = opt(command)
+    return command

@@ -16,7 +16,7 @@ import click
 
 from GRID_XFER import sandbox as sb
 from GRID_XFER.app import App, WorkerOptions
-from GRID_XFER.cli.base import to_worker_options, worker_options
+from GRID_XFER.cli.base import worker_options
 
 log = logging.getLogger("GRID_XFER.cli")
 
@@ -50,20 +50,10 @@ def node_fetch(night: str | None, into: Path) -> None:
 )
 @click.option("--keep", is_flag=True, help="Keep the scratch directory.")
 @worker_options
-def node_run(
-    fetch_mode: str,
-    keep: bool,
-    night: str | None,
-    max_tokens: int | None,
-    max_time: float | None,
-    idle_exit: bool,
-    task_kind: str | None,
-    command: str | None,
-) -> None:
+def node_run(fetch_mode: str, keep: bool, opts: WorkerOptions) -> None:
     """Sandbox, then one worker in a private scratch directory; the worker's exit status."""
-    night = night or os.environ.get("GRIDXFER_NIGHT") or None
-    opts = to_worker_options(night, max_tokens, max_time, idle_exit, task_kind, command)
-    status = sb.run(night, _worker(opts), fetch_mode=fetch_mode, keep=keep)
+    opts.night = opts.night or os.environ.get("GRIDXFER_NIGHT") or None
+    status = sb.run(opts.night, _worker(opts), fetch_mode=fetch_mode, keep=keep)
     if status:
         sys.exit(status)
 
