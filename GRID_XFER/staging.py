@@ -10,7 +10,7 @@ error 22 (a file missing on tape, a failed recall) or 23 (not online within
 
 Two methods share one interface: gfal2's bring_online / bring_online_poll
 (polled at most ``batch`` files per call) and an LTA-style XML-RPC stager
-(:mod:`GRID_XFER.stager`). A stored request is
+(:mod:`GRID_XFER.lta`). A stored request is
 ``{method, id, parts: [{key, urls, t}], requested, deadline}``: a part is one
 gfal2 bring-online token (or the stager's request id) with the token's URLs
 in it, so one night-wide request can serve many tokens.
@@ -303,7 +303,7 @@ class StagerMethod:
     name = "stager"
 
     def __init__(self, client: Any, *, clock: Callable[[], float] = time.time) -> None:
-        self.client = client  # GRID_XFER.stager.StagerClient
+        self.client = client  # GRID_XFER.lta.LtaClient
         self.clock = clock
 
     def request(self, urls: list[str]) -> tuple[list[dict[str, Any]], dict[str, str]]:
@@ -313,7 +313,8 @@ class StagerMethod:
     def poll(
         self, parts: dict[str, list[str]], ages: dict[str, float]
     ) -> dict[tuple[str, str], Outcome]:
-        from GRID_XFER.stager import PENDING, SUCCESS, StagerError
+        from GRID_XFER.errors import StagerError
+        from GRID_XFER.lta import PENDING, SUCCESS
 
         out: dict[tuple[str, str], Outcome] = {}
         for rid, urls in parts.items():
@@ -406,9 +407,9 @@ class Staging:
                 )
             elif name == "stager":
                 if self._stager is None:
-                    from GRID_XFER.stager import StagerClient
+                    from GRID_XFER.lta import LtaClient
 
-                    self._stager = StagerClient(
+                    self._stager = LtaClient(
                         self.cfg.stager_url,
                         timeout=self.cfg.stager_timeout,
                         retries=self.cfg.stager_retries,
