@@ -18,9 +18,8 @@ from GRID_XFER.errors import ConfigError, DatabaseUnavailable, GridXferError
 from GRID_XFER.pool import Pool, PoolSettings
 
 if TYPE_CHECKING:  # the modules below pull in gfal2; commands that need none stay quick
-    from GRID_XFER.archive import Archive
     from GRID_XFER.server import EmbeddedServer
-    from GRID_XFER.staging import Staging
+    from GRID_XFER.staging import Archive, Staging
     from GRID_XFER.storage import Storage
     from GRID_XFER.task import Task
     from GRID_XFER.worker import Worker, WorkerReport
@@ -169,7 +168,7 @@ class App:
         return Staging(storage or self.storage(), sc.model_copy(update=update) if update else sc)
 
     def archive(self, storage: Storage | None = None) -> Archive:
-        from GRID_XFER.archive import Archive
+        from GRID_XFER.staging import Archive
 
         return Archive(storage or self.storage(), self.config.staging)
 

@@ -26,8 +26,7 @@ from GRID_XFER.pool import Pool
 from GRID_XFER.task import Task, TaskContext
 
 if TYPE_CHECKING:
-    from GRID_XFER.archive import Archive
-    from GRID_XFER.staging import Staging
+    from GRID_XFER.staging import Archive, Staging
 
 log = logging.getLogger(__name__)
 

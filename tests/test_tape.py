@@ -394,7 +394,7 @@ def test_stager_credentials_never_appear_in_logs_tokens_or_errors(
 
 def test_credentials_come_from_awe_environment_cfg_or_the_environment(tmp_path: Path) -> None:
     from GRID_XFER.errors import ConfigError
-    from GRID_XFER.stager import load_credentials
+    from GRID_XFER.lta import load_credentials
 
     home = tmp_path / "home"
     (home / ".awe").mkdir(parents=True)
@@ -453,12 +453,13 @@ def test_stage_a_file_of_urls_by_hand_and_poll(
 
 
 def test_stager_client_speaks_the_ltastager_api(tape: TapeServer, lta_stager: Any) -> None:
-    from GRID_XFER.stager import Credentials, StagerClient, StagerError
+    from GRID_XFER.errors import StagerError
+    from GRID_XFER.lta import Credentials, LtaClient
 
     base = unique("api")
     tape.put(f"{base}/a", b"a" * 700)
     url = tape.url_for(f"{base}/a")
-    client = StagerClient(
+    client = LtaClient(
         lta_stager.url, credentials=Credentials(STAGER_USER, STAGER_PASSWORD), timeout=10, retries=0
     )
     rid = client.stage([url])

@@ -348,7 +348,7 @@ def test_config_urls_with_credentials_exit_3_without_showing_them(
 
 
 def test_stager_client_refuses_a_url_with_a_secret_without_showing_it() -> None:
-    from GRID_XFER.stager import StagerClient
+    from GRID_XFER.lta import LtaClient
 
     for url in (
         f"https://u:{SECRET}@lta.example.org/rpc",
@@ -356,7 +356,7 @@ def test_stager_client_refuses_a_url_with_a_secret_without_showing_it() -> None:
         f"https://lta.example.org/rpc;password={SECRET}",
     ):
         with pytest.raises(ConfigError) as info:
-            StagerClient(url)
+            LtaClient(url)
         assert SECRET not in str(info.value)
 
 

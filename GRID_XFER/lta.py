@@ -1,4 +1,4 @@
-"""Client of an LTA-style staging service (the LOFAR long-term archive's LtaStager).
+"""The LTA client: XML-RPC calls to the LOFAR long-term archive's stager (LtaStager).
 
 The service speaks XML-RPC under the ``LtaStager`` prefix: ``add_getid(surls)``
 returns a request id, ``getstatus(id)``, ``getstagedurls(id)``, ``abort(id)``,
@@ -24,11 +24,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 from xml.parsers.expat import ExpatError
 
 from GRID_XFER.errors import ConfigError, StagerError
-from GRID_XFER.urls import check_http_url
+from GRID_XFER.urls import check_http_url, public_url
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +88,12 @@ def load_credentials(env: Mapping[str, str] | None = None, home: Path | None = N
     )
 
 
-def public_url(url: str) -> str:
-    """The URL without userinfo, query or fragment: safe to show."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+class _Transport(xmlrpc.client.Transport):
+    """HTTP(S) with a timeout and a basic-auth header added per request.
 
-
-class _Transport(xmlrpc.client.SafeTransport):
-    """HTTP(S) with a timeout and a basic-auth header added per request."""
+    One class for both schemes: the HTTPS branch makes its connection as
+    ``xmlrpc.client.SafeTransport`` does (default SSL context).
+    """
 
     def __init__(self, *, https: bool, timeout: float, authorization: Callable[[], str]) -> None:
         super().__init__()
@@ -108,14 +102,15 @@ class _Transport(xmlrpc.client.SafeTransport):
         self._authorization = authorization
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        if self._https:
-            conn = super().make_connection(host)
-        else:
-            if self._connection and host == self._connection[0]:
-                return self._connection[1]
-            chost, self._extra_headers, _ = self.get_host_info(host)
-            conn = http.client.HTTPConnection(chost)
+        cached = self._connection[1] if host == self._connection[0] else None
+        if cached is not None:
+            conn = cached
+        elif self._https:
+            chost, self._extra_headers, _ = self.get_host_info(host)  # host: a plain name
+            conn = http.client.HTTPSConnection(chost)
             self._connection = host, conn
+        else:
+            conn = super().make_connection(host)
         conn.timeout = self._timeout
         return conn
 
@@ -125,7 +120,7 @@ class _Transport(xmlrpc.client.SafeTransport):
         super().send_headers(connection, [*headers, ("Authorization", self._authorization())])
 
 
-class StagerClient:
+class LtaClient:
     """Calls with a timeout, retries of transient failures, and scrubbed errors."""
 
     def __init__(
