@@ -65,7 +65,11 @@ def test_a_wheel_installed_outside_the_checkout_runs_a_night(
     (work / "night.yaml").write_text(
         yaml.safe_dump([{"exposure": f"e{i}", "files": [{"name": "a.fits"}]} for i in range(3)])
     )
-    run(gx + ["tokens", "create", "n1", "--from", "night.yaml", "--dest", "file:///tmp/x"], work, env)
+    run(
+        gx + ["tokens", "create", "n1", "--from", "night.yaml", "--dest", "file:///tmp/x"],
+        work,
+        env,
+    )
     run(gx + ["worker", "--night", "n1", "--task", "noop", "--idle-exit"], work, env)
     done = yaml.safe_load(run(gx + ["status", "n1", "--json"], work, env))
     assert done["nights"][0]["states"]["done"] == 3, done
@@ -76,7 +80,8 @@ def test_a_wheel_installed_outside_the_checkout_runs_a_night(
     assert any(n.endswith("launch.sh") for n in names), names
 
     script = run(
-        gx + ["launch", "--backend", "slurm", "--workers", "2", "--dry-run", "--sandbox", "none"]
+        gx
+        + ["launch", "--backend", "slurm", "--workers", "2", "--dry-run", "--sandbox", "none"]
         + ["--workdir", str(work / "jobs")],
         work,
         env,
