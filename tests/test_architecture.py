@@ -176,3 +176,18 @@ def test_functions_are_short(module: str) -> None:
         and n.end_lineno - n.lineno + 1 > MAX_FUNCTION_LINES
     ]
     assert not long, f"GRID_XFER.{module}: " + "; ".join(long)
+
+
+def test_every_subpackage_ships_in_the_wheel() -> None:
+    import tomllib
+
+    listed = set(
+        tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["tool"]["setuptools"][
+            "packages"
+        ]
+    )
+    found = {
+        ".".join(("GRID_XFER", *p.parent.relative_to(PACKAGE).parts))
+        for p in PACKAGE.rglob("__init__.py")
+    }
+    assert found - listed == set(), "add to [tool.setuptools] packages in pyproject.toml"

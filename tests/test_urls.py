@@ -22,7 +22,15 @@ from hypothesis import strategies as st
 
 from GRID_XFER.config import load_config
 from GRID_XFER.errors import ConfigError, InvalidInput
-from GRID_XFER.urls import check_plain_url, http_url_problem, join, redact, url_problem
+from GRID_XFER.urls import (
+    basename,
+    check_plain_url,
+    http_url_problem,
+    join,
+    parent,
+    redact,
+    url_problem,
+)
 from tests.conftest import Database, gridxfer
 from tests.nightgen import write_exposure
 
@@ -264,6 +272,22 @@ def test_join_keeps_a_base_ending_in_a_slash() -> None:
     assert join("root://h//", "n", "e") == "root://h//n/e"
     assert join("file:///data", "/n/", "e") == "file:///data/n/e"
     assert join("file:///data") == "file:///data"
+
+
+@pytest.mark.parametrize(
+    ("url", "up", "name"),
+    [
+        ("root://h//night/e/f.fits", "root://h//night/e", "f.fits"),
+        ("root://h//night/e/", "root://h//night", "e"),  # a trailing slash is no level
+        ("file:///data/n/out.part", "file:///data/n", "out.part"),
+        ("davs://h/a b/ü.fits?svc=x", "davs://h/a b", "ü.fits?svc=x"),  # text, not parsed
+    ],
+)
+def test_parent_and_basename(url: str, up: str, name: str) -> None:
+    """The directory a streamed copy creates when its parent is missing, and a file's name."""
+    assert parent(url) == up
+    assert basename(url) == name
+    assert join(parent(url), basename(url)) == url.rstrip("/")
 
 
 # ----------------------------------------------------------------------------- every way in
