@@ -153,7 +153,7 @@ class Pool:
                         manifest=doc["manifest"],
                         incarnation=tk.new_incarnation(),
                     )  # other work now
-                    tk._event(old, now, "updated")
+                    tk.add_event(old, now, "updated")
                     to_save.append(old)
             for result, doc in zip(self.couch.bulk_docs(to_save), to_save, strict=False):
                 bucket = report.updated if "_rev" in doc else report.created
