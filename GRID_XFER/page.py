@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 from GRID_XFER import status as st
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import GridXferError
+from GRID_XFER.status_text import eta_text, human_bytes, rate_text
 from GRID_XFER.token import STATES
 from GRID_XFER.views import DDOC, design_docs, status_files
 
@@ -123,9 +124,9 @@ def snapshot(couch: Couch, *, now: float | None = None) -> str:
         )
         rows.append(
             f'<tr data-night="{e(ns.night)}"><td>{e(ns.night)}</td>{cells}'
-            f'<td class="num">{e(st.human_bytes(ns.bytes_done))} / '
-            f"{e(st.human_bytes(ns.bytes_total))}</td>"
-            f"<td>{e(st._rate_text(ns))}</td><td>{e(st._eta_text(ns))}</td></tr>"
+            f'<td class="num">{e(human_bytes(ns.bytes_done))} / '
+            f"{e(human_bytes(ns.bytes_total))}</td>"
+            f"<td>{e(rate_text(ns))}</td><td>{e(eta_text(ns))}</td></tr>"
         )
     sections = []
     for night, ns in details.items():
