@@ -58,6 +58,7 @@ class PoolBase:
         base["id"] = f"{base['id']}:{uuid.uuid4().hex[:6]}"
         self.worker = base
 
+    # -- a night's tokens ---------------------------------------------------------
     def select(
         self, night: str, states: Iterable[str] | None = None, codes: Iterable[int] | None = None
     ) -> list[dict[str, Any]]:
@@ -123,7 +124,7 @@ class PoolBase:
             }
         return out
 
-    # -- tape: tokens nobody holds while they wait ---------------------------
+    # -- tape: tokens nobody holds while they wait ---------------------------------
     def staging(self, night: str | None = None) -> list[dict[str, Any]]:
         """Tokens waiting for a tape recall (the ``staging`` view)."""
         params: dict[str, Any] = {"include_docs": True}
@@ -156,6 +157,7 @@ class PoolBase:
             for s in ("staging", "archiving")
         )
 
+    # -- one token ----------------------------------------------------------------
     def save(self, doc: dict[str, Any]) -> bool:
         """Save a token changed by a poll; False if someone else changed it first (409)."""
         try:
