@@ -18,8 +18,7 @@ import yaml
 from GRID_XFER import scan
 from GRID_XFER.config import Config
 from GRID_XFER.errors import ConfigError, InvalidInput
-from GRID_XFER.pool import Pool
-from GRID_XFER.pool_create import CreateReport
+from GRID_XFER.pool import CreateReport, Pool
 from GRID_XFER.token import ExposureSpec, parse_spec
 from GRID_XFER.urls import check_plain_url, join
 

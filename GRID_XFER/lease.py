@@ -34,7 +34,7 @@ def adopt(leaf: dict[str, Any]) -> dict[str, Any]:
 
 
 class LeaseSettings(Protocol):
-    """The pool settings a lease works by (:class:`GRID_XFER.pool_base.PoolSettings`)."""
+    """The pool settings a lease works by (:class:`GRID_XFER.pool.PoolSettings`)."""
 
     @property
     def lease(self) -> float: ...

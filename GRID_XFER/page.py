@@ -23,7 +23,7 @@ from urllib.parse import quote, urlsplit
 from GRID_XFER import status as st
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import GridXferError
-from GRID_XFER.status_text import eta_text, human_bytes, rate_text
+from GRID_XFER.status.render import eta_text, human_bytes, rate_text
 from GRID_XFER.token import STATES
 from GRID_XFER.views import DDOC, design_docs, status_files
 

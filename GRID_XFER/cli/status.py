@@ -14,7 +14,7 @@ from GRID_XFER.app import App
 from GRID_XFER.cli.base import emit_json, pass_app
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import GridXferError, InvalidInput
-from GRID_XFER.status_text import render
+from GRID_XFER.status.render import render
 
 log = logging.getLogger("GRID_XFER.cli")
 

@@ -1,7 +1,7 @@
 """What ``gridxfer status`` reports: per night, counts by state, errors, rate and ETA.
 
 The shape of ``status --json`` (docs/status.md) and the arithmetic on it; how
-the numbers are read from the views is :mod:`GRID_XFER.status`.
+the numbers are read from the views is :mod:`.gather`.
 """
 
 from __future__ import annotations

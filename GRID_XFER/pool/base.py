@@ -2,9 +2,8 @@
 
 :class:`PoolBase` reads tokens as a quorum of copies has them (a view on a cluster
 answers from one copy per shard range, which can lag) and saves one token
-against its ``_rev``. Claiming (:mod:`GRID_XFER.pool`), creating
-(:mod:`GRID_XFER.pool_create`) and upkeep (:mod:`GRID_XFER.pool_maintenance`)
-build on it.
+against its ``_rev``. Claiming (:mod:`.claim`), creating (:mod:`.create`) and
+upkeep (:mod:`.reap`) build on it.
 """
 
 from __future__ import annotations

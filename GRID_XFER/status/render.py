@@ -1,7 +1,7 @@
 """``gridxfer status`` as text: rich renderables for a :class:`StatusReport`.
 
-Gathering the numbers is :mod:`GRID_XFER.status`; this module only lays them
-out (the CLI prints what it builds, the status page reuses the text helpers).
+Gathering the numbers is :mod:`.gather`; this module only lays them out (the
+CLI prints what it builds, the status page reuses the text helpers).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from GRID_XFER.status_report import NightStatus, StatusReport
+from GRID_XFER.status.report import NightStatus, StatusReport
 from GRID_XFER.token import STATES
 
 

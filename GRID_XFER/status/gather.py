@@ -1,4 +1,4 @@
-"""Progress at a glance: a :class:`StatusReport` gathered from reduce views only.
+"""Gathering a :class:`StatusReport` from reduce views only.
 
 Every number comes from a grouped reduce query, so the cost does not grow with
 the number of finished tokens on Apache CouchDB (stored reductions), and a
@@ -13,8 +13,7 @@ report takes a handful of requests whatever the number of nights:
   leases, the tokens each holds and the earliest expiry among them.
 
 The status page (``tokens/status/status.js``) makes the same queries and the
-same arithmetic in the browser. This module prints nothing: the CLI shows a
-report as :mod:`GRID_XFER.status_text` lays it out.
+same arithmetic in the browser.
 """
 
 from __future__ import annotations
@@ -25,19 +24,10 @@ from typing import Any
 
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import GridXferError, NotFound
-from GRID_XFER.pool_base import current_tokens
-from GRID_XFER.status_report import OPEN_STATES, ErrorCode, Holder, NightStatus, StatusReport
+from GRID_XFER.pool import current_tokens
+from GRID_XFER.status.report import OPEN_STATES, ErrorCode, Holder, NightStatus, StatusReport
 from GRID_XFER.token import is_token, shown_state
 from GRID_XFER.views import DDOC
-
-__all__ = [
-    "ErrorCode",
-    "Holder",
-    "NightStatus",
-    "StatusReport",
-    "gather",
-    "state_counts",
-]
 
 # Completions are counted over this many recent seconds for the rate.
 WINDOW = 900.0

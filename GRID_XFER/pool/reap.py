@@ -16,7 +16,7 @@ from GRID_XFER import token as tk
 from GRID_XFER.couch import chunked
 from GRID_XFER.errors import Code
 from GRID_XFER.lease import adopt
-from GRID_XFER.pool_base import BATCH, PoolBase
+from GRID_XFER.pool.base import BATCH, PoolBase
 from GRID_XFER.views import DDOC
 
 log = logging.getLogger(__name__)

@@ -1,14 +1,12 @@
-"""The token pool: create token sets, claim with leases, record outcomes, reap.
+"""Claiming: one claimable token under a lease, saved against the revision read.
 
 Safety rests on one CouchDB guarantee: a PUT carrying ``_rev`` succeeds only if
 nobody changed the document since that revision. A claim therefore checks the
 very revision it read (from the view with ``include_docs``) and saves against
 it; a 409 means another worker won, and we try another row. PiCaS re-reads
 the document after the view, so it can overwrite a fresh lock: we never do.
-
-The pool's other parts are mixed in: its shared state and reads
-(:mod:`GRID_XFER.pool_base`), creating tokens (:mod:`GRID_XFER.pool_create`) and
-upkeep (:mod:`GRID_XFER.pool_maintenance`).
+On a cluster a saved claim is confirmed from every copy's branches before it
+counts (:meth:`Claiming._confirm`).
 """
 
 from __future__ import annotations
@@ -25,12 +23,8 @@ from GRID_XFER import token as tk
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import Code, Conflict
 from GRID_XFER.lease import Lease, adopt
-from GRID_XFER.pool_base import BATCH, PoolSettings, current_tokens
-from GRID_XFER.pool_create import CreateReport, Creating
-from GRID_XFER.pool_maintenance import Maintenance
+from GRID_XFER.pool.base import PoolBase, PoolSettings
 from GRID_XFER.views import DDOC
-
-__all__ = ["BATCH", "CreateReport", "Lease", "Pool", "PoolSettings", "current_tokens"]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +32,8 @@ log = logging.getLogger(__name__)
 CONFIRM_SECONDS = 5.0
 
 
-class Pool(Creating, Maintenance):
-    """A night's (or every night's) tokens: claim one under a lease, and the rest."""
+class Claiming(PoolBase):
+    """The pool's ``claim`` (and ``claimable_now``), with the candidates it draws from."""
 
     def __init__(
         self,

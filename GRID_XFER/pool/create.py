@@ -14,7 +14,7 @@ from typing import Any
 from GRID_XFER import token as tk
 from GRID_XFER.couch import chunked
 from GRID_XFER.errors import InvalidToken
-from GRID_XFER.pool_base import BATCH, PoolBase
+from GRID_XFER.pool.base import BATCH, PoolBase
 
 log = logging.getLogger(__name__)
 
