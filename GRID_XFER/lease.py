@@ -15,14 +15,12 @@ import base64
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from GRID_XFER import branches
-from GRID_XFER import token as tk
+from GRID_XFER import transitions as tr
+from GRID_XFER.couch import Couch
 from GRID_XFER.errors import Conflict, GridXferError, LeaseLost
-
-if TYPE_CHECKING:
-    from GRID_XFER.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +33,43 @@ def adopt(leaf: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in leaf.items() if k not in READ_ONLY}
 
 
+class LeaseSettings(Protocol):
+    """The pool settings a lease works by (:class:`GRID_XFER.pool.PoolSettings`)."""
+
+    @property
+    def lease(self) -> float: ...
+
+    @property
+    def backoff_base(self) -> float: ...
+
+    @property
+    def backoff_max(self) -> float: ...
+
+    @property
+    def grace(self) -> float: ...
+
+
+class Claimant(Protocol):
+    """What a lease needs of the pool that claimed it: a protocol, so that this
+    module does not import the pool (the pool imports it)."""
+
+    @property
+    def couch(self) -> Couch: ...
+
+    @property
+    def settings(self) -> LeaseSettings: ...
+
+    @property
+    def worker(self) -> dict[str, Any]: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+
 class Lease:
     """A claimed token; the work it stands for belongs to this worker until it ends."""
 
-    def __init__(self, pool: Pool, doc: dict[str, Any]) -> None:
+    def __init__(self, pool: Claimant, doc: dict[str, Any]) -> None:
         self.pool = pool
         self.doc = doc
         self.lock = threading.RLock()
@@ -54,13 +85,13 @@ class Lease:
         return str(self.doc["_id"])
 
     @property
-    def _couch(self) -> Any:
+    def _couch(self) -> Couch:
         return self.pool.couch
 
     def _ours(self, current: dict[str, Any]) -> bool:
         worker = current.get("worker")  # a hand-edited token may hold anything here
         return (
-            current.get("state") in tk.HELD
+            current.get("state") in tr.HELD
             and isinstance(worker, dict)
             and worker.get("id") == self.pool.worker["id"]
             and current.get("claim") == self.claim_id
@@ -138,7 +169,7 @@ class Lease:
         """
         with self.lock:
             late = self.doc.get("lease_expires", 0) - self.pool.settings.grace < self.pool.clock()
-            if late and not finishing and self.doc.get("state") in tk.HELD:
+            if late and not finishing and self.doc.get("state") in tr.HELD:
                 self.tidy()  # a reaper may be at work: make sure the token is still ours
             doc = dict(self.doc)
             change(doc)
@@ -217,19 +248,19 @@ class Lease:
 
     def heartbeat(self) -> None:
         self.tidy()
-        self._save(lambda d: tk.renew(d, self.pool.clock(), self.pool.settings.lease))
+        self._save(lambda d: tr.renew(d, self.pool.clock(), self.pool.settings.lease))
 
     def update(self, **fields: Any) -> None:
         """Save progress (per-file results) and renew the lease with it."""
 
         def change(d: dict[str, Any]) -> None:
             d.update(fields)
-            tk.renew(d, self.pool.clock(), self.pool.settings.lease)
+            tr.renew(d, self.pool.clock(), self.pool.settings.lease)
 
         self._save(change)
 
     def done(self, **fields: Any) -> None:
-        self._save(lambda d: tk.finish(d, self.pool.clock(), **fields), finishing=True)
+        self._save(lambda d: tr.finish(d, self.pool.clock(), **fields), finishing=True)
 
     def fail(
         self,
@@ -244,7 +275,7 @@ class Lease:
 
         def change(d: dict[str, Any]) -> None:
             d.update(fields)
-            tk.fail(
+            tr.fail(
                 d,
                 code,
                 message,
@@ -259,14 +290,14 @@ class Lease:
 
     def stage(self, request: dict[str, Any]) -> None:
         """Hand the token to the staging poll (state ``staging``) and give up the lease."""
-        self._save(lambda d: tk.to_staging(d, request, self.pool.clock()))
+        self._save(lambda d: tr.to_staging(d, request, self.pool.clock()))
 
     def archive(self, hold: float, **fields: Any) -> None:
         """Copied; wait for the tape-backed destination to migrate the files."""
-        self._save(lambda d: tk.to_archiving(d, self.pool.clock(), hold, **fields), finishing=True)
+        self._save(lambda d: tr.to_archiving(d, self.pool.clock(), hold, **fields), finishing=True)
 
     def release(self, reason: str) -> None:
-        self._save(lambda d: tk.release(d, self.pool.clock(), reason))
+        self._save(lambda d: tr.release(d, self.pool.clock(), reason))
 
     def attach(self, name: str, data: bytes, content_type: str = "text/plain") -> None:
         """Store a log with the next save (inline: one request, and a log never costs a result)."""

@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 from GRID_XFER import status as st
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import GridXferError
+from GRID_XFER.status.render import eta_text, human_bytes, rate_text
 from GRID_XFER.token import STATES
 from GRID_XFER.views import DDOC, design_docs, status_files
 
@@ -116,47 +117,8 @@ def snapshot(couch: Couch, *, now: float | None = None) -> str:
     }
     css = status_files()["status.css"][0].decode()
     e = html.escape
-    rows = []
-    for ns in report.nights:
-        cells = "".join(
-            f'<td class="num" data-state="{s}">{ns.states.get(s, 0)}</td>' for s in STATES
-        )
-        rows.append(
-            f'<tr data-night="{e(ns.night)}"><td>{e(ns.night)}</td>{cells}'
-            f'<td class="num">{e(st.human_bytes(ns.bytes_done))} / '
-            f"{e(st.human_bytes(ns.bytes_total))}</td>"
-            f"<td>{e(st._rate_text(ns))}</td><td>{e(st._eta_text(ns))}</td></tr>"
-        )
-    sections = []
-    for night, ns in details.items():
-        errs = "".join(
-            f'<tr data-code="{c.code}"><td class="num">{c.code}</td><td class="name">{e(c.name)}'
-            f'</td><td class="count num">{c.count}</td><td class="message">{e(c.message or "")}'
-            f"</td><td>{e(c.token or '')}</td></tr>"
-            for c in ns.error_codes or []
-        )
-        held = "".join(
-            f"<tr><td>{e(h.worker or '?')}</td><td>{e(h.host or '')}</td><td>{e(h.job_id or '')}"
-            f'</td><td class="num">{h.tokens}</td>'
-            f"<td>{'expired' if h.expired else 'live'}</td></tr>"
-            for h in ns.holders or []
-        )
-        sections.append(
-            f'<section data-night="{e(night)}"><h2>Night {e(night)}</h2>'
-            + (
-                f'<table class="errors"><thead><tr><th>code</th><th>name</th><th>tokens</th>'
-                f"<th>sample message</th><th>token</th></tr></thead><tbody>{errs}</tbody></table>"
-                if errs
-                else ""
-            )
-            + (
-                f"<table><thead><tr><th>worker</th><th>host</th><th>job</th><th>tokens</th>"
-                f"<th>lease</th></tr></thead><tbody>{held}</tbody></table>"
-                if held
-                else ""
-            )
-            + "</section>"
-        )
+    rows = [_night_row(ns) for ns in report.nights]
+    sections = [_night_section(night, ns) for night, ns in details.items()]
     head = "".join(f"<th>{s}</th>" for s in STATES)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(report.generated))
     unsettled = (
@@ -177,4 +139,48 @@ def snapshot(couch: Couch, *, now: float | None = None) -> str:
         f'<header><h1>GRID_XFER <span id="db" class="db">{e(couch.db)}</span></h1>'
         f'<span class="muted">snapshot of {e(stamp)}</span></header>{unsettled}{body}'
         f"{''.join(sections)}</body></html>\n"
+    )
+
+
+def _night_row(ns: st.NightStatus) -> str:
+    e = html.escape
+    cells = "".join(f'<td class="num" data-state="{s}">{ns.states.get(s, 0)}</td>' for s in STATES)
+    return (
+        f'<tr data-night="{e(ns.night)}"><td>{e(ns.night)}</td>{cells}'
+        f'<td class="num">{e(human_bytes(ns.bytes_done))} / '
+        f"{e(human_bytes(ns.bytes_total))}</td>"
+        f"<td>{e(rate_text(ns))}</td><td>{e(eta_text(ns))}</td></tr>"
+    )
+
+
+def _night_section(night: str, ns: st.NightStatus) -> str:
+    """A night's error codes and lease holders (each table only if it has rows)."""
+    e = html.escape
+    errs = "".join(
+        f'<tr data-code="{c.code}"><td class="num">{c.code}</td><td class="name">{e(c.name)}'
+        f'</td><td class="count num">{c.count}</td><td class="message">{e(c.message or "")}'
+        f"</td><td>{e(c.token or '')}</td></tr>"
+        for c in ns.error_codes or []
+    )
+    held = "".join(
+        f"<tr><td>{e(h.worker or '?')}</td><td>{e(h.host or '')}</td><td>{e(h.job_id or '')}"
+        f'</td><td class="num">{h.tokens}</td>'
+        f"<td>{'expired' if h.expired else 'live'}</td></tr>"
+        for h in ns.holders or []
+    )
+    return (
+        f'<section data-night="{e(night)}"><h2>Night {e(night)}</h2>'
+        + (
+            f'<table class="errors"><thead><tr><th>code</th><th>name</th><th>tokens</th>'
+            f"<th>sample message</th><th>token</th></tr></thead><tbody>{errs}</tbody></table>"
+            if errs
+            else ""
+        )
+        + (
+            f"<table><thead><tr><th>worker</th><th>host</th><th>job</th><th>tokens</th>"
+            f"<th>lease</th></tr></thead><tbody>{held}</tbody></table>"
+            if held
+            else ""
+        )
+        + "</section>"
     )

@@ -14,6 +14,7 @@ from GRID_XFER.app import App
 from GRID_XFER.cli.base import emit_json, pass_app
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import GridXferError, InvalidInput
+from GRID_XFER.status.render import render
 
 log = logging.getLogger("GRID_XFER.cli")
 
@@ -84,12 +85,12 @@ def status(
 
     console = Console() if sys.stdout.isatty() else Console(width=160)
     if not watch:
-        console.print(st.render(report))
+        console.print(render(report))
         return
     rows = max(3, console.size.height - 14)
     try:
         with Live(
-            st.render(report, bars=True, limit=rows), console=console, auto_refresh=False
+            render(report, bars=True, limit=rows), console=console, auto_refresh=False
         ) as live:
             took = 0.0
             while True:
@@ -103,7 +104,7 @@ def status(
                 except GridXferError as exc:  # keep showing the last report
                     problem = f"{exc} (retrying)"
                 took = time.monotonic() - started
-                live.update(st.render(report, bars=True, limit=rows, problem=problem), refresh=True)
+                live.update(render(report, bars=True, limit=rows, problem=problem), refresh=True)
     except KeyboardInterrupt:
         pass  # Ctrl-C ends a watch; Live has restored the terminal
 
