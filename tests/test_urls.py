@@ -416,6 +416,7 @@ def test_redact_edge_cases(text: str, expected: str) -> None:
 # ----------------------------------------------------------------------------- every way in
 
 
+@pytest.mark.slow
 def test_from_file_urls_with_credentials_are_refused_and_nothing_is_stored(
     db: Database, tmp_path: Path
 ) -> None:
@@ -444,6 +445,7 @@ def test_from_file_urls_with_credentials_are_refused_and_nothing_is_stored(
     assert db.pool().counts() == {}
 
 
+@pytest.mark.slow
 def test_template_urls_with_credentials_are_refused_naming_the_key(
     db: Database, tmp_path: Path
 ) -> None:
@@ -470,6 +472,7 @@ def test_template_urls_with_credentials_are_refused_naming_the_key(
     assert db.pool().counts() == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "section, value",
     [
@@ -507,6 +510,7 @@ def test_stager_client_refuses_a_url_with_a_secret_without_showing_it() -> None:
         assert SECRET not in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_url_list_for_state_all_with_a_secret_is_refused_unshown(
     db: Database, tmp_path: Path
 ) -> None:
