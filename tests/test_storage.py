@@ -62,7 +62,7 @@ class Side:
         self.scheme, self.root, self.url, self.put = scheme, root, url_for, put
 
 
-@pytest.fixture(params=["file", "root"])
+@pytest.fixture(params=["file", pytest.param("root", marks=pytest.mark.slow)])
 def side(request: pytest.FixtureRequest, tmp_path: Path) -> Side:
     """The same behaviour checked through file:// and through root://."""
     if request.param == "file":
