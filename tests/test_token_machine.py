@@ -384,7 +384,7 @@ class TokenMachine(RuleBasedStateMachine):
         assert self.doc["updated"] == self.now
 
 
-TokenMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TokenMachine.TestCase.settings = settings(max_examples=80, stateful_step_count=30, deadline=None)
 test_token_transitions = TokenMachine.TestCase
 
 
