@@ -311,7 +311,7 @@ def test_basename_and_parent(url: str, name: str, up: str) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="urls.basename keeps the query: a URL list line root://h//a.MS?oss.asize=1 "
+    reason="urls.basename keeps a query or fragment: a URL list line root://h//a.MS?oss.asize=1 "
     "becomes the file name 'a.MS?oss.asize=1' in the token (scan.group_surls)",
 )
 @pytest.mark.parametrize("url", ["root://h//data/a.MS?oss.asize=1", "davs://h/x/a.MS#frag"])
