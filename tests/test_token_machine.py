@@ -29,7 +29,7 @@ from hypothesis.stateful import (
 )
 
 from GRID_XFER import token
-from GRID_XFER.errors import Code
+from GRID_XFER.errors import Code, code_name
 
 NIGHT = "20261201"
 T0 = 1_790_000_000.0  # a realistic clock: PiCaS's lock and done are int(now) > 0
@@ -139,7 +139,7 @@ class TokenMachine(RuleBasedStateMachine):
     def expect_error(self, code: int) -> None:
         assert self.state == "error"
         assert self.doc["error"]["code"] == code == self.doc["output"] == self.doc["exit_code"]
-        assert self.doc["error"]["name"] == token.code_name(code)
+        assert self.doc["error"]["name"] == code_name(code)
         assert self.last_event()["event"] == "error" and self.last_event()["code"] == code
 
     # -- creation ----------------------------------------------------------
