@@ -348,6 +348,8 @@ def to_archiving(doc: dict[str, Any], now: float, hold: float, **fields: Any) ->
     """
     doc.update(fields)
     doc.update(state="archiving", lease_expires=now + hold, archiving_since=now)
+    if not doc.get("lock"):  # reaped to todo meanwhile: PiCaS must not count it as todo
+        doc["lock"] = int(now)
     add_event(doc, now, "archiving")
 
 

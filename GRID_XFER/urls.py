@@ -69,7 +69,13 @@ def join(base: str, *parts: str) -> str:
 
 
 def basename(url: str) -> str:
-    """The last path element (``root://h//a/b/`` -> ``b``): a per-file name in a token."""
+    """The last path element (``root://h//a/b/`` -> ``b``): a per-file name in a token.
+
+    A query or fragment (``a.MS?oss.asize=1``) is no part of the name, except in a
+    file:// URL, whose path gfal2 takes as it is.
+    """
+    if not url.startswith("file://"):
+        url = re.split(r"[?#]", url, maxsplit=1)[0]
     return url.rstrip("/").rsplit("/", 1)[-1]
 
 
@@ -79,12 +85,15 @@ def parent(url: str) -> str:
 
 
 def public_url(url: str) -> str:
-    """The URL without userinfo, query or fragment: safe to show and to log."""
+    """The URL without userinfo, path parameters, query or fragment: safe to show and log."""
     parts = urlsplit(url)
     host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"  # an IPv6 literal keeps its brackets
     if parts.port:
         host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    path = re.sub(r";[^/]*", "", re.sub(r"/;[^/]*(?=/)", "", parts.path))
+    return urlunsplit((parts.scheme, host, path, "", ""))
 
 
 def secret_name(name: str) -> bool:

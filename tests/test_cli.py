@@ -29,6 +29,8 @@ from GRID_XFER.server import EmbeddedServer
 from GRID_XFER.token import STATES
 from tests.conftest import Database, cli_env, free_port, gridxfer
 
+pytestmark = pytest.mark.slow  # starts servers or runs the CLI
+
 SECRET = "Pa55-w0rd-never-shown"
 
 

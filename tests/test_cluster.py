@@ -22,6 +22,8 @@ from GRID_XFER.token import parse_spec
 from tests.conftest import Database, cli_env, gridxfer, make_database, spawn_worker, wait_for
 from tests.plugins.couchdb import CouchDB3
 
+pytestmark = pytest.mark.slow  # starts servers or runs the CLI
+
 NIGHT = "20261201"
 
 

@@ -121,6 +121,7 @@ def _xrootd_link(xrootd: XRootDServer, rel: str, target: str) -> None:
         os.lchown(path, user.pw_uid, user.pw_gid)
 
 
+@pytest.mark.slow
 def test_over_root_a_link_loop_is_refused_with_34_at_the_depth_limit(
     storage: Storage, xrootd: XRootDServer, request: pytest.FixtureRequest
 ) -> None:
@@ -134,6 +135,7 @@ def test_over_root_a_link_loop_is_refused_with_34_at_the_depth_limit(
     assert "loop/loop" in str(info.value)
 
 
+@pytest.mark.slow
 def test_over_root_a_dangling_link_is_left_out_of_the_listing(
     storage: Storage, xrootd: XRootDServer, request: pytest.FixtureRequest
 ) -> None:
@@ -146,6 +148,7 @@ def test_over_root_a_dangling_link_is_left_out_of_the_listing(
 # ----------------------------------------------------------------------------- create and worker
 
 
+@pytest.mark.slow
 def test_bad_links_are_reported_per_exposure_the_night_is_created_and_the_worker_fails_them_with_34(
     db: Database, tmp_path: Path, outside: Path
 ) -> None:
@@ -212,6 +215,7 @@ def test_bad_links_are_reported_per_exposure_the_night_is_created_and_the_worker
     assert all(OUTSIDE not in data for data in tree(dst).values())
 
 
+@pytest.mark.slow
 def test_a_link_swapped_in_after_create_is_refused_by_the_worker(
     db: Database, tmp_path: Path, outside: Path
 ) -> None:
@@ -232,6 +236,7 @@ def test_a_link_swapped_in_after_create_is_refused_by_the_worker(
     assert not (dst / NIGHT / "e1" / "a.fits").exists()
 
 
+@pytest.mark.slow
 def test_fixing_the_link_and_creating_again_gives_the_token_a_fresh_start(
     db: Database, tmp_path: Path, outside: Path
 ) -> None:
@@ -253,6 +258,7 @@ def test_fixing_the_link_and_creating_again_gives_the_token_a_fresh_start(
     assert tree(dst / NIGHT / "e1") == tree(e)
 
 
+@pytest.mark.slow
 def test_a_from_entry_naming_a_link_that_leaves_its_source_is_refused_with_34(
     db: Database, tmp_path: Path, outside: Path
 ) -> None:

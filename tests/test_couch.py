@@ -6,10 +6,14 @@ import socket
 import threading
 from pathlib import Path
 
+import pytest
+
 from GRID_XFER.couch import Couch
 from GRID_XFER.token import parse_spec
 from tests.conftest import Database, make_database, wait_for
 from tests.plugins.couchdb import CouchDB3
+
+pytestmark = pytest.mark.slow  # starts servers or runs the CLI
 
 
 def _closed_port() -> int:

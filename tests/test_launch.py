@@ -22,10 +22,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from GRID_XFER.sandbox import default_source_dir
 from GRID_XFER.token import parse_spec
 from tests.conftest import Database, cli_env, gridxfer, wait_for
 from tests.plugins.slurm import SlurmCluster
+
+pytestmark = pytest.mark.slow  # starts servers or runs the CLI
 
 SECRET = "Launch-Pa55-w0rd-never-shown"
 

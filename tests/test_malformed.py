@@ -39,6 +39,8 @@ from tests.conftest import (
     wait_for,
 )
 
+pytestmark = pytest.mark.slow  # starts servers or runs the CLI
+
 
 def token(night: str, exposure: str, **fields: Any) -> dict[str, Any]:
     doc = tk.new_token(

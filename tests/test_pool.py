@@ -13,6 +13,8 @@ from GRID_XFER.errors import Code, InvalidToken, LeaseLost
 from GRID_XFER.token import parse_spec
 from tests.conftest import Database
 
+pytestmark = pytest.mark.slow  # starts servers or runs the CLI
+
 
 def specs(n: int, prefix: str = "e") -> list[tk.ExposureSpec]:
     return [parse_spec(f"{prefix}{i:05d}") for i in range(n)]

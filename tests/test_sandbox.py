@@ -85,6 +85,7 @@ def tree(root: Path) -> set[str]:
 
 
 # -- build ----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_build_is_reproducible_with_sha256_and_only_the_sandbox(
     db: Database, tmp_path: Path
 ) -> None:
@@ -103,6 +104,7 @@ def test_build_is_reproducible_with_sha256_and_only_the_sandbox(
     assert members["launch.sh"].mode == 0o755 and members["launch.sh"].uid == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "case", ["name", "yaml-section", "assignment", "configured-secret", "symlink"]
 )
@@ -131,6 +133,7 @@ def test_build_refuses_credentials_and_links(db: Database, tmp_path: Path, case:
 
 
 # -- upload, record, fetch on a node ------------------------------------------------------
+@pytest.mark.slow
 def test_upload_records_the_sandbox_and_launch_sh_runs_workers_from_it(
     db: Database, tmp_path: Path
 ) -> None:
@@ -204,6 +207,7 @@ def test_upload_records_the_sandbox_and_launch_sh_runs_workers_from_it(
     assert {r["key"]: r["value"] for r in overview} == {"done": 3}
 
 
+@pytest.mark.slow
 def test_corrupted_sandbox_exits_11_and_leaves_tokens_alone(db: Database, tmp_path: Path) -> None:
     archive = tmp_path / "s.tar.gz"
     gridxfer("sandbox", "build", "-o", str(archive), config=db.config_file, check=True)
@@ -232,12 +236,14 @@ def test_corrupted_sandbox_exits_11_and_leaves_tokens_alone(db: Database, tmp_pa
     assert list(scratch.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_missing_sandbox_exits_10(db: Database, tmp_path: Path) -> None:
     proc = run_launch(node_env(db, GRIDXFER_NIGHT="n1", GRIDXFER_SCRATCH=str(tmp_path)))
     assert proc.returncode == Code.SANDBOX_FETCH == 10, proc.stderr
     assert "no sandbox recorded for night n1" in proc.stderr
 
 
+@pytest.mark.slow
 def test_code_reaches_the_token_when_one_is_held(db: Database, tmp_path: Path) -> None:
     """Fetching inside a task (as GRID_LRT fetches per token) records 11 in that token."""
     archive = tmp_path / "s.tar.gz"
@@ -268,6 +274,7 @@ UNSAFE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(UNSAFE))
 def test_unsafe_archive_exits_10_and_writes_nothing_outside(tmp_path: Path, case: str) -> None:
     base = tmp_path / "base"

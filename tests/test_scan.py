@@ -19,6 +19,8 @@ from tests.nightgen import make_night, manifest_name, tree, write_exposure, writ
 from tests.plugins.xrootd import XRootDServer
 from tests.test_transfer import Remote, create, file_url, remote_dir, tokens, work
 
+pytestmark = pytest.mark.slow  # starts servers or runs the CLI
+
 NIGHT = "20261127"
 
 

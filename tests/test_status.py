@@ -26,6 +26,8 @@ from GRID_XFER.token import STATES, parse_spec
 from tests import status_seed
 from tests.conftest import ARTIFACTS, Database, cli_env, gridxfer
 
+pytestmark = pytest.mark.slow  # starts servers or runs the CLI
+
 
 @pytest.fixture
 def seeded(db: Database) -> Database:

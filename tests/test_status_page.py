@@ -37,6 +37,8 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+pytestmark = pytest.mark.slow  # starts servers or runs the CLI
+
 FLAGS = [
     "--headless",
     "--no-sandbox",

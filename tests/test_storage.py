@@ -62,7 +62,7 @@ class Side:
         self.scheme, self.root, self.url, self.put = scheme, root, url_for, put
 
 
-@pytest.fixture(params=["file", "root"])
+@pytest.fixture(params=["file", pytest.param("root", marks=pytest.mark.slow)])
 def side(request: pytest.FixtureRequest, tmp_path: Path) -> Side:
     """The same behaviour checked through file:// and through root://."""
     if request.param == "file":
@@ -241,6 +241,7 @@ def test_unsupported_checksum_algorithm_is_a_permanent_error(storage: Storage, s
 # ----------------------------------------------------------------------------- copy
 
 
+@pytest.mark.slow
 def test_upload_and_download_are_byte_identical(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path
 ) -> None:
@@ -256,6 +257,7 @@ def test_upload_and_download_are_byte_identical(
     assert back.read_bytes() == DATA
 
 
+@pytest.mark.slow
 def test_copy_with_the_correct_adler32_succeeds(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path
 ) -> None:
@@ -268,6 +270,7 @@ def test_copy_with_the_correct_adler32_succeeds(
     assert (tmp_path / "down").read_bytes() == DATA == (tmp_path / "local").read_bytes()
 
 
+@pytest.mark.slow
 def test_copy_with_empty_expected_value_compares_both_ends(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path
 ) -> None:
@@ -277,6 +280,7 @@ def test_copy_with_empty_expected_value_compares_both_ends(
     assert storage.checksum(xrootd.url_for("ck/compare.fits")) == adler(DATA)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["upload", "download", "local"])
 def test_copy_with_a_wrong_adler32_fails_permanently_and_leaves_no_file(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str
@@ -306,6 +310,7 @@ def test_copy_with_a_wrong_adler32_fails_permanently_and_leaves_no_file(
     assert not storage.exists(dst)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["upload", "download", "local"])
 def test_copy_of_a_missing_source_is_permanent_source_missing(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str
@@ -324,6 +329,7 @@ def test_copy_of_a_missing_source_is_permanent_source_missing(
     assert not storage.exists(dst)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["upload", "download"])
 def test_copy_onto_an_existing_destination_without_overwrite_is_eexist_and_keeps_it(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str
@@ -347,6 +353,7 @@ def test_copy_onto_an_existing_destination_without_overwrite_is_eexist_and_keeps
     assert kept.read_bytes() == b"precious"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["upload", "download", "local"])
 def test_copy_with_overwrite_replaces_the_destination(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str
@@ -378,6 +385,7 @@ def test_copy_without_create_parents_fails_on_missing_local_directory(
     assert (err.code, err.transient, err.url) == (Code.DEST_WRITE_FAILED, False, dst)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("direction", ["upload", "local"])
 def test_copy_asking_for_a_checksum_one_end_cannot_compute_is_a_permanent_config_error(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path, direction: str
@@ -393,6 +401,7 @@ def test_copy_asking_for_a_checksum_one_end_cannot_compute_is_a_permanent_config
     assert not storage.exists(dst)
 
 
+@pytest.mark.slow
 def test_names_with_spaces_and_non_ascii_survive_a_round_trip(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path
 ) -> None:
@@ -412,6 +421,7 @@ def test_names_with_spaces_and_non_ascii_survive_a_round_trip(
     storage.unlink(xrootd.url_for(f"ünï cödé/renamed {name}"))
 
 
+@pytest.mark.slow
 def test_zero_byte_file_copies_and_checksums(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path
 ) -> None:
@@ -426,6 +436,7 @@ def test_zero_byte_file_copies_and_checksums(
     assert list(storage.open_read(remote)) == []
 
 
+@pytest.mark.slow
 def test_concurrent_copies_from_several_threads_all_succeed(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path
 ) -> None:
@@ -504,6 +515,7 @@ def _cancel_when_running(storage: Storage, thread: threading.Thread) -> None:
         time.sleep(0.005)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["root", "file"])
 def test_cancel_from_another_thread_raises_cancelled_and_storage_stays_usable(
     storage: Storage, xrootd: XRootDServer, big_file: Path, tmp_path: Path, target: str
@@ -526,6 +538,7 @@ def test_cancel_from_another_thread_raises_cancelled_and_storage_stays_usable(
     assert dst_path.read_bytes() == DATA
 
 
+@pytest.mark.slow
 def test_copy_slower_than_min_rate_times_out_as_transient(
     xrootd: XRootDServer, big_file: Path
 ) -> None:
@@ -541,6 +554,7 @@ def test_copy_slower_than_min_rate_times_out_as_transient(
 # ----------------------------------------------------------------------------- streaming
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("source", ["file", "root"])
 def test_stream_writes_exactly_the_bytes_it_shows_and_creates_parents(
     storage: Storage, side: Side, xrootd: XRootDServer, tmp_path: Path, source: str
@@ -667,6 +681,7 @@ def test_redact_works_on_urls_inside_free_text() -> None:
     assert "root://***@h//a" in cleaned
 
 
+@pytest.mark.slow
 def test_error_messages_never_contain_credentials(
     storage: Storage, xrootd: XRootDServer, tmp_path: Path, closed_port: int
 ) -> None:

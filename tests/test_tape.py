@@ -103,6 +103,7 @@ def stager_env(cfg: Path, home: Path, password: str = STAGER_PASSWORD) -> dict[s
 # ----------------------------------------------------------------------------- staging
 
 
+@pytest.mark.slow
 def test_night_on_tape_only_is_staged_with_gfal2_then_copied_and_pins_released(
     db: Database, tape: TapeServer, tmp_path: Path
 ) -> None:
@@ -144,6 +145,7 @@ def test_night_on_tape_only_is_staged_with_gfal2_then_copied_and_pins_released(
         time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_stage_command_and_worker_with_the_lta_stager(
     db: Database, tape: TapeServer, lta_stager: Any, tmp_path: Path
 ) -> None:
@@ -193,6 +195,7 @@ def test_stage_command_and_worker_with_the_lta_stager(
     assert lta_stager.rejected == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gfal2", "stager"])
 def test_a_file_missing_on_tape_ends_in_22_naming_it(
     method: str, db: Database, tape: TapeServer, lta_stager: Any, tmp_path: Path
@@ -229,6 +232,7 @@ def test_a_file_missing_on_tape_ends_in_22_naming_it(
     assert victim in doc["error"]["message"]
 
 
+@pytest.mark.slow
 def test_a_recall_slower_than_the_staging_timeout_ends_in_23(
     db: Database, tape: TapeServer, tmp_path: Path
 ) -> None:
@@ -265,6 +269,7 @@ def test_a_recall_slower_than_the_staging_timeout_ends_in_23(
 # ----------------------------------------------------------------------------- archive
 
 
+@pytest.mark.slow
 def test_tape_destination_tokens_are_done_only_after_migration(
     db: Database, tape: TapeServer, tmp_path: Path
 ) -> None:
@@ -308,6 +313,7 @@ def test_tape_destination_tokens_are_done_only_after_migration(
     assert report["percent_on_tape"] == 100.0
 
 
+@pytest.mark.slow
 def test_a_destination_that_never_migrates_ends_in_51(
     db: Database, xrootd: XRootDServer, tmp_path: Path
 ) -> None:
@@ -334,6 +340,7 @@ def test_a_destination_that_never_migrates_ends_in_51(
 # ----------------------------------------------------------------------------- credentials
 
 
+@pytest.mark.slow
 def test_stager_credentials_never_appear_in_logs_tokens_or_errors(
     db: Database, tape: TapeServer, lta_stager: Any, tmp_path: Path
 ) -> None:
@@ -413,6 +420,7 @@ def test_credentials_come_from_awe_environment_cfg_or_the_environment(tmp_path: 
     shutil.rmtree(home)
 
 
+@pytest.mark.slow
 def test_state_all_in_processes_agrees_with_threads(tape: TapeServer) -> None:
     """The path `state-all` takes for a slow storage: one XRootD connection per process."""
     from GRID_XFER.staging import state_all, state_all_processes
@@ -428,6 +436,7 @@ def test_state_all_in_processes_agrees_with_threads(tape: TapeServer) -> None:
     assert [s for _, s in procs] == ["ONLINE_AND_NEARLINE", "NEARLINE"] * 3 + ["LOST"]
 
 
+@pytest.mark.slow
 def test_stage_a_file_of_urls_by_hand_and_poll(
     db: Database, tape: TapeServer, tmp_path: Path
 ) -> None:
@@ -452,6 +461,7 @@ def test_stage_a_file_of_urls_by_hand_and_poll(
     assert polled["staging"]["staged"] == 0 and polled["archive"]["done"] == 0
 
 
+@pytest.mark.slow
 def test_stager_client_speaks_the_ltastager_api(tape: TapeServer, lta_stager: Any) -> None:
     from GRID_XFER.errors import StagerError
     from GRID_XFER.lta import Credentials, LtaClient

@@ -28,6 +28,7 @@ from GRID_XFER.urls import (
     http_url_problem,
     join,
     parent,
+    public_url,
     redact,
     url_problem,
 )
@@ -280,7 +281,7 @@ def test_join_keeps_a_base_ending_in_a_slash() -> None:
         ("root://h//night/e/f.fits", "root://h//night/e", "f.fits"),
         ("root://h//night/e/", "root://h//night", "e"),  # a trailing slash is no level
         ("file:///data/n/out.part", "file:///data/n", "out.part"),
-        ("davs://h/a b/ü.fits?svc=x", "davs://h/a b", "ü.fits?svc=x"),  # text, not parsed
+        ("davs://h/a b/ü.fits", "davs://h/a b", "ü.fits"),
     ],
 )
 def test_parent_and_basename(url: str, up: str, name: str) -> None:
@@ -290,9 +291,141 @@ def test_parent_and_basename(url: str, up: str, name: str) -> None:
     assert join(parent(url), basename(url)) == url.rstrip("/")
 
 
+@pytest.mark.parametrize(
+    "base, parts, expected",
+    [
+        ("root://h//data", ("n",), "root://h//data/n"),
+        ("root://h//data/", ("n",), "root://h//data/n"),  # no doubled slash
+        ("root://h:1094//data", ("/n/", "/e/"), "root://h:1094//data/n/e"),
+        ("root://h//", ("n",), "root://h//n"),  # root:// keeps its absolute path
+        ("file:///", ("a", "b"), "file:///a/b"),
+        ("davs://h/x", ("a/b", "c.fits"), "davs://h/x/a/b/c.fits"),
+        ("davs://h/x/", ("", "/", "c"), "davs://h/x/c"),  # empty parts add nothing
+        ("root://h//data", ("", "/"), "root://h//data"),
+        ("s3://h/bucket", ("night with space", "f.fits"), "s3://h/bucket/night with space/f.fits"),
+    ],
+)
+def test_join(base: str, parts: tuple[str, ...], expected: str) -> None:
+    assert join(base, *parts) == expected
+
+
+@pytest.mark.parametrize(
+    "url, name, up",
+    [
+        ("root://h//a/b", "b", "root://h//a"),
+        ("root://h//a/b/", "b", "root://h//a"),  # a trailing slash names the same directory
+        ("root://h//a/b//", "b", "root://h//a"),
+        ("root://h:1094//data/night/e1/x.fits", "x.fits", "root://h:1094//data/night/e1"),
+        ("file:///data/a b/c.fits", "c.fits", "file:///data/a b"),
+        ("davs://h/x/y.fits", "y.fits", "davs://h/x"),
+    ],
+)
+def test_basename_and_parent(url: str, name: str, up: str) -> None:
+    assert basename(url) == name and parent(url) == up
+    assert join(parent(url), basename(url)) == url.rstrip("/")
+
+
+@pytest.mark.parametrize("url", ["root://h//data/a.MS?oss.asize=1", "davs://h/x/a.MS#frag"])
+def test_basename_is_the_last_path_element_without_query_or_fragment(url: str) -> None:
+    assert basename(url) == "a.MS"
+
+
+@st.composite
+def based_names(draw: st.DrawFn) -> tuple[str, str]:
+    """(base, name): a URL with at least one path element below the root, and a file name."""
+    scheme = draw(st.sampled_from(SCHEMES))
+    sep = "//" if scheme in ("root", "xroot") else "/"
+    host = "" if scheme == "file" else draw(hosts) + draw(ports)
+    path = draw(st.lists(_chars(UNRESERVED, 1, 10), min_size=1, max_size=4).map("/".join))
+    slash = draw(st.sampled_from(["", "/"]))
+    name = draw(_chars(UNRESERVED, 1, 12))
+    return f"{scheme}://{host}{sep}{path}{slash}", name
+
+
+@given(based_names())
+def test_join_then_basename_and_parent_give_back_the_parts(case: tuple[str, str]) -> None:
+    base, name = case
+    url = join(base, name)
+    assert url == f"{base.rstrip('/')}/{name}"
+    assert basename(url) == name and parent(url) == base.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        ("root://alice:pw@host:1094//data/a?authz=x#frag", "root://host:1094//data/a"),
+        ("https://u@h/x?token=1", "https://h/x"),
+        ("davs://H.Example.org/x/", "davs://h.example.org/x/"),  # host case folds, slash stays
+        ("file:///data/x", "file:///data/x"),
+        ("file://u:pw@/data/x", "file:///data/x"),
+        ("root://h//a//b", "root://h//a//b"),
+        ("s3://h/b/k?X-Amz-Signature=1&X-Amz-Credential=2", "s3://h/b/k"),
+    ],
+)
+def test_public_url_drops_userinfo_query_and_fragment(url: str, expected: str) -> None:
+    assert public_url(url) == expected
+
+
+@given(secret_urls())
+def test_public_url_shows_no_userinfo_query_or_fragment(case: tuple[str, str]) -> None:
+    url, secret = case
+    shown = public_url(url)
+    assert "@" not in shown and "?" not in shown and "#" not in shown
+    assert ";" not in shown  # path parameters are dropped too
+
+
+@given(plain_urls())
+def test_public_url_of_a_plain_url_is_the_url_without_its_query(url: str) -> None:
+    assert public_url(url) == url.split("?")[0]
+
+
+@pytest.mark.parametrize(
+    "url, expected",
+    [
+        # urlsplit().hostname drops an IPv6 literal's brackets: http://::1:5984/db
+        ("http://[::1]:5984/db", "http://[::1]:5984/db"),
+        # a path parameter is part of the path: the password is shown
+        ("http://h:5984/;password=S3cr3t/db", "http://h:5984/db"),
+    ],
+)
+def test_public_url_keeps_ipv6_brackets_and_drops_path_parameters(url: str, expected: str) -> None:
+    assert public_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        # userinfo: a user alone, a password alone, a password with a raw "@"
+        ("root://alice@h//a", "root://***@h//a"),
+        ("root://:pw@h//a", "root://***@h//a"),
+        ("root://alice:p@ss@h//a?x=1", "root://***@h//a?x=1"),
+        ("root://u:p@h//a and https://v:q@h/b", "root://***@h//a and https://***@h/b"),
+        # query: any position, any case, after an empty pair, up to the next separator
+        ("root://h//a?x=1&token=abc#frag", "root://h//a?x=1&token=***#frag"),
+        ("davs://h/x?AUTHZ=Bearer%20abc", "davs://h/x?AUTHZ=***"),
+        ("davs://h/x?authz=a?b/c&d=1", "davs://h/x?authz=***&d=1"),
+        ("https://h/x?a=1&&token=z", "https://h/x?a=1&&token=***"),
+        ("https://h/x?token=abc;x=1", "https://h/x?token=***;x=1"),
+        ("https://h/x;jsessionid=abc?p=1", "https://h/x;jsessionid=***"),
+        # root:// double-slash paths and trailing slashes are left as they are
+        ("root://h//data//night/?authz=t", "root://h//data//night/?authz=***"),
+        ("root://h//data/", "root://h//data/"),
+        ("root://h//a?oss.asize=1", "root://h//a?oss.asize=1"),
+        # already redacted, empty and non-secret values stay
+        ("root://***@h//a?token=***", "root://***@h//a?token=***"),
+        ("https://h/x?token=&keyword=", "https://h/x?token=&keyword="),
+        ("Authorization: bearer abc def", "Authorization: bearer *** def"),
+    ],
+)
+def test_redact_edge_cases(text: str, expected: str) -> None:
+    assert redact(text) == expected
+    assert redact(expected) == expected
+
+
 # ----------------------------------------------------------------------------- every way in
 
 
+@pytest.mark.slow
 def test_from_file_urls_with_credentials_are_refused_and_nothing_is_stored(
     db: Database, tmp_path: Path
 ) -> None:
@@ -321,6 +454,7 @@ def test_from_file_urls_with_credentials_are_refused_and_nothing_is_stored(
     assert db.pool().counts() == {}
 
 
+@pytest.mark.slow
 def test_template_urls_with_credentials_are_refused_naming_the_key(
     db: Database, tmp_path: Path
 ) -> None:
@@ -347,6 +481,7 @@ def test_template_urls_with_credentials_are_refused_naming_the_key(
     assert db.pool().counts() == {}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "section, value",
     [
@@ -384,6 +519,7 @@ def test_stager_client_refuses_a_url_with_a_secret_without_showing_it() -> None:
         assert SECRET not in str(info.value)
 
 
+@pytest.mark.slow
 def test_a_url_list_for_state_all_with_a_secret_is_refused_unshown(
     db: Database, tmp_path: Path
 ) -> None:

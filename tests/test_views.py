@@ -28,6 +28,7 @@ def test_design_docs_built_from_js_sources() -> None:
     assert all(v["map"].startswith("function") for d in docs.values() for v in d["views"].values())
 
 
+@pytest.mark.slow
 def test_install_is_idempotent_and_updates_only_changed(db: Database) -> None:
     assert views.install(db.couch) == {"Monitor": "unchanged", "gridxfer": "unchanged"}
     ddoc = db.couch.get("_design/gridxfer")
@@ -37,6 +38,7 @@ def test_install_is_idempotent_and_updates_only_changed(db: Database) -> None:
     assert db.couch.get("_design/gridxfer")["views"] == views.design_docs()["gridxfer"]["views"]
 
 
+@pytest.mark.slow
 def test_picas_monitor_views_read_our_tokens(db: Database) -> None:
     pool = db.pool()
     pool.create("n1", [parse_spec(x) for x in "abcd"])
@@ -64,6 +66,7 @@ def test_picas_monitor_views_read_our_tokens(db: Database) -> None:
     assert totals == {"todo": 1, "locked": 1, "done": 1, "error": 1}
 
 
+@pytest.mark.slow
 def test_the_write_check_refuses_a_broken_token_from_any_client(db: Database) -> None:
     pool = db.pool()
     pool.create("n1", [parse_spec("a")])
@@ -83,6 +86,7 @@ def test_the_write_check_refuses_a_broken_token_from_any_client(db: Database) ->
     db.couch.delete("n1_a", doc["_rev"])
 
 
+@pytest.mark.slow
 def test_init_merges_into_a_picas_monitor_and_keeps_views_it_does_not_own(db: Database) -> None:
     monitor = db.couch.get("_design/Monitor")
     monitor["views"]["todo"]["map"] = "function (doc) { emit(doc._id, 1); }"  # stale, ours
@@ -95,6 +99,7 @@ def test_init_merges_into_a_picas_monitor_and_keeps_views_it_does_not_own(db: Da
     assert views.install(db.couch)["Monitor"] == "unchanged"
 
 
+@pytest.mark.slow
 def test_init_on_a_fresh_cluster_database_works_the_first_time(
     couchdb_cluster: CouchDB3, tmp_path: Path
 ) -> None:
@@ -148,6 +153,7 @@ def _as_member(db: Database, tmp_path: Path, name: str) -> Path:
     return cfg
 
 
+@pytest.mark.slow
 def test_workers_and_status_need_only_member_rights(couchdb3: CouchDB3, tmp_path: Path) -> None:
     db = make_database(couchdb3.url, tmp_path, couchdb3)
     member = _as_member(db, tmp_path, f"worker{uuid.uuid4().hex[:6]}")

@@ -33,6 +33,7 @@ def recording_command(out: Path, sleep: float = 0) -> str:
     return f"sh -c '{nap}echo \"$GRIDXFER_TOKEN_ID $PPID\" >> {out}'"
 
 
+@pytest.mark.slow
 def test_eight_workers_drain_2000_tokens_each_exactly_once(db: Database, tmp_path: Path) -> None:
     out = tmp_path / "ran.txt"
     db.pool().create("n1", [parse_spec(f"e{i:05d}") for i in range(2000)])
@@ -57,6 +58,7 @@ def test_eight_workers_drain_2000_tokens_each_exactly_once(db: Database, tmp_pat
         assert doc["worker"]["pid"] == int(ran_by[doc["_id"]])
 
 
+@pytest.mark.slow
 def test_sigkilled_worker_token_is_reaped_and_completed_then_errors_90(
     db: Database, tmp_path: Path
 ) -> None:
@@ -99,6 +101,7 @@ def test_sigkilled_worker_token_is_reaped_and_completed_then_errors_90(
     assert doc["state"] == "error" and doc["output"] == 90 and doc["attempts"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_during_task_releases_token_without_attempt(db: Database, signum: int) -> None:
     db.pool().create("n1", [parse_spec("a")])
@@ -116,6 +119,7 @@ def test_signal_during_task_releases_token_without_attempt(db: Database, signum:
     assert doc["history"][-1]["event"] == "released"
 
 
+@pytest.mark.slow
 def test_failing_command_records_code_message_and_log(db: Database, tmp_path: Path) -> None:
     db.pool().create("n1", [parse_spec("a")])
     script = tmp_path / "fail.sh"
@@ -133,6 +137,7 @@ def test_failing_command_records_code_message_and_log(db: Database, tmp_path: Pa
     assert "checking a" in log
 
 
+@pytest.mark.slow
 def test_worker_rides_out_a_server_restart_and_loses_nothing(tmp_path: Path) -> None:
     srv = start_server(tmp_path / "data", free_port())
     try:
@@ -166,6 +171,7 @@ def test_worker_rides_out_a_server_restart_and_loses_nothing(tmp_path: Path) -> 
         srv.stop()
 
 
+@pytest.mark.slow
 def test_worker_exits_with_4_when_server_never_returns(db: Database, tmp_path: Path) -> None:
     cfg = tmp_path / "gone.yaml"
     cfg.write_text(
@@ -186,6 +192,7 @@ def test_batch_job_id_from_slurm_array_and_plain_jobs() -> None:
     assert batch_job_id({}) is None
 
 
+@pytest.mark.slow
 def test_worker_records_batch_job_id_in_token(db: Database) -> None:
     db.pool().create("n1", [parse_spec("a")])
     cfg = db.write_config(worker={"command": "true"})
@@ -195,6 +202,7 @@ def test_worker_records_batch_job_id_in_token(db: Database) -> None:
     assert doc["job_id"] == "77_2" and doc["worker"]["job_id"] == "77_2"
 
 
+@pytest.mark.slow
 def test_secret_not_passed_to_task_environment(db: Database, tmp_path: Path) -> None:
     db.pool().create("n1", [parse_spec("a")])
     out = tmp_path / "env.txt"
@@ -208,6 +216,7 @@ def test_secret_not_passed_to_task_environment(db: Database, tmp_path: Path) -> 
     assert "GRIDXFER_TOKEN_ID=n1_a" in out.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit", ["reset --force", "delete", "delete and create again"])
 def test_a_token_edited_while_its_worker_runs_it_gets_no_stale_result(
     db: Database, edit: str
