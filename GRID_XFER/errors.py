@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno as E
 from enum import IntEnum
 
+from GRID_XFER.redact import redact
+
 
 class Code(IntEnum):
     """Token error codes (stored in ``output`` and ``error.code``)."""
@@ -203,8 +205,6 @@ class StorageError(GridXferError):
         transient: bool = False,
         code: Code = Code.TRANSFER_FAILED,
     ) -> None:
-        from GRID_XFER.urls import redact  # urls imports this module
-
         # gfal2/XrdCl messages carry NULs (raw and as literal "\\x00") and newlines.
         text = redact(message).replace("\\x00", " ").replace("\x00", " ")
         super().__init__(" ".join(text.split()), code=code, transient=transient)

@@ -14,7 +14,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "GRID_XFER"
 # Lowest first. A module is placed by its name under GRID_XFER (a subpackage by its
 # first part). A new module has to be placed here, and in docs/architecture.md.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("core", {"", "errors", "urls", "token", "transitions", "checksum", "config", "branches"}),
+    (
+        "core",
+        {"", "redact", "errors", "urls", "token", "transitions", "checksum", "config", "branches"},
+    ),
     ("storage", {"storage"}),
     (
         "database",
