@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,11 @@ class PoolBase:
         self.couch = couch
         self.settings = settings or PoolSettings()
         self.clock = clock
+        # Todo tokens read at once and claimed one by one (pool/claim.py), for one night.
+        self._candidates: list[dict[str, Any]] = []
+        self._candidates_night: str | None = None
+        # How claims went on a cluster (201, 202, 409, lost, gave up): for tests and benchmarks.
+        self.stats: Counter[str] = Counter()
         base = tk.worker_identity(job_id)
         base["id"] = f"{base['id']}:{uuid.uuid4().hex[:6]}"
         self.worker = base

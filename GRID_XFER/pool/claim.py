@@ -14,16 +14,13 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 from GRID_XFER import branches
 from GRID_XFER import token as tk
-from GRID_XFER.couch import Couch
 from GRID_XFER.errors import Code, Conflict
 from GRID_XFER.lease import Lease, adopt
-from GRID_XFER.pool.base import PoolBase, PoolSettings
+from GRID_XFER.pool.base import PoolBase
 from GRID_XFER.views import DDOC
 
 log = logging.getLogger(__name__)
@@ -34,20 +31,6 @@ CONFIRM_SECONDS = 5.0
 
 class Claiming(PoolBase):
     """The pool's ``claim`` (and ``claimable_now``), with the candidates it draws from."""
-
-    def __init__(
-        self,
-        couch: Couch,
-        settings: PoolSettings | None = None,
-        *,
-        job_id: str | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        super().__init__(couch, settings, job_id=job_id, clock=clock)
-        self._candidates: list[dict[str, Any]] = []
-        self._candidates_night: str | None = None
-        # How claims went on a cluster (201, 202, 409, lost, gave up): for tests and benchmarks.
-        self.stats: Counter[str] = Counter()
 
     def _refill(self, night: str | None, now: float) -> None:
         # Start at a random point of the fresh tokens, wrapping to the front when
