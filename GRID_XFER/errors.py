@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno as E
 from enum import IntEnum
 
-from GRID_XFER.redact import redact
+from GRID_XFER.redact import one_line, redact
 
 
 class Code(IntEnum):
@@ -205,9 +205,7 @@ class StorageError(GridXferError):
         transient: bool = False,
         code: Code = Code.TRANSFER_FAILED,
     ) -> None:
-        # gfal2/XrdCl messages carry NULs (raw and as literal "\\x00") and newlines.
-        text = redact(message).replace("\\x00", " ").replace("\x00", " ")
-        super().__init__(" ".join(text.split()), code=code, transient=transient)
+        super().__init__(one_line(redact(message)), code=code, transient=transient)
         self.url = redact(url)
         self.errno = errno
 

@@ -75,6 +75,13 @@ def redact(text: str) -> str:
     return _BEARER.sub(rf"\g<1>{MASK}", text)
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: gfal2/XrdCl messages carry NULs (raw and as literal "\\x00")
+    and newlines, which would forge or break a log line."""
+    text = text.replace("\\x00", " ").replace("\x00", " ")
+    return " ".join(text.split())
+
+
 class RedactingFormatter(logging.Formatter):
     """A log formatter that passes every line, traceback included, through :func:`redact`.
 

@@ -12,6 +12,7 @@ import gfal2
 import pytest
 
 from GRID_XFER.errors import Cancelled, Code, StorageError
+from GRID_XFER.redact import one_line
 from GRID_XFER.storage.classify import (
     XRD_ERRNO,
     checksum_unsupported,
@@ -20,7 +21,6 @@ from GRID_XFER.storage.classify import (
     exists_error,
     from_gerror,
     not_a_directory,
-    one_line,
     side,
     timed_out,
 )

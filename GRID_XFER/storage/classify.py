@@ -14,6 +14,7 @@ import re
 import gfal2
 
 from GRID_XFER.errors import Cancelled, Code, StorageError
+from GRID_XFER.redact import one_line
 
 # The xrootd plugin passes some XRootD protocol codes (kXR_*, 3000..) through
 # as if they were errnos; translate them as XProtocol.hh's toErrno() does.
@@ -82,13 +83,6 @@ _CHECKSUM_MISMATCH = re.compile(r"checksum (?:mismatch|error)|do not match", re.
 # says "Could not open destination", "DESTINATION CHECKSUM MISMATCH", ...
 _SIDE_SUFFIX = re.compile(r"\((source|destination)\)\s*$")
 _DEST_WORD = re.compile(r"\b(?:destination|target)\b", re.I)
-
-
-def one_line(text: str) -> str:
-    """``text`` on one line: gfal2/XrdCl messages carry NULs (raw and as literal "\\x00")
-    and newlines, which would forge or break a log line."""
-    text = text.replace("\\x00", " ").replace("\x00", " ")
-    return " ".join(text.split())
 
 
 def errno_of(exc: gfal2.GError) -> int:

@@ -17,7 +17,8 @@ from typing import TypeVar
 import gfal2
 
 from GRID_XFER.errors import Cancelled, Code, StorageError
-from GRID_XFER.storage.classify import errname, from_gerror, one_line
+from GRID_XFER.redact import one_line
+from GRID_XFER.storage.classify import errname, from_gerror
 from GRID_XFER.urls import redact
 
 log = logging.getLogger("GRID_XFER.storage")

@@ -7,7 +7,8 @@ import logging
 import gfal2
 
 from GRID_XFER.errors import StorageError
-from GRID_XFER.storage.classify import from_gerror, one_line
+from GRID_XFER.redact import one_line
+from GRID_XFER.storage.classify import from_gerror
 from GRID_XFER.storage.operation import Contexts
 from GRID_XFER.urls import redact
 
