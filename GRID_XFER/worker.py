@@ -221,9 +221,11 @@ class Worker:
         lost = threading.Event()
         beat_stop = threading.Event()
         beater = threading.Thread(
-            target=self._beat, args=(lease, lost, beat_stop), name=f"heartbeat-{lease.id}"
+            target=self._beat,
+            args=(lease, lost, beat_stop),
+            name=f"heartbeat-{lease.id}",
+            daemon=True,
         )
-        beater.daemon = True
         beater.start()
         tlog.info(
             "worker %s claimed %s (attempt %s)",

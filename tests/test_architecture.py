@@ -76,10 +76,10 @@ def _target(module: str, node: ast.ImportFrom | ast.Import) -> list[str]:
         names = [a.name for a in node.names]
     else:
         base = node.module or ""
-        if node.level:
-            here = module.split(".") if MODULES[module].name == "__init__.py" else []
-            if not here:
-                here = module.split(".")[:-1]
+        if node.level:  # relative: from the module's package, up level - 1 packages
+            here = [p for p in module.split(".") if p]
+            if MODULES[module].name != "__init__.py":
+                here = here[:-1]
             here = here[: len(here) - node.level + 1]
             base = ".".join(["GRID_XFER", *here, *([base] if base else [])])
         names = [f"{base}.{a.name}" for a in node.names] + [base]
