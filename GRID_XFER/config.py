@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from GRID_XFER.errors import ConfigError
+from GRID_XFER.nightly_config import NightlyConfig
 from GRID_XFER.urls import PlainURL, http_url_problem
 
 DEFAULT_PORT = 5984
@@ -184,6 +185,7 @@ class Config(_Section):
     worker: WorkerConfig = WorkerConfig()
     transfer: TransferConfig = TransferConfig()
     staging: StagingConfig = StagingConfig()
+    nightly: NightlyConfig = NightlyConfig()
     # Defaults for `tokens create`, stored in every token: the URL policy applies.
     source: PlainURL | None = None
     destination: PlainURL | None = None

@@ -16,7 +16,18 @@ PACKAGE = Path(__file__).resolve().parent.parent / "GRID_XFER"
 LAYERS: list[tuple[str, set[str]]] = [
     (
         "core",
-        {"", "redact", "errors", "urls", "token", "transitions", "checksum", "config", "branches"},
+        {
+            "",
+            "redact",
+            "errors",
+            "urls",
+            "token",
+            "transitions",
+            "checksum",
+            "config",
+            "nightly_config",
+            "branches",
+        },
     ),
     ("storage", {"storage"}),
     (
@@ -30,12 +41,13 @@ LAYERS: list[tuple[str, set[str]]] = [
             "status",
             "page",
             "server",
+            "pause",
         },
     ),
     ("work", {"task", "source", "transfer", "scan", "staging", "lta"}),
     ("runtime", {"worker"}),
     ("application", {"app", "create"}),
-    ("orchestration", {"launch", "sandbox"}),
+    ("orchestration", {"launch", "sandbox", "nightly"}),
     ("cli", {"cli"}),
 ]
 MAX_MODULE_LINES = 400
