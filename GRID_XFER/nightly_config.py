@@ -107,6 +107,8 @@ class SMTPConfig(_Section):
     sender: str = "gridxfer@localhost"
     to: list[str]
     timeout: float = Field(30.0, gt=0)
+    # The CA that signed the server's certificate, where it is not the system's.
+    ca_file: Path | None = None
 
 
 class WebhookConfig(_Section):
@@ -115,6 +117,7 @@ class WebhookConfig(_Section):
 
     url_file: Path | None = None
     timeout: float = Field(15.0, gt=0)
+    ca_file: Path | None = None
 
 
 class AlertsConfig(_Section):
