@@ -122,18 +122,23 @@ def create_tokens(
         )
     outcome = CreateOutcome(req.night, CreateReport())
     specs = _find_specs(config, req, t, source, destination, storage_factory, outcome)
-    if t.max_attempts or t.payload:
-        specs = [
-            s.model_copy(
-                update={
-                    "max_attempts": s.max_attempts or t.max_attempts,
-                    "payload": {**t.payload, **s.payload},
-                }
-            )
-            for s in specs
-        ]
-    outcome.report = pool.create(req.night, specs)
+    outcome.report = pool.create(req.night, apply_template(specs, t))
     return outcome
+
+
+def apply_template(specs: list[ExposureSpec], t: scan.Template) -> list[ExposureSpec]:
+    """The template's retry budget and payload, under what each exposure says itself."""
+    if not (t.max_attempts or t.payload):
+        return specs
+    return [
+        s.model_copy(
+            update={
+                "max_attempts": s.max_attempts or t.max_attempts,
+                "payload": {**t.payload, **s.payload},
+            }
+        )
+        for s in specs
+    ]
 
 
 def _find_specs(

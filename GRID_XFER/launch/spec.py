@@ -83,6 +83,7 @@ class LaunchSpec:
     sandbox: str = "fetch"  # fetch | none
     python: str | None = None  # the interpreter on the node (default: ours for slurm/local)
     name: str = "gridxfer"
+    stream: str | None = None  # the nightly service's stream: `gridxfer pause STREAM` applies
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -163,6 +164,8 @@ class LaunchSpec:
             args += ["--max-tokens", str(self.max_tokens)]
         if self.max_time is not None:
             args += ["--max-time", f"{self.max_time:g}"]
+        if self.stream is not None:
+            args += ["--stream", self.stream]
         return args
 
 
