@@ -1,0 +1,249 @@
+"""Keeping a stream's workers sized to its backlog, through a launch backend.
+
+Workers are the ordinary ones `gridxfer launch` starts (``launch.sh`` with
+``--idle-exit``), one job directory per stream and night, so they hand their
+tokens back on SIGTERM and leave when nothing is left. The service counts the
+workers that are *there* before starting any, not the ones it remembers
+starting: local workers by the job id in their environment (``/proc``), Slurm
+jobs by name (``squeue``). So a service that restarts, or a standby that takes
+over on the same machine or cluster, adopts the running workers instead of
+starting a second set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from GRID_XFER.config import Config
+from GRID_XFER.errors import LaunchError
+from GRID_XFER.launch import JobDir, LaunchSpec, get_backend, local_environment, prepare
+from GRID_XFER.launch.spec import parse_duration
+from GRID_XFER.launch.submit import run_submit
+from GRID_XFER.nightly_config import StreamConfig
+
+log = logging.getLogger(__name__)
+
+
+def wanted(stream: StreamConfig, backlogs: dict[str, int]) -> dict[str, int]:
+    """Workers per night: one per ``tokens_per_worker`` of its backlog, oldest night
+    first, at most ``max_workers`` in all and at least ``min_workers`` while any work
+    remains (the extra ones go to the oldest night with work)."""
+    out: dict[str, int] = {}
+    left = stream.max_workers
+    for night, backlog in sorted(backlogs.items()):
+        n = min(left, math.ceil(backlog / stream.tokens_per_worker)) if backlog > 0 else 0
+        out[night] = n
+        left -= n
+    total = sum(out.values())
+    busy = [n for n, b in sorted(backlogs.items()) if b > 0]
+    if busy and total < stream.min_workers:
+        out[busy[0]] += stream.min_workers - total
+    return out
+
+
+@dataclass
+class Started:
+    night: str
+    count: int
+    job_id: str | None = None  # Slurm's
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Staffing:
+    running: dict[str, int] = field(default_factory=dict)
+    wanted: dict[str, int] = field(default_factory=dict)
+    started: list[Started] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "running": self.running,
+            "wanted": self.wanted,
+            "started": [s.as_dict() for s in self.started],
+        }
+
+
+class Workforce:
+    """One stream's workers: counted where they run, started to make up the difference."""
+
+    def __init__(self, config: Config, stream: StreamConfig, *, dry_run: bool = False) -> None:
+        self.config = _stream_config(config, stream)
+        self.stream = stream
+        self.dry_run = dry_run
+        self.workdir = (
+            stream.workdir or Path("gridxfer-jobs") / f"nightly-{stream.name}"
+        ).absolute()
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._jobs: dict[str, JobDir] = {}
+
+    @property
+    def name(self) -> str:
+        return f"gridxfer-{self.stream.name}"
+
+    def job_prefix(self, night: str) -> str:
+        return f"nightly-{self.stream.name}-{night}-"
+
+    # -- counting ----------------------------------------------------------------
+    def running(self, nights: list[str]) -> dict[str, int]:
+        if self.stream.backend == "slurm":
+            return _slurm_counts(self.name, nights)
+        return {n: len(_local_pids(self.job_prefix(n))) for n in nights}
+
+    # -- staffing ----------------------------------------------------------------
+    def staff(self, backlogs: dict[str, int]) -> Staffing:
+        """Start what is missing; never stop a worker (they leave when idle)."""
+        self._reap()
+        out = Staffing(self.running(list(backlogs)), wanted(self.stream, backlogs))
+        for night, want in out.wanted.items():
+            missing = want - out.running.get(night, 0)
+            if missing > 0:
+                out.started.append(self._start(night, missing))
+        return out
+
+    def _spec(self, night: str, count: int) -> LaunchSpec:
+        s = self.stream
+        return LaunchSpec(
+            backend=s.backend,
+            workers=count,
+            night=night,
+            workdir=self.workdir / night,
+            time_limit=parse_duration(s.time_limit),
+            grace=min(120, parse_duration(s.time_limit) // 2),
+            partition=s.partition,
+            account=s.account,
+            sandbox="none",
+            name=self.name,
+            stream=s.name,
+        )
+
+    def _start(self, night: str, count: int) -> Started:
+        spec = self._spec(night, count)
+        if self.dry_run:
+            log.info("would start %d %s worker(s) for night %s", count, spec.backend, night)
+            return Started(night, count)
+        job = self._jobs.get(night) or prepare(self.config, spec)
+        self._jobs[night] = job
+        if spec.backend == "slurm":
+            backend = get_backend("slurm")
+            backend.render(spec, job)
+            job_id = backend.submit(spec, job)
+            log.info("submitted %d Slurm worker(s) for night %s: job %s", count, night, job_id)
+            return Started(night, count, job_id)
+        env = local_environment(job)
+        for _ in range(count):
+            job_id = f"{self.job_prefix(night)}{time.time_ns()}"
+            with open(job.logs / f"{job_id}.log", "ab") as out:
+                proc = subprocess.Popen(
+                    ["/bin/bash", str(job.launch), *spec.worker_args()],
+                    cwd=job.path,
+                    env={**env, "GRIDXFER_JOB_ID": job_id},
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            self._procs.append(proc)
+            log.info("started worker %s (pid %d) for night %s", job_id, proc.pid, night)
+        return Started(night, count)
+
+    def _reap(self) -> None:
+        """Collect the exit status of our local workers that ended (no zombies)."""
+        self._procs = [p for p in self._procs if p.poll() is None]
+
+    # -- stopping ----------------------------------------------------------------
+    def stop(self, nights: list[str], grace: float = 60.0) -> int:
+        """SIGTERM every worker of these nights (they hand their tokens back) and wait
+        up to ``grace`` for them to leave; the number still running after that."""
+        if self.dry_run:
+            return 0
+        if self.stream.backend == "slurm":
+            return _slurm_stop(self.name, nights, grace)
+        pids = [p for n in nights for p in _local_pids(self.job_prefix(n))]
+        for pid in pids:
+            _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            self._reap()
+            if not any(_alive(pid) for pid in pids):
+                return 0
+            time.sleep(0.2)
+        left = [pid for pid in pids if _alive(pid)]
+        log.warning("%d worker(s) still running %gs after SIGTERM: %s", len(left), grace, left)
+        return len(left)
+
+
+def _stream_config(config: Config, stream: StreamConfig) -> Config:
+    """The config the stream's workers get: its own tape settings over the shared ones."""
+    update: dict[str, Any] = {}
+    if stream.tape_destination is not None:
+        update["tape_destination"] = stream.tape_destination
+    if stream.staging_check is not None:
+        update["check"] = stream.staging_check
+    if not update:
+        return config
+    return config.model_copy(update={"staging": config.staging.model_copy(update=update)})
+
+
+def _local_pids(prefix: str) -> list[int]:
+    """Processes of ours whose GRIDXFER_JOB_ID starts with ``prefix``."""
+    wanted_var = b"GRIDXFER_JOB_ID=" + prefix.encode()
+    out = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue  # gone, or not ours
+        if any(v.startswith(wanted_var) for v in env) and _alive(int(entry.name)):
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _slurm_counts(name: str, nights: list[str]) -> dict[str, int]:
+    """Pending and running array tasks per night, by job name."""
+    out = run_submit(["squeue", "-h", "-r", "-o", "%j"], "Slurm")
+    names = out.split()
+    return {n: names.count(f"{name}-{n}") for n in nights}
+
+
+def _slurm_stop(name: str, nights: list[str], grace: float) -> int:
+    """SIGTERM to each job's batch step: the worker itself, which ``launch.sh`` exec'd."""
+    for n in nights:
+        try:
+            run_submit(["scancel", "--batch", "--signal=TERM", "-n", f"{name}-{n}"], "Slurm")
+            run_submit(["scancel", "--state=PENDING", "-n", f"{name}-{n}"], "Slurm")
+        except LaunchError as exc:
+            log.warning("scancel for %s-%s: %s", name, n, exc)
+    deadline = time.monotonic() + grace
+    left = sum(_slurm_counts(name, nights).values())
+    while left and time.monotonic() < deadline:
+        time.sleep(1.0)
+        left = sum(_slurm_counts(name, nights).values())
+    return left
