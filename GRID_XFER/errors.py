@@ -266,3 +266,12 @@ class LaunchError(GridXferError):
     """The batch system refused or failed to take the job."""
 
     code = Code.CONFIG
+
+
+# -- the nightly service -------------------------------------------------------------
+class AlertError(GridXferError):
+    """An alert sink (mail server, webhook) did not take a message; says why, never
+    with the sink's credentials (the SMTP password, the webhook URL)."""
+
+    code = Code.CONFIG
+    transient = True

@@ -176,6 +176,7 @@ ROW_WORDS = {
     "SANDBOX_FETCH": "sandbox",
     "SANDBOX_CHECKSUM": "sha-256",
     "LAUNCH_REFUSED": "launch",
+    "ALERT_FAILED": "alert",
     "INTERRUPTED": "aborted",
 }
 

@@ -6,6 +6,7 @@ docs/cli.md (exit status) is tested against this table.
 from __future__ import annotations
 
 from GRID_XFER.errors import (
+    AlertError,
     ConfigError,
     DatabaseError,
     DatabaseUnavailable,
@@ -35,6 +36,7 @@ STAGER = 9
 SANDBOX_FETCH = 10
 SANDBOX_CHECKSUM = 11
 LAUNCH_REFUSED = 12
+ALERT_FAILED = 13
 INTERRUPTED = 130
 
 # Most specific first: the first class an exception is an instance of decides.
@@ -51,6 +53,7 @@ _BY_CLASS: tuple[tuple[type[GridXferError], int], ...] = (
     (ServerError, SERVER_NOT_RUNNING),
     (StagerError, STAGER),
     (LaunchError, LAUNCH_REFUSED),
+    (AlertError, ALERT_FAILED),
 )
 
 
