@@ -18,18 +18,21 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from GRID_XFER import status as st
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import GridXferError
+from GRID_XFER.status.prometheus import CONTENT_TYPE, prometheus_down, prometheus_text
 from GRID_XFER.status.render import eta_text, human_bytes, rate_text
+from GRID_XFER.status.reports import REPORT_PREFIX, report_text, reports
 from GRID_XFER.token import STATES
 from GRID_XFER.views import DDOC, design_docs, status_files
 
 
 class PageServer:
-    """Serves ``/<db>/_design/gridxfer/status.html`` and the few reads it makes."""
+    """Serves ``/<db>/_design/gridxfer/status.html`` and the few reads it makes, and
+    the status as Prometheus metrics at ``/metrics``."""
 
     def __init__(self, couch: Couch, host: str = "127.0.0.1", port: int = 0) -> None:
         self.couch = couch
@@ -58,16 +61,30 @@ class PageServer:
         self.httpd.server_close()
 
     def answer(self, target: str) -> tuple[int, str, bytes]:
-        """(status, content type, body) for one GET: page files, views, database info."""
+        """(status, content type, body) for one GET: page files, views, database info,
+        a night's morning report, metrics."""
         parts = urlsplit(target)
         path = parts.path
         db_root = self.base.split("/_design/")[0]
         if path in ("/", ""):
             return 302, self.url, b""
+        if path == "/metrics":
+            try:
+                text = prometheus_text(st.gather(self.couch))
+            except GridXferError:  # scraped all the same: the database is what is down
+                text = prometheus_down()
+            return 200, CONTENT_TYPE, text.encode()
         if path in (db_root, db_root + "/"):
             info = self.couch.request("GET", "").json()
             keep = {k: info.get(k) for k in ("db_name", "update_seq", "doc_count")}
             return 200, "application/json", json.dumps(keep).encode()
+        doc_id = unquote(path.removeprefix(db_root + "/"))
+        if path.startswith(db_root + "/") and doc_id.startswith(REPORT_PREFIX):
+            night = doc_id.removeprefix(REPORT_PREFIX)
+            found = reports(self.couch, [night]).get(night)  # checked, as the CLI shows it
+            if found is None:
+                return 404, "application/json", b'{"error":"not_found"}'
+            return 200, "application/json", json.dumps(found).encode()
         if not path.startswith(self.base):
             return 404, "application/json", b'{"error":"not_found"}'
         name = path[len(self.base) :]
@@ -115,10 +132,15 @@ def snapshot(couch: Couch, *, now: float | None = None) -> str:
         for ns in report.nights
         if ns.errors or ns.held
     }
+    morning = reports(couch, [ns.night for ns in report.nights])
     css = status_files()["status.css"][0].decode()
     e = html.escape
     rows = [_night_row(ns) for ns in report.nights]
-    sections = [_night_section(night, ns) for night, ns in details.items()]
+    sections = [
+        _night_section(ns.night, details.get(ns.night), morning.get(ns.night))
+        for ns in report.nights
+        if ns.night in details or ns.night in morning
+    ]
     head = "".join(f"<th>{s}</th>" for s in STATES)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(report.generated))
     unsettled = (
@@ -153,9 +175,18 @@ def _night_row(ns: st.NightStatus) -> str:
     )
 
 
-def _night_section(night: str, ns: st.NightStatus) -> str:
-    """A night's error codes and lease holders (each table only if it has rows)."""
+def _night_section(night: str, ns: st.NightStatus | None, morning: dict[str, Any] | None) -> str:
+    """A night's error codes and lease holders (each table only if it has rows), and
+    its morning report."""
     e = html.escape
+    report = (
+        f'<div class="report"><h3>Morning report</h3><pre class="report-text">'
+        f"{e(report_text(morning))}</pre></div>"
+        if morning is not None
+        else ""
+    )
+    if ns is None:
+        return f'<section data-night="{e(night)}"><h2>Night {e(night)}</h2>{report}</section>'
     errs = "".join(
         f'<tr data-code="{c.code}"><td class="num">{c.code}</td><td class="name">{e(c.name)}'
         f'</td><td class="count num">{c.count}</td><td class="message">{e(c.message or "")}'
@@ -182,5 +213,6 @@ def _night_section(night: str, ns: st.NightStatus) -> str:
             if held
             else ""
         )
+        + report
         + "</section>"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -14,7 +15,12 @@ from GRID_XFER.app import App
 from GRID_XFER.cli.base import emit_json, pass_app
 from GRID_XFER.couch import Couch
 from GRID_XFER.errors import GridXferError, InvalidInput
+from GRID_XFER.status.prometheus import prometheus_text
 from GRID_XFER.status.render import render
+from GRID_XFER.status.reports import night_report, report_text
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 log = logging.getLogger("GRID_XFER.cli")
 
@@ -30,6 +36,11 @@ log = logging.getLogger("GRID_XFER.cli")
     help="Seconds between refreshes with --watch.",
 )
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON (docs/status.md).")
+@click.option(
+    "--prometheus",
+    is_flag=True,
+    help="The report as Prometheus metrics (text format 0.0.4; names in docs/status.md).",
+)
 @click.option(
     "--serve",
     is_flag=True,
@@ -57,6 +68,7 @@ def status(
     watch: bool,
     interval: float,
     as_json: bool,
+    prometheus: bool,
     serve: bool,
     host: str,
     port: int,
@@ -64,33 +76,59 @@ def status(
 ) -> None:
     """Progress per night from the views: counts, bytes, rate and ETA.
 
-    With NIGHT: that night's error codes (name, count, a sample message) and the
-    workers holding leases. The same numbers as a page: --serve, --html FILE, or
+    With NIGHT: that night's error codes (name, count, a sample message), the
+    workers holding leases and its morning report. The same numbers as a page:
+    --serve (which also answers GET /metrics), --html FILE, or
     /<db>/_design/gridxfer/status.html where the server lets its script run.
     """
-    if sum((watch, as_json, serve, html_file is not None)) > 1:
-        raise click.UsageError("--watch, --json, --serve and --html do not go together")
+    if sum((watch, as_json, prometheus, serve, html_file is not None)) > 1:
+        raise click.UsageError(
+            "--watch, --json, --prometheus, --serve and --html do not go together"
+        )
     couch = app.couch()
     if serve or html_file:
         _status_page(couch, serve, host, port, html_file)
         return
     report = st.gather(couch, night)
-    if as_json:
-        emit_json(report.as_dict())
+    if prometheus:
+        click.echo(prometheus_text(report), nl=False)
         return
-    import time
-
+    morning = None if night is None else night_report(couch, night)
+    if as_json:
+        data = report.as_dict()
+        if night is not None:
+            data["nights"][0]["report"] = morning
+        emit_json(data)
+        return
     from rich.console import Console
-    from rich.live import Live
 
     console = Console() if sys.stdout.isatty() else Console(width=160)
+    text = None if morning is None else report_text(morning)
     if not watch:
-        console.print(render(report))
+        console.print(render(report, morning=text))
         return
+    _watch(console, couch, night, interval, report, text)
+
+
+def _watch(
+    console: Console,
+    couch: Couch,
+    night: str | None,
+    interval: float,
+    report: st.StatusReport,
+    text: str | None,
+) -> None:
+    """Redraw until Ctrl-C, keeping the last numbers on screen through an outage."""
+    import time
+
+    from rich.live import Live
+
     rows = max(3, console.size.height - 14)
     try:
         with Live(
-            render(report, bars=True, limit=rows), console=console, auto_refresh=False
+            render(report, bars=True, limit=rows, morning=text),
+            console=console,
+            auto_refresh=False,
         ) as live:
             took = 0.0
             while True:
@@ -101,10 +139,16 @@ def status(
                 started = time.monotonic()
                 try:
                     report = st.gather(couch, night)
+                    if night is not None:
+                        morning = night_report(couch, night)
+                        text = None if morning is None else report_text(morning)
                 except GridXferError as exc:  # keep showing the last report
                     problem = f"{exc} (retrying)"
                 took = time.monotonic() - started
-                live.update(render(report, bars=True, limit=rows, problem=problem), refresh=True)
+                live.update(
+                    render(report, bars=True, limit=rows, problem=problem, morning=text),
+                    refresh=True,
+                )
     except KeyboardInterrupt:
         pass  # Ctrl-C ends a watch; Live has restored the terminal
 

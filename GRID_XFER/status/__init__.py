@@ -4,6 +4,9 @@
 - :mod:`.gather`: reading it from the views, with a cached overview and, on a
   cluster, a check that the open counts are settled.
 - :mod:`.render`: the rich layout ``gridxfer status`` prints.
+- :mod:`.prometheus`: a report as Prometheus metrics (``status --prometheus``,
+  ``/metrics`` of ``status --serve``).
+- :mod:`.reports`: the nightly service's morning reports, checked before shown.
 
 This package prints nothing; the CLI prints what :mod:`.render` builds.
 """
@@ -21,6 +24,7 @@ from GRID_XFER.status.gather import (
     gather,
     state_counts,
 )
+from GRID_XFER.status.prometheus import CONTENT_TYPE, escape_label, prometheus_text
 from GRID_XFER.status.report import (
     HELD_STATES,
     OPEN_STATES,
@@ -29,14 +33,25 @@ from GRID_XFER.status.report import (
     NightStatus,
     StatusReport,
 )
+from GRID_XFER.status.reports import (
+    REPORT_PREFIX,
+    REPORT_TYPE,
+    night_report,
+    report_problem,
+    report_text,
+    reports,
+)
 
 __all__ = [
     "BUCKET",
     "CACHE_ID",
     "CACHE_VERSION",
     "CHANGES_LIMIT",
+    "CONTENT_TYPE",
     "HELD_STATES",
     "OPEN_STATES",
+    "REPORT_PREFIX",
+    "REPORT_TYPE",
     "SETTLE_TRIES",
     "SETTLE_WAIT",
     "SHARE",
@@ -46,6 +61,12 @@ __all__ = [
     "Holder",
     "NightStatus",
     "StatusReport",
+    "escape_label",
     "gather",
+    "night_report",
+    "prometheus_text",
+    "report_problem",
+    "report_text",
+    "reports",
     "state_counts",
 ]

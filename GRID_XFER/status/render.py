@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Group
 from rich.filesize import decimal
+from rich.panel import Panel
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
@@ -150,8 +151,10 @@ def render(
     bars: bool = False,
     limit: int | None = None,
     problem: str | None = None,
+    morning: str | None = None,
 ) -> Any:
-    """Everything ``gridxfer status`` shows for a report."""
+    """Everything ``gridxfer status`` shows for a report; ``morning`` is the text of
+    the night's morning report (:mod:`.reports`), shown after its detail."""
     parts: list[Any] = []
     if not report.nights:
         parts.append(Text("no tokens yet (gridxfer tokens create NIGHT ...)"))
@@ -159,6 +162,9 @@ def render(
         parts.append(nights_table(report, bars=bars, limit=limit))
     if len(report.nights) == 1 and report.nights[0].error_codes is not None:
         parts.append(night_detail(report.nights[0], report.generated))
+    if morning is not None and len(report.nights) == 1:
+        title = Text(f"morning report {report.nights[0].night}")  # data, not markup
+        parts.append(Panel(Text(morning), title=title, title_align="left", expand=False))
     if report.unsettled:
         parts.append(
             Text(

@@ -291,6 +291,14 @@
     $("more").hidden = rows.length <= ui.tokensShown;
   }
 
+  function renderReport(night, doc) {
+    // Shown only as the service writes it (GRID_XFER/status/reports.py checks more).
+    var ok = doc && doc.type === "gridxfer-report" && doc.night === night &&
+             typeof doc.text === "string";
+    $("report-text").textContent = ok ? doc.text : "";
+    $("report").hidden = !ok;
+  }
+
   // -- one refresh ----------------------------------------------------------------
   function loadDetail(night) {
     var ns = null;
@@ -317,9 +325,13 @@
                                            startkey: [night, state], endkey: [night, state, {}]})
                          .then(function (res) { return res.rows; })
                        : Promise.resolve([]);
-    return Promise.all([samples, holders, tokens]).then(function (res) {
+    // The nightly service's report of the night, if it wrote one (404: none yet).
+    var report = getJSON(DB + encodeURIComponent("gridxfer-report-" + night))
+      .catch(function () { return null; });
+    return Promise.all([samples, holders, tokens, report]).then(function (res) {
       renderDetail(ns, res[0], res[1]);
       renderTokens(state, res[2]);
+      renderReport(night, res[3]);
       $("detail").hidden = false;
     });
   }
