@@ -49,17 +49,6 @@ def _state(doc: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def _read(couch: Couch) -> dict[str, Any] | None:
-    """The pause document; of a conflicted one (two writers on a cluster), the latest."""
-    try:
-        doc = couch.get(DOC_ID, conflicts="true")
-    except NotFound:
-        return None
-    if not doc.get("_conflicts"):
-        return doc
-    return _latest(branches.live(couch.leaves(DOC_ID))) or doc
-
-
 def _latest(leaves: list[dict[str, Any]]) -> dict[str, Any] | None:
     def key(leaf: dict[str, Any]) -> tuple[float, tuple[int, str]]:
         updated = leaf.get("updated")
@@ -69,54 +58,111 @@ def _latest(leaves: list[dict[str, Any]]) -> dict[str, Any] | None:
     return max(leaves, key=key, default=None)
 
 
+def _merge(couch: Couch, leaves: list[dict[str, Any]]) -> dict[str, Any]:
+    """One pause from the branches two writers left on a cluster.
+
+    What each branch changed since their common ancestor is applied to it, a
+    pause winning where they disagree, so that neither writer's change is lost.
+    Without the ancestor (compacted away) the branches' union: paused if any says so.
+    """
+    states = [_state(leaf) for leaf in leaves]
+    paths = [branches.path(leaf) for leaf in leaves]
+    common = next((rev for rev in paths[0] if all(rev in p for p in paths[1:])), None)
+    base = None
+    if common is not None:
+        try:
+            base = _state(couch.get(DOC_ID, rev=common))
+        except GridXferError as exc:
+            log.debug("no common ancestor %s of %s: %s", common, DOC_ID, exc)
+    if base is None:
+        paused_all = any(s["all"] for s in states)
+        streams = set().union(*(s["streams"] for s in states))
+    else:
+        moved = [s["all"] for s in states if s["all"] != base["all"]]
+        paused_all = any(moved) if moved else base["all"]
+        before = set(base["streams"])
+        added = set().union(*(set(s["streams"]) - before for s in states))
+        removed = set().union(*(before - set(s["streams"]) for s in states))
+        streams = (before - removed) | added
+    latest = _state(_latest(leaves))
+    return {**latest, "all": paused_all, "streams": sorted(streams)}
+
+
+def _read(couch: Couch) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The revision to write on and the pause's fields (of a conflicted one, merged)."""
+    try:
+        doc = couch.get(DOC_ID, conflicts="true")
+    except NotFound:
+        return None, _state(None)
+    if not doc.get("_conflicts"):
+        return doc, _state(doc)
+    leaves = branches.live(couch.leaves(DOC_ID))
+    if len(leaves) < 2:
+        return (leaves or [doc])[0], _state((leaves or [doc])[0])
+    return _latest(leaves), _merge(couch, leaves)
+
+
 def state(couch: Couch) -> dict[str, Any]:
     """``{"all", "streams", "updated", "by"}``: what is paused now."""
-    return _state(_read(couch))
+    return _read(couch)[1]
 
 
 def paused(couch: Couch, stream: str | None = None) -> bool:
     """Must a worker (of ``stream``, if it has one) stop claiming?"""
     now = state(couch)
-    return now["all"] or (stream is not None and stream in now["streams"])
+    return bool(now["all"] or (stream is not None and stream in now["streams"]))
+
+
+def _document(base: dict[str, Any] | None, fields: dict[str, Any]) -> dict[str, Any]:
+    return {
+        **(adopt(base) if base else {"_id": DOC_ID}),
+        "type": DOC_TYPE,
+        "all": fields["all"],
+        "streams": sorted(set(fields["streams"])),
+        "updated": fields["updated"],
+        "by": fields["by"],
+    }
 
 
 def _update(
     couch: Couch, change: Callable[[dict[str, Any]], None], clock: Callable[[], float]
 ) -> dict[str, Any]:
-    """Apply ``change`` to the pause's fields and save; on a 409 read again and re-apply.
-
-    On a cluster a write can branch; the latest ``updated`` is the pause (what
-    readers take), and the other live branches are removed after the write.
-    """
+    """Apply ``change`` to the pause's fields and save; on a 409 read again and re-apply."""
     for _ in range(10):
-        current = _read(couch)
-        fields = _state(current)
+        base, fields = _read(couch)
         change(fields)
-        doc: dict[str, Any] = {
-            **(adopt(current) if current else {"_id": DOC_ID}),
-            "type": DOC_TYPE,
-            "all": fields["all"],
-            "streams": sorted(set(fields["streams"])),
-            "updated": clock(),
-            "by": f"{_user()}@{socket.gethostname()}",
-        }
+        fields.update(updated=clock(), by=f"{_user()}@{socket.gethostname()}")
+        doc = _document(base, fields)
         try:
             couch.put(doc)
         except Conflict:
             continue
-        if couch.replicated:
-            _tidy(couch, doc["_rev"])
-        return _state(doc)
+        return _settle(couch) if couch.replicated else _state(doc)
     raise Conflict(f"{DOC_ID}: too many concurrent changes; try again")
 
 
-def _tidy(couch: Couch, rev: str) -> None:
-    for leaf in branches.live(couch.leaves(DOC_ID)):
-        if leaf["_rev"] != rev:
-            try:
-                couch.delete(DOC_ID, leaf["_rev"])
-            except GridXferError as exc:
-                log.debug("could not delete branch %s of %s: %s", leaf["_rev"], DOC_ID, exc)
+def _settle(couch: Couch) -> dict[str, Any]:
+    """On a cluster, after a write: merge whatever branches a race left into one.
+
+    A writer that saw no other branch is done; a later one sees its branch and
+    merges it (:func:`_merge`), so every writer's change is kept.
+    """
+    for _ in range(5):
+        leaves = branches.live(couch.leaves(DOC_ID))
+        if len(leaves) < 2:
+            return _state(leaves[0] if leaves else None)
+        latest = _latest(leaves)
+        try:
+            couch.put(_document(latest, _merge(couch, leaves)))
+        except Conflict:
+            continue
+        for leaf in leaves:
+            if leaf is not latest:
+                try:
+                    couch.delete(DOC_ID, leaf["_rev"])
+                except GridXferError as exc:
+                    log.debug("could not delete branch %s of %s: %s", leaf["_rev"], DOC_ID, exc)
+    return state(couch)
 
 
 def pause(

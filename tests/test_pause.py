@@ -17,9 +17,11 @@ import pytest
 
 from GRID_XFER import pause as pz
 from GRID_XFER.cli import exits
+from GRID_XFER.config import CouchDBConfig
 from GRID_XFER.couch import Couch
 from GRID_XFER.token import is_token, parse_spec
-from tests.conftest import Database, cli_env, gridxfer, spawn_worker, wait_for
+from tests.conftest import Database, cli_env, gridxfer, make_database, spawn_worker, wait_for
+from tests.plugins.couchdb import CouchDB3
 from tests.test_worker import recording_command
 
 NIGHT = "n1"
@@ -62,21 +64,68 @@ def test_pause_and_resume_all_and_streams(db: Database) -> None:
     assert doc["type"] == "gridxfer-pause" and not is_token(doc)
 
 
-def test_concurrent_pauses_of_different_streams_all_land(db: Database) -> None:
-    """Each writer retries on 409 against what the other wrote."""
-    names = [f"s{i}" for i in range(8)]
+def _branch(couch: Couch, base: dict[str, Any], digest: str, **fields: Any) -> None:
+    """Plant a second child of ``base``, as a race on a cluster leaves one."""
+    gen, _, parent = base["_rev"].partition("-")
+    doc = {**base, **fields, "_rev": f"{int(gen) + 1}-{digest}"}
+    doc["_revisions"] = {"start": int(gen) + 1, "ids": [digest, parent]}
+    couch.request("POST", "_bulk_docs", body={"docs": [doc], "new_edits": False})
+
+
+def test_branches_two_writers_left_are_merged_keeping_both_changes(db: Database) -> None:
+    if db.engine == "pouchdb":  # one copy never branches, and drops planted branches
+        pytest.skip("pouchdb-server keeps no branch planted with new_edits=false")
+    couch = db.couch
+    pz.pause(couch, "s1")
+    base = couch.get(pz.DOC_ID)
+    # One resumed s1, the other paused s2, both from the same revision.
+    _branch(couch, base, "a" * 32, streams=[], updated=base["updated"] + 1)
+    _branch(couch, base, "b" * 32, streams=["s1", "s2"], updated=base["updated"] + 2)
+    assert len(couch.get(pz.DOC_ID, conflicts="true")["_conflicts"]) == 1
+    assert pz.state(couch)["streams"] == ["s2"]
+    assert not pz.paused(couch, "s1") and pz.paused(couch, "s2")
+    # The next write goes on from the merged state.
+    assert pz.pause(couch, "s3")["streams"] == ["s2", "s3"]
+
+
+def _pause_at_once(cfg: CouchDBConfig, names: list[str]) -> None:
+    """Each name paused from its own thread and connection, spread over the coordinators."""
     barrier = threading.Barrier(len(names))
+    urls = list(cfg.url)
 
-    def run(name: str) -> None:
+    def run(i: int) -> None:
+        k = i % len(urls)
+        couch = Couch(cfg.model_copy(update={"url": urls[k:] + urls[:k]}))
         barrier.wait()
-        pz.pause(Couch(db.cfg), name)
+        pz.pause(couch, names[i])
 
-    threads = [threading.Thread(target=run, args=(n,)) for n in names]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(names))]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert pz.state(db.couch)["streams"] == sorted(names)
+
+
+def test_concurrent_pauses_of_different_streams_all_land(db: Database) -> None:
+    """Each writer retries on 409 against what the other wrote."""
+    names = [f"s{i}" for i in range(8)]
+    _pause_at_once(db.cfg, names)
+    assert pz.state(db.couch)["streams"] == names
+
+
+@pytest.mark.slow
+def test_on_a_cluster_concurrent_pauses_all_land_and_leave_one_branch(
+    couchdb_cluster: CouchDB3, tmp_path: Path
+) -> None:
+    db = make_database(couchdb_cluster.urls, tmp_path, couchdb_cluster)
+    for round_ in range(10):
+        names = [f"r{round_}s{i}" for i in range(9)]
+        _pause_at_once(db.cfg, names)
+        assert set(names) <= set(pz.state(db.couch)["streams"]), round_
+        live = [x for x in db.couch.leaves(pz.DOC_ID) if not x.get("_deleted")]
+        assert len(live) == 1, round_
+        pz.resume(db.couch)
+        assert not pz.paused(db.couch, names[0])
 
 
 def test_a_pause_that_cannot_be_read_or_makes_no_sense_counts_as_no_pause(
