@@ -39,6 +39,7 @@ class WorkerOptions:
     idle_exit: bool = False
     task: str | None = None
     command: str | None = None
+    stream: str | None = None  # obeys `gridxfer pause STREAM` as well as a pause of all
 
     def as_args(self) -> list[str]:
         """The same options as `gridxfer worker` arguments (for job files)."""
@@ -48,6 +49,7 @@ class WorkerOptions:
         args += ["--idle-exit"] if self.idle_exit else []
         args += ["--task", self.task] if self.task else []
         args += ["--command", self.command] if self.command else []
+        args += ["--stream", self.stream] if self.stream else []
         return args
 
 
@@ -197,6 +199,7 @@ class App:
             idle_exit=opts.idle_exit,
             idle_sleep=w.idle_sleep,
             heartbeat=w.heartbeat,
+            stream=opts.stream,
             **tape,
         )
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from GRID_XFER.errors import Code, DatabaseUnavailable, Interrupted, LeaseLost, TaskError
 from GRID_XFER.lease import Lease
+from GRID_XFER.pause import PauseWatch
 from GRID_XFER.pool import Pool
 from GRID_XFER.task import Task, TaskContext
 
@@ -59,6 +60,7 @@ class WorkerReport:
     staging: int = 0  # handed to the staging poll
     archiving: int = 0  # copied, waiting for tape migration
     signal: int | None = None
+    paused: bool = False  # stopped claiming (and, with idle_exit, ended) on `gridxfer pause`
     tokens: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -81,6 +83,7 @@ class Worker:
         staging: Staging | None = None,
         archive: Archive | None = None,
         poll_every: float = 60.0,
+        stream: str | None = None,
     ) -> None:
         self.pool = pool
         self.task = task
@@ -94,6 +97,8 @@ class Worker:
         self.staging = staging
         self.archive = archive if archive is not None and archive.enabled else None
         self.poll_every = poll_every
+        self.stream = stream
+        self.pause = PauseWatch(pool.couch, stream, min(idle_sleep, 5.0))
         self._stop = threading.Event()
         self._signal: int | None = None
         self._cancelled = threading.Event()
@@ -168,6 +173,11 @@ class Worker:
             if self._tape and time.monotonic() - last_poll >= self.poll_every:
                 last_poll = time.monotonic()
                 self._poll_tape()
+            if self._paused():
+                if self.idle_exit:
+                    break
+                self._stop.wait(self.pause.every)
+                continue
             lease = self.pool.claim(self.night)
             if lease is None:
                 waiting = self._tape and self.pool.waiting(self.night)
@@ -191,6 +201,20 @@ class Worker:
                 last_reap = 0.0  # idle is a good moment to look for lost workers
                 continue
             self._process(lease)
+
+    def _paused(self) -> bool:
+        """Does the central pause hold this worker? Logs each change once."""
+        paused = self.pause.paused()
+        if paused != self.report.paused:
+            scope = f" (stream {self.stream})" if self.stream else ""
+            if not paused:
+                log.info("pause lifted%s; claiming again", scope)
+            elif self.idle_exit:
+                log.info("paused%s; exiting", scope)
+            else:
+                log.info("paused%s; claiming nothing until `gridxfer resume`", scope)
+        self.report.paused = paused
+        return paused
 
     def _maintain(self) -> None:
         """Settle conflicted tokens (clusters only make them), then reap lost leases."""

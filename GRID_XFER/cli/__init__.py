@@ -15,7 +15,18 @@ import click
 
 from GRID_XFER import __version__
 from GRID_XFER.app import App
-from GRID_XFER.cli import exits, launch, node, run, sandbox, server, status, tape, tokens
+from GRID_XFER.cli import (
+    control,
+    exits,
+    launch,
+    node,
+    run,
+    sandbox,
+    server,
+    status,
+    tape,
+    tokens,
+)
 from GRID_XFER.errors import GridXferError
 from GRID_XFER.urls import RedactingFormatter, redact
 
@@ -65,6 +76,8 @@ for command in (
     tape.state_all,
     tape.stage,
     node.node,
+    control.pause,
+    control.resume,
 ):
     cli.add_command(command)
 

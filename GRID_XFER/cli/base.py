@@ -39,9 +39,10 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
         idle_exit: bool,
         task_kind: str | None,
         command: str | None,
+        stream: str | None,
         **kwargs: Any,
     ) -> Any:
-        opts = WorkerOptions(night, max_tokens, max_time, idle_exit, task_kind, command)
+        opts = WorkerOptions(night, max_tokens, max_time, idle_exit, task_kind, command, stream)
         return f(*args, opts=opts, **kwargs)
 
     for opt in reversed(
@@ -60,6 +61,12 @@ def worker_options(f: Callable[..., Any]) -> Callable[..., Any]:
             ),
             click.option(
                 "--command", help="Command for the command task (default: worker.command)."
+            ),
+            click.option(
+                "--stream",
+                metavar="NAME",
+                envvar="GRIDXFER_STREAM",
+                help="The stream this worker serves: `gridxfer pause NAME` stops it too.",
             ),
         )
     ):
