@@ -214,6 +214,7 @@ def job_config_data(cfg: Config, spec: LaunchSpec) -> dict[str, Any]:
     couch.pop("password_file", None)
     couch["url"], couch["db"] = cfg.couchdb.url, cfg.couchdb.db
     data.pop("server", None)
+    data.pop("nightly", None)  # the service's, not the workers'
     worker = data.setdefault("worker", {})
     if spec.task:
         worker["task"] = spec.task

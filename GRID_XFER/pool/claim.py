@@ -116,6 +116,15 @@ class Claiming(PoolBase):
             )
         return self._confirm(doc)
 
+    def claimable_count(self, night: str, limit: int) -> int:
+        """How many of the night's todo tokens may be claimed now (up to ``limit``): what
+        workers can start on, without those waiting out a retry's back-off."""
+        now = self.clock()
+        rows = self.couch.view(
+            DDOC, "todo", startkey=[night], endkey=[night, now, {}], limit=limit
+        )["rows"]
+        return len(rows)
+
     def claimable_now(self, night: str | None = None) -> list[dict[str, Any]]:
         """Todo tokens a quorum read finds claimable, for a worker about to go idle.
 
