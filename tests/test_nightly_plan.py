@@ -114,7 +114,7 @@ def test_an_exposure_is_ready_once_its_manifest_is_there_and_it_is_quiet(tmp_pat
     write_exposure(exp, {"a.fits": b"a" * 10})
     found = disco.look(n)
     assert found.waiting == ["e1"] and not found.ready  # just written: not quiet yet
-    clock.now += 31
+    clock.now += 32
     found = disco.look(n)
     assert [r.spec.exposure for r in found.ready] == ["e1"]
     names = {f.name for f in found.ready[0].spec.files}
@@ -152,7 +152,7 @@ def test_an_unchanged_exposure_is_not_walked_again_until_the_full_rescan(tmp_pat
     found = disco.look(n)
     assert len(found.ready) == 1
     disco._seen[(n.name, "e3")] = found.ready[0].mtime  # as make_tokens records it
-    assert disco.look(n).unchanged == 1
+    assert disco.look(n).untouched == 1
     (exp / "late.fits").write_bytes(b"late")  # a late file changes the directory
     assert disco.look(n).waiting == ["e3"]
     clock.now += 3601  # the full rescan forgets what it saw

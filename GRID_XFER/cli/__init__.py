@@ -19,6 +19,7 @@ from GRID_XFER.cli import (
     control,
     exits,
     launch,
+    nightly,
     node,
     run,
     sandbox,
@@ -78,6 +79,7 @@ for command in (
     node.node,
     control.pause,
     control.resume,
+    nightly.nightly,
 ):
     cli.add_command(command)
 

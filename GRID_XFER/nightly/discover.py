@@ -43,7 +43,7 @@ class Found:
     night: str
     ready: list[Ready] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # present, not ready yet
-    unchanged: int = 0  # not walked: nothing changed since their token
+    untouched: int = 0  # not walked: nothing changed since their token
     report: CreateReport = field(default_factory=CreateReport)
     reopened: list[str] = field(default_factory=list)  # done tokens with late files
 
@@ -52,7 +52,7 @@ class Found:
             "night": self.night,
             "ready": [r.spec.exposure for r in self.ready],
             "waiting": self.waiting,
-            "unchanged": self.unchanged,
+            "untouched": self.untouched,
             **self.report.as_dict(),
             "reopened": self.reopened,
         }
@@ -101,7 +101,7 @@ class Discovery:
             if not st.is_dir or not _exposure_name(name):
                 continue
             if self._seen.get((night.name, name)) == st.mtime:
-                found.unchanged += 1
+                found.untouched += 1
                 continue
             spec = self._ready_spec(night, url, name, st, now)
             if spec is None:
@@ -123,8 +123,10 @@ class Discovery:
         elif manifest_name(exposure, self.algo) not in present:
             return None
         else:
+            # Storage gives whole seconds (gfal2 truncates): a second more makes
+            # sure the last write is at least quiet_seconds old.
             newest = max([st.mtime, *(s.mtime for s in present.values())])
-            if now - newest < ready.quiet_seconds:
+            if now - newest < ready.quiet_seconds + 1:
                 return None
         spec = scan.scan_exposure(
             self.storage,
