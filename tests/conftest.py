@@ -151,9 +151,14 @@ BYSTANDERS = {
 }
 
 
+SERVER_FIXTURES = frozenset({"db", "couchdb_server", "couchdb3", "couchdb_cluster"})
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     keep, drop = [], []
     for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)  # it starts a database server
         engine = getattr(item, "callspec", None) and item.callspec.params.get("db")
         bystander = (
             item.module is not None and item.module.__name__.rpartition(".")[2] in BYSTANDERS
