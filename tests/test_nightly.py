@@ -418,3 +418,64 @@ def test_a_dry_run_changes_nothing(db: Database, tmp_path: Path) -> None:
     assert cycle["streams"]["cam"]["staffing"]["wanted"][night] >= 1
     assert "would create token" in out.stderr and f"{night}_e100" in out.stderr
     assert _no_workers_left()
+
+
+# -- Slurm ------------------------------------------------------------------------------
+
+
+def test_on_slurm_a_restarted_service_adopts_the_jobs_and_never_exceeds_max_workers(
+    couchdb_server: Any, tmp_path: Path, slurm: Any
+) -> None:
+    """A real single-node Slurm (tests/plugins/slurm.py): the service submits arrays,
+    counts them by name in squeue, and a second service after a SIGKILL submits none
+    beyond what is running; the kill file scancels them warmly."""
+    from tests.conftest import make_database
+
+    db = make_database(couchdb_server.url, tmp_path)
+    stream = _stream(
+        tmp_path, backend="slurm", max_workers=2, tokens_per_worker=2, time_limit="10m"
+    )
+    config = _configure(db, tmp_path, stream, worker={"task": "command", "command": "sleep 4"})
+    night = _tonight(stream)
+    _old_exposures(tmp_path / "src" / night, 8)
+    env = cli_env(config, SLURM_CONF=slurm.env["SLURM_CONF"])
+    name = f"gridxfer-cam-{night}"
+
+    def active() -> int:
+        out = slurm.run("squeue", "-h", "-r", "-n", name, "-o", "%i").stdout
+        for job in out.split():
+            slurm.track(job)
+        return len(out.split())
+
+    def service(log: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "GRID_XFER.cli", "nightly"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp_path / log, "w"),  # noqa: SIM115 - the service's lifetime
+        )
+
+    most = 0
+    first = service("first.err")
+    second: subprocess.Popen[str] | None = None
+    try:
+        most = max(most, wait_for(active, 60, every=0.3, what="Slurm jobs submitted"))
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        db.couch.delete("gridxfer-leader", db.couch.get("gridxfer-leader")["_rev"])  # no wait
+        second = service("second.err")
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            most = max(most, active())
+            if all(t["state"] == "done" for t in _tokens(db, night).values()):
+                break
+            time.sleep(0.3)
+        assert all(t["state"] == "done" for t in _tokens(db, night).values())
+        assert _stop(second, tmp_path) == 0
+        wait_for(lambda: active() == 0, 60, what="no Slurm job left")
+    finally:
+        for p in (first, second):
+            if p is not None and p.poll() is None:
+                p.kill()
+    assert 1 <= most <= 2
+    assert "submitted" in (tmp_path / "log" / "nightly.log").read_text()
