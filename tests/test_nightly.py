@@ -479,3 +479,29 @@ def test_on_slurm_a_restarted_service_adopts_the_jobs_and_never_exceeds_max_work
                 p.kill()
     assert 1 <= most <= 2
     assert "submitted" in (tmp_path / "log" / "nightly.log").read_text()
+
+
+# -- cron: --once ---------------------------------------------------------------------
+
+
+def test_once_makes_tokens_starts_workers_that_outlive_it_and_a_second_run_adds_none(
+    db: Database, tmp_path: Path, cleanup_workers: None
+) -> None:
+    stream = _stream(tmp_path, max_workers=2, tokens_per_worker=1)
+    config = _configure(db, tmp_path, stream, worker={"task": "command", "command": "sleep 3"})
+    night = _tonight(stream)
+    _old_exposures(tmp_path / "src" / night, 4)
+    gridxfer("nightly", "--once", config=config, check=True, timeout=120)
+    assert len(_tokens(db, night)) == 4
+    running = _local_pids(f"nightly-cam-{night}-")
+    assert len(running) == 2  # they outlive the cron run
+    gridxfer("nightly", "--once", config=config, check=True, timeout=120)
+    assert len(_local_pids(f"nightly-cam-{night}-")) <= 2  # counted, not started again
+    wait_for(
+        lambda: all(t["state"] == "done" for t in _tokens(db, night).values()),
+        90,
+        what="the night done by the cron run's workers",
+    )
+    wait_for(_no_workers_left, 60, what="idle workers leaving")
+    leader = db.couch.get_or_none("gridxfer-leader")
+    assert leader is None or leader.get("released")

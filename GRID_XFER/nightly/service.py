@@ -225,9 +225,10 @@ class Service:
         self.streams[0].watch.reachable("database", problem)  # one database for all
 
     def _shut_down(self) -> None:
+        """Release the lease; on a stop (not at the end of --once) stop the workers too."""
         if self.dry_run or not self.led:
             return
-        for st in self.streams:
+        for st in self.streams if self.stop_reason else ():
             nights = [n.name for n in window(st.config, self.clock())]
             try:
                 left = st.workforce.stop(nights)

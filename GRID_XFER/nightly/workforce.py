@@ -195,20 +195,31 @@ def _stream_config(config: Config, stream: StreamConfig) -> Config:
 
 
 def _local_pids(prefix: str) -> list[int]:
-    """Processes of ours whose GRIDXFER_JOB_ID starts with ``prefix``."""
+    """One pid per worker of ours whose GRIDXFER_JOB_ID starts with ``prefix``.
+
+    A worker's task runs as its child with the same environment, so processes are
+    grouped by job id and the one whose parent is not in its group is the worker.
+    """
     wanted_var = b"GRIDXFER_JOB_ID=" + prefix.encode()
-    out = []
+    groups: dict[bytes, dict[int, int]] = {}  # job id -> {pid: parent pid}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
+        pid = int(entry.name)
         try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
+            with open(f"/proc/{pid}/environ", "rb") as f:
                 env = f.read().split(b"\0")
-        except OSError:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
             continue  # gone, or not ours
-        if any(v.startswith(wanted_var) for v in env) and _alive(int(entry.name)):
-            out.append(int(entry.name))
-    return out
+        job = next((v for v in env if v.startswith(wanted_var)), None)
+        if job is not None and fields[0] != b"Z":
+            groups.setdefault(job, {})[pid] = int(fields[1])
+    return sorted(
+        min((p for p, parent in members.items() if parent not in members), default=min(members))
+        for members in groups.values()
+    )
 
 
 def _alive(pid: int) -> bool:
