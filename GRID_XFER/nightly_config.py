@@ -67,7 +67,25 @@ class StreamConfig(_Section):
     def _workers(self) -> StreamConfig:
         if self.min_workers > self.max_workers:
             raise ValueError("min_workers is more than max_workers")
+        # A night stays in the window catch_up_nights days after it ends: its report
+        # and its deadline alert must come before it leaves.
+        if self.deadline_hours >= 24 * self.catch_up_nights:
+            raise ValueError(
+                f"deadline_hours ({self.deadline_hours:g}) must be less than 24 x "
+                f"catch_up_nights ({self.catch_up_nights}): a night leaves the window "
+                "before its deadline"
+            )
         return self
+
+    @field_validator("time_limit")
+    @classmethod
+    def _time_limit(cls, v: str) -> str:
+        s = v.strip().lower()
+        if not (
+            re.fullmatch(r"\d+(\.\d+)?\s*[smhd]?", s) or re.fullmatch(r"(\d+-)?\d+(:\d+){1,2}", s)
+        ) or not any(c in "123456789" for c in s):
+            raise ValueError(f"invalid duration {v!r} (e.g. 3600, 90m, 4h, 04:00:00, 1-00:00:00)")
+        return v
 
     @field_validator("name")
     @classmethod

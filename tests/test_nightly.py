@@ -294,7 +294,7 @@ def test_one_alert_per_error_code_per_night_and_one_morning_report(
 ) -> None:
     port, box = smtp
     url, posts = hook
-    stream = _stream(tmp_path, deadline_hours=24)
+    stream = _stream(tmp_path, deadline_hours=24, catch_up_nights=2)
     url_file = tmp_path / "webhook.url"
     url_file.write_text(url + "\n")
     url_file.chmod(0o600)

@@ -40,6 +40,12 @@ def test_a_stream_with_defaults(tmp_path: Path) -> None:
         (", min_workers: 5, max_workers: 2", "min_workers is more than max_workers"),
         (", name: 'a b'", "nightly.streams.0.name"),
         (", colour: red", "nightly.streams.0.colour: unknown key"),
+        (", time_limit: 4 hours", "nightly.streams.0.time_limit: invalid duration"),
+        (", time_limit: '0'", "nightly.streams.0.time_limit: invalid duration"),
+        (
+            ", catch_up_nights: 0",
+            "deadline_hours (12) must be less than 24 x catch_up_nights (0)",
+        ),
     ],
 )
 def test_a_bad_stream_names_its_key(tmp_path: Path, extra: str, message: str) -> None:

@@ -12,6 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from GRID_XFER.errors import Code, StorageError
 from GRID_XFER.nightly.discover import Discovery
 from GRID_XFER.nightly.nights import night, night_date, window
 from GRID_XFER.nightly.report import ADVICE, render
@@ -184,3 +185,40 @@ def test_the_report_text_says_what_to_do_for_each_error_code() -> None:
     assert "1 of 3 exposures done, 2 in error" in text
     assert "2.5 MB" in text
     assert ADVICE[30] in text and "20261201_e1: sha256 differs" in text
+
+
+class FailingWalk(Storage):
+    """A fault: one exposure cannot be read (as root, permissions cannot make one)."""
+
+    def walk(self, url: str, *, refused: dict[str, str] | None = None) -> dict[str, Any]:
+        if url.rstrip("/").endswith("/bad"):
+            raise StorageError("permission denied", code=Code.SOURCE_MISSING, errno=13)
+        return super().walk(url, refused=refused)
+
+
+def test_an_unreadable_exposure_waits_and_the_others_become_tokens(tmp_path: Path) -> None:
+    clock = Clock()
+    s = _stream(
+        source=(tmp_path / "src").as_uri(),
+        destination=(tmp_path / "dst").as_uri(),
+        ready={"quiet_seconds": 0},
+    )
+    n = night(s, dt.date(2026, 12, 1))
+    for e in ("bad", "good"):
+        write_exposure(tmp_path / "src" / "20261201" / e, {"a.fits": b"a"})
+    clock.now += 10
+    found = Discovery(s, FailingWalk(), clock=clock).look(n)
+    assert [r.spec.exposure for r in found.ready] == ["good"]
+    assert found.waiting == ["bad"] and "permission denied" in found.problems["bad"]
+
+
+def test_a_directory_no_token_can_name_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    disco, n = _discovery(tmp_path, clock)
+    (tmp_path / "src" / "20261201" / "exp 001").mkdir(parents=True)
+    disco.look(n)
+    disco.look(n)
+    said = [r for r in caplog.records if "exp 001 is not moved" in r.getMessage()]
+    assert len(said) == 1

@@ -68,7 +68,8 @@ def nightly(app: App, once: bool, dry_run: bool, as_json: bool) -> None:
     workers hand their tokens back, the leader lease is released, exit 0) on
     SIGTERM, Ctrl-C or the kill file.
     """
-    from GRID_XFER.nightly.service import CycleReport, Service
+    from GRID_XFER.nightly.cycle import CycleReport
+    from GRID_XFER.nightly.service import Service
 
     log_to_file(app.config.nightly)
 

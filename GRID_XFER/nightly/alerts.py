@@ -327,6 +327,12 @@ class Alerter:
         with self._lock:
             return self._deliver("notify", subject, body, severity)
 
+    def already_sent(self, key: str) -> bool:
+        """Did ``key``'s alert go out (and not end since)? For a once-kind key: ever."""
+        with self._lock:
+            self._sync()
+            return key in self._state["keys"]
+
     def active(self) -> set[str]:
         """Keys whose alert went out and is not resolved (repeating kind only)."""
         with self._lock:

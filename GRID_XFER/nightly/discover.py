@@ -46,6 +46,7 @@ class Found:
     untouched: int = 0  # not walked: nothing changed since their token
     report: CreateReport = field(default_factory=CreateReport)
     reopened: list[str] = field(default_factory=list)  # done tokens with late files
+    problems: dict[str, str] = field(default_factory=dict)  # exposures it could not read
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,6 +56,7 @@ class Found:
             "untouched": self.untouched,
             **self.report.as_dict(),
             "reopened": self.reopened,
+            "problems": self.problems,
         }
 
 
@@ -78,6 +80,7 @@ class Discovery:
         self.template = scan.load_template(stream.template) if stream.template else None
         self._seen: dict[tuple[str, str], float] = {}  # (night, exposure) -> dir mtime
         self._full: dict[str, float] = {}  # night -> time of its last full walk
+        self._refused: set[tuple[str, str]] = set()  # names said to be no exposure
 
     def look(self, night: Night) -> Found:
         """What is ready in ``night`` and not yet a token as it is now (no writes).
@@ -98,17 +101,40 @@ class Discovery:
             self._full[night.name] = now
             self._seen = {k: v for k, v in self._seen.items() if k[0] != night.name}
         for name, st in entries:
-            if not st.is_dir or not _exposure_name(name):
+            if not st.is_dir or not self._named(night, name):
                 continue
             if self._seen.get((night.name, name)) == st.mtime:
                 found.untouched += 1
                 continue
-            spec = self._ready_spec(night, url, name, st, now)
+            try:
+                spec = self._ready_spec(night, url, name, st, now)
+            except StorageError as err:
+                if err.transient:
+                    raise  # the source is away: the service says so
+                # One exposure it cannot read (permissions being fixed, removed meanwhile)
+                # waits; the others go on.
+                log.warning(
+                    "%s: exposure %s: %s; looked at again next cycle", night.name, name, err
+                )
+                found.problems[name] = str(err)
+                spec = None
             if spec is None:
                 found.waiting.append(name)
             else:
                 found.ready.append(Ready(spec, st.mtime))
         return found
+
+    def _named(self, night: Night, name: str) -> bool:
+        """A name a token id can hold; any other directory is said once, not skipped
+        silently (its data would never move)."""
+        try:
+            check_id_part(name, "exposure")
+        except InvalidToken as err:
+            if (night.name, name) not in self._refused:
+                self._refused.add((night.name, name))
+                log.warning("%s: %s is not moved: %s", night.name, name, err)
+            return False
+        return True
 
     def _ready_spec(
         self, night: Night, url: str, exposure: str, st: Stat, now: float
@@ -147,21 +173,16 @@ class Discovery:
         if self.template is not None:
             specs = apply_template(specs, self.template)
         found.report = pool.create(night.name, specs)
+        held = set(found.report.skipped)
         if found.report.outdated:
             found.reopened = pool.reopen(found.report.outdated)
             again = [s for s in specs if token_id(night.name, s.exposure) in found.reopened]
             if again:
-                found.report.updated += pool.create(night.name, again).updated
-        held = set(found.report.skipped) - set(found.reopened)
+                second = pool.create(night.name, again)
+                found.report.updated += second.updated
+                # Claimed between the two writes: the late files wait for the next look.
+                held = held - set(found.reopened) | set(second.skipped)
         for r in found.ready:  # a token someone holds is looked at again next cycle
             if token_id(night.name, r.spec.exposure) not in held:
                 self._seen[(night.name, r.spec.exposure)] = r.mtime
         return found
-
-
-def _exposure_name(name: str) -> bool:
-    try:
-        check_id_part(name, "exposure")
-    except InvalidToken:
-        return False
-    return True

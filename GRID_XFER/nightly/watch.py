@@ -11,13 +11,13 @@ is announced.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from GRID_XFER.errors import code_name
 from GRID_XFER.nightly.alerts import Alert, Alerter
 from GRID_XFER.nightly.nights import Night
 from GRID_XFER.nightly.report import ADVICE, OPEN
-from GRID_XFER.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +44,25 @@ class Watch:
     alerter: Alerter
     stall_seconds: float
     samples: int = 3
-    _progress: int = -1
+    _finished: dict[str, int] = field(default_factory=dict)
     _progress_at: float = 0.0
     _codes: set[str] = field(default_factory=set)
 
-    def errors(self, pool: Pool, night: str, by_code: dict[int, int]) -> None:
-        """One alert per error code per night, with the count and sample messages."""
+    def errors(
+        self,
+        night: str,
+        by_code: dict[int, int],
+        samples: Callable[[str, int], list[tuple[str, str]]],
+    ) -> None:
+        """One alert per error code per night, with the count and sample messages.
+
+        A code is remembered only once its alert went out (or the Alerter says it
+        was sent before): one held back by the rate limit is raised again next cycle.
+        """
         for code, count in sorted(by_code.items()):
             key = f"{night}/code/{code}"
             if key in self._codes or count <= 0:
                 continue
-            docs = pool.select(night, ["error"], [code])[: self.samples]
-            samples = [f"  {d['_id']}: {(d.get('error') or {}).get('message', '')}" for d in docs]
             tape = code in TAPE_CODES
             subject = (
                 f"{'tape: ' if tape else ''}night {night}: {count} exposure(s) failed "
@@ -67,14 +74,14 @@ class Watch:
                     f"{code} ({code_name(code)}).",
                     f"What to do: {ADVICE.get(code, ADVICE[99])}",
                     "Samples:",
-                    *samples,
+                    *(f"  {token}: {message}" for token, message in samples(night, code)),
                     f"All of them: gridxfer tokens list {night} --state error",
                 ]
             )
             severity = "critical" if tape else "warning"
             if self.alerter.raise_alert(Alert(key, subject, body, severity, repeat=False)):
                 self._codes.add(key)
-            elif self.alerter.dry_run:
+            elif self.alerter.already_sent(key):
                 self._codes.add(key)
 
     def deadline(self, night: Night, counts: Counts, waiting: int, now: float) -> None:
@@ -97,18 +104,25 @@ class Watch:
             )
 
     def progress(self, nights: dict[str, Counts], now: float) -> None:
-        """No token finished for ``stall_seconds`` while work remains: an alert."""
+        """No token finished for ``stall_seconds`` while work remains: an alert.
+
+        Progress is a night's finished count going up; a night leaving the window
+        or tokens reset (counts going down) is no progress.
+        """
         key = f"{self.stream}/stall"
-        done = sum(finished(c) for c in nights.values())
         left = sum(remaining(c) for c in nights.values())
-        if done != self._progress or left == 0:
-            if self._progress >= 0 and done != self._progress:
+        done = {n: finished(c) for n, c in nights.items()}
+        moved = any(done[n] > self._finished.get(n, done[n]) for n in done)
+        first = not self._finished
+        self._finished = done
+        if first or moved or left == 0:
+            if moved:
                 self.alerter.resolve(
                     key,
                     f"stream {self.stream} is moving again",
                     f"Stream {self.stream}: tokens are finishing again ({left} left).",
                 )
-            self._progress, self._progress_at = done, now
+            self._progress_at = now
             return
         idle = now - self._progress_at
         if idle >= self.stall_seconds:

@@ -12,6 +12,7 @@ starting a second set.
 
 from __future__ import annotations
 
+import getpass
 import logging
 import math
 import os
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from GRID_XFER.config import Config
-from GRID_XFER.errors import LaunchError
+from GRID_XFER.errors import GridXferError
 from GRID_XFER.launch import JobDir, LaunchSpec, get_backend, local_environment, prepare
 from GRID_XFER.launch.spec import parse_duration
 from GRID_XFER.launch.submit import run_submit
@@ -104,11 +105,20 @@ class Workforce:
         """Start what is missing; never stop a worker (they leave when idle)."""
         self._reap()
         out = Staffing(self.running(list(backlogs)), wanted(self.stream, backlogs))
+        # Workers of other nights (one left the window, say) count against the maximum.
+        room = self.stream.max_workers - self.total()
         for night, want in out.wanted.items():
-            missing = want - out.running.get(night, 0)
+            missing = min(room, want - out.running.get(night, 0))
             if missing > 0:
                 out.started.append(self._start(night, missing))
+                room -= missing
         return out
+
+    def total(self) -> int:
+        """Every running worker of the stream, whatever its night."""
+        if self.stream.backend == "slurm":
+            return len(_slurm_jobs(f"{self.name}-"))
+        return len(_local_pids(f"nightly-{self.stream.name}-"))
 
     def _spec(self, night: str, count: int) -> LaunchSpec:
         s = self.stream
@@ -161,25 +171,26 @@ class Workforce:
         self._procs = [p for p in self._procs if p.poll() is None]
 
     # -- stopping ----------------------------------------------------------------
-    def stop(self, nights: list[str], grace: float = 60.0) -> int:
-        """SIGTERM every worker of these nights (they hand their tokens back) and wait
-        up to ``grace`` for them to leave; the number still running after that."""
+    def signal_all(self) -> None:
+        """SIGTERM every worker of the stream, whatever its night: they hand their
+        tokens back and leave."""
         if self.dry_run:
-            return 0
+            return
         if self.stream.backend == "slurm":
-            return _slurm_stop(self.name, nights, grace)
-        pids = [p for n in nights for p in _local_pids(self.job_prefix(n))]
-        for pid in pids:
+            _slurm_stop(f"{self.name}-")
+            return
+        for pid in _local_pids(f"nightly-{self.stream.name}-"):
             _signal(pid, signal.SIGTERM)
+
+    def wait_all(self, grace: float) -> int:
+        """Wait up to ``grace`` for the stream's workers to leave; how many are left."""
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
+        while True:
             self._reap()
-            if not any(_alive(pid) for pid in pids):
-                return 0
-            time.sleep(0.2)
-        left = [pid for pid in pids if _alive(pid)]
-        log.warning("%d worker(s) still running %gs after SIGTERM: %s", len(left), grace, left)
-        return len(left)
+            left = 0 if self.dry_run else self.total()
+            if not left or time.monotonic() >= deadline:
+                return left
+            time.sleep(0.2 if self.stream.backend == "local" else 1.0)
 
 
 def _stream_config(config: Config, stream: StreamConfig) -> Config:
@@ -237,24 +248,31 @@ def _signal(pid: int, signum: int) -> None:
         pass
 
 
+def _slurm_jobs(prefix: str) -> list[tuple[str, str, str]]:
+    """(job id, name, state) of our pending and running array tasks named ``prefix``..."""
+    out = run_submit(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %j %T"], "Slurm")
+    rows = [tuple(line.split()[:3]) for line in out.splitlines() if len(line.split()) >= 3]
+    return [(i, n, t) for i, n, t in rows if n.startswith(prefix)]
+
+
 def _slurm_counts(name: str, nights: list[str]) -> dict[str, int]:
     """Pending and running array tasks per night, by job name."""
-    out = run_submit(["squeue", "-h", "-r", "-o", "%j"], "Slurm")
-    names = out.split()
+    names = [n for _, n, _ in _slurm_jobs(f"{name}-")]
     return {n: names.count(f"{name}-{n}") for n in nights}
 
 
-def _slurm_stop(name: str, nights: list[str], grace: float) -> int:
-    """SIGTERM to each job's batch step: the worker itself, which ``launch.sh`` exec'd."""
-    for n in nights:
+def _slurm_stop(prefix: str) -> None:
+    """Pending tasks cancelled; running ones get SIGTERM in their batch step, which is
+    the worker itself (``launch.sh`` exec'd it), so they hand their tokens back."""
+    jobs = _slurm_jobs(prefix)
+    for states, argv in (
+        (("PENDING",), ["scancel"]),
+        (("RUNNING", "CONFIGURING"), ["scancel", "--batch", "--signal=TERM"]),
+    ):
+        ids = [i for i, _, t in jobs if t in states]
+        if not ids:
+            continue
         try:
-            run_submit(["scancel", "--batch", "--signal=TERM", "-n", f"{name}-{n}"], "Slurm")
-            run_submit(["scancel", "--state=PENDING", "-n", f"{name}-{n}"], "Slurm")
-        except LaunchError as exc:
-            log.warning("scancel for %s-%s: %s", name, n, exc)
-    deadline = time.monotonic() + grace
-    left = sum(_slurm_counts(name, nights).values())
-    while left and time.monotonic() < deadline:
-        time.sleep(1.0)
-        left = sum(_slurm_counts(name, nights).values())
-    return left
+            run_submit([*argv, *ids], "Slurm")
+        except GridXferError as exc:
+            log.warning("%s %s: %s", " ".join(argv), " ".join(ids), exc)
