@@ -349,6 +349,20 @@ def test_one_alert_per_error_code_per_night_and_one_morning_report(
 def test_a_standby_takes_over_within_a_lease_when_the_leader_is_killed(
     db: Database, tmp_path: Path, cleanup_workers: None
 ) -> None:
+    _takeover(db, tmp_path)
+
+
+def test_on_a_cluster_a_standby_takes_over_within_a_lease(
+    couchdb_cluster: Any, tmp_path: Path, cleanup_workers: None
+) -> None:
+    from tests.conftest import make_database
+
+    _takeover(make_database(couchdb_cluster.urls, tmp_path, couchdb_cluster), tmp_path)
+
+
+def _takeover(db: Database, tmp_path: Path) -> None:
+    """Two services on one database: one leads; SIGKILLed, the other leads within
+    lease + margin + its polling interval and finishes the night."""
     stream = _stream(tmp_path)
     config = _configure(db, tmp_path, stream)
     night = _tonight(stream)
