@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Iterator
 from email import message_from_bytes
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from GRID_XFER.nightly.workforce import _local_pids
 from GRID_XFER.nightly_config import StreamConfig
 from tests.conftest import Database, cli_env, free_port, gridxfer, wait_for
 from tests.nightgen import flip_byte, tree, write_exposure, write_manifest
+from tests.receivers import webhook_receiver
 
 pytestmark = pytest.mark.slow  # starts servers and runs the CLI
 
@@ -260,25 +260,8 @@ def smtp() -> Iterator[tuple[int, Mailbox]]:
 
 @pytest.fixture
 def hook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    got: list[dict[str, Any]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            got.append(json.loads(body))
-            self.send_response(200)
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}/hooks/secret-key", got
-    finally:
-        srv.shutdown()
+    with webhook_receiver() as received:
+        yield received
 
 
 def _count(subjects: list[str], needle: str) -> int:
