@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from GRID_XFER import token as tk
 from GRID_XFER.checksum import manifest_name, normalise_algo, parse_manifest
 from GRID_XFER.errors import Code, InvalidInput, InvalidToken, ManifestError, NotFound, StorageError
-from GRID_XFER.storage import Storage
+from GRID_XFER.storage import Stat, Storage
 from GRID_XFER.urls import PlainURL, basename, check_plain_url, join, redact
 
 log = logging.getLogger(__name__)
@@ -72,16 +72,21 @@ def scan_exposure(
     *,
     algo: str = "sha256",
     destination: str | None = None,
+    listing: tuple[dict[str, Stat], dict[str, str]] | None = None,
 ) -> tk.ExposureSpec:
     """One exposure's spec: files at the source and in its manifest, with sizes and checksums.
 
     A link the walk refuses becomes an entry with a ``problem`` (and no size: it was
     not followed), so the token says what is wrong and a fixed link changes the work.
+    ``listing`` is a walk of the exposure just made (files, refused), not made again.
     """
     algo = normalise_algo(algo)
     url = join(night_url, exposure)
     refused: dict[str, str] = {}
-    present = storage.walk(url, refused=refused)
+    if listing is not None:
+        present, refused = listing
+    else:
+        present = storage.walk(url, refused=refused)
     manifest: dict[str, Any] = {"name": manifest_name(exposure, algo), "algo": algo}
     expected: dict[str, str] = {}
     if manifest["name"] in refused:  # never read through a link that leaves the exposure

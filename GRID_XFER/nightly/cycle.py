@@ -88,6 +88,7 @@ class StreamCycle:
             ctx.app.storage(),
             algo=cfg.transfer.manifest,
             rescan_seconds=cfg.nightly.rescan_seconds,
+            threads=cfg.transfer.scan_threads,
             clock=ctx.clock,
         )
         self.workforce = Workforce(cfg, stream, dry_run=ctx.dry_run)
