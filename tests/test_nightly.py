@@ -502,3 +502,30 @@ def test_once_makes_tokens_starts_workers_that_outlive_it_and_a_second_run_adds_
     wait_for(_no_workers_left, 60, what="idle workers leaving")
     leader = db.couch.get_or_none("gridxfer-leader")
     assert leader is None or leader.get("released")
+
+
+def test_a_database_that_does_not_answer_is_alerted_and_a_cron_run_exits_4(
+    tmp_path: Path,
+) -> None:
+    port = free_port()  # nothing listens there
+    with webhook_receiver() as (url, posts):
+        url_file = tmp_path / "hook.url"
+        url_file.write_text(url)
+        url_file.chmod(0o600)
+        config = tmp_path / "gridxfer.yaml"
+        config.write_text(
+            __import__("yaml").safe_dump(
+                {
+                    "couchdb": {"url": f"http://127.0.0.1:{port}", "retries": 0},
+                    "nightly": {
+                        "streams": [_stream(tmp_path)],
+                        "alerts": {"webhook": {"url_file": str(url_file)}},
+                    },
+                }
+            )
+        )
+        out = gridxfer("nightly", "--once", config=config, timeout=120)
+        texts = [p["text"] for p in posts]
+    assert out.returncode == 4, out.stderr
+    assert out.stderr.strip().splitlines()[-1].startswith("gridxfer: error: the database")
+    assert len(texts) == 1 and "database unreachable" in texts[0]

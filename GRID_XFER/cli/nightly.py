@@ -11,6 +11,7 @@ import click
 
 from GRID_XFER.app import App
 from GRID_XFER.cli.base import emit_json, pass_app
+from GRID_XFER.errors import DatabaseUnavailable
 from GRID_XFER.nightly_config import NightlyConfig
 from GRID_XFER.redact import redact
 from GRID_XFER.urls import RedactingFormatter
@@ -92,3 +93,5 @@ def nightly(app: App, once: bool, dry_run: bool, as_json: bool) -> None:
         for subject, _body in [] if as_json else sends:
             click.echo(f"would send: {subject}")
     log.info("nightly service ended: %s", reason)
+    if once and service.db_down is not None:  # a cron run that could do nothing says so
+        raise DatabaseUnavailable(f"the database does not answer: {service.db_down}")

@@ -76,6 +76,7 @@ class Service:
         self.stop_reason: str | None = None
         self.led = False  # do we act as the leader (then we stop our workers at the end)
         self._outage = False  # the last cycle met an unreachable database
+        self.db_down: str | None = None  # why a standby could not read the lease
 
     # -- stopping ----------------------------------------------------------------
     def stop(self, reason: str) -> None:
@@ -151,14 +152,28 @@ class Service:
             held = self.leadership.acquire()
         if held and not self.led:
             log.info("acting as the leader (lease %gs)", self.cfg.leader_lease)
-        elif not held:  # a standby only logs: alerts are the leader's
-            try:
-                holder = (self.leadership.current() or {}).get("holder", "another service")
-            except GridXferError as exc:
-                holder = f"unknown ({exc})"
-            log.info("standing by: %s leads", holder)
+        elif not held:
+            self._stand_by()
         self.led = held
         return held
+
+    def _stand_by(self) -> None:
+        """A standby only logs, except that the database does not answer: then nobody
+        can lead, so each service says so (once per repeat) and, later, that it is back."""
+        watch = self.streams[0].watch
+        try:
+            holder = (self.leadership.current() or {}).get("holder", "another service")
+        except DatabaseUnavailable as exc:
+            self.db_down = str(exc)
+            log.warning("standing by: the database does not answer: %s", exc)
+            watch.reachable("database", self.db_down)
+            return
+        except GridXferError as exc:
+            holder = f"unknown ({exc})"
+        if self.db_down is not None:
+            self.db_down = None
+            watch.reachable("database", None)
+        log.info("standing by: %s leads", holder)
 
     def _shut_down(self) -> None:
         """Release the lease; on a stop (not at the end of --once) stop the workers too,
