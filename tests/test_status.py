@@ -17,6 +17,7 @@ import struct
 import sys
 import termios
 import time
+from pathlib import Path
 
 import pytest
 
@@ -223,6 +224,17 @@ def _read_until(fd: int, pid: int, want: bytes, buf: bytearray, timeout: float) 
     return want in buf
 
 
+def _proc_state(pid: int) -> str:
+    """What a process that did not exit is doing (for the failure message)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+    except OSError as exc:
+        return str(exc)
+    keep = ("State", "SigBlk", "SigIgn", "SigCgt", "Threads")
+    return "; ".join(line for line in status if line.startswith(keep)) + f"; wchan {wchan}"
+
+
 def test_watch_renders_and_exits_cleanly_on_sigint(seeded: Database) -> None:
     env = cli_env(seeded.config_file, TERM="xterm-256color", COLUMNS="150", LINES="40")
     env.pop("NO_COLOR", None)
@@ -230,6 +242,10 @@ def test_watch_renders_and_exits_cleanly_on_sigint(seeded: Database) -> None:
     pid, fd = pty.fork()
     if pid == 0:  # the child: the CLI on the terminal's slave side
         try:
+            # As a shell would start it: SIGINT neither blocked nor ignored, whatever
+            # an earlier test left in this (forked) pytest process.
+            signal.pthread_sigmask(signal.SIG_SETMASK, [])
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
             os.execve(sys.executable, argv, env)
         finally:
             os._exit(127)
@@ -259,9 +275,10 @@ def test_watch_renders_and_exits_cleanly_on_sigint(seeded: Database) -> None:
                 break
             time.sleep(0.1)
         else:
+            state = _proc_state(pid)
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            pytest.fail("status --watch did not exit within 15 s of SIGINT")
+            pytest.fail(f"status --watch did not exit within 15 s of SIGINT ({state})")
     finally:
         os.close(fd)
         ARTIFACTS.mkdir(exist_ok=True)
