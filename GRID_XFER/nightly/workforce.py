@@ -95,30 +95,39 @@ class Workforce:
         return f"nightly-{self.stream.name}-{night}-"
 
     # -- counting ----------------------------------------------------------------
-    def running(self, nights: list[str]) -> dict[str, int]:
+    def _listed(self) -> list[str]:
+        """One listing of the stream's running workers: local job ids (one per worker)
+        or Slurm job names (one per array task)."""
         if self.stream.backend == "slurm":
-            return _slurm_counts(self.name, nights)
-        return {n: len(_local_pids(self.job_prefix(n))) for n in nights}
+            return [n for _, n, _ in _slurm_jobs(f"{self.name}-")]
+        return list(_local_workers(f"nightly-{self.stream.name}-"))
+
+    def _per_night(self, listed: list[str], nights: list[str]) -> dict[str, int]:
+        if self.stream.backend == "slurm":
+            return {n: listed.count(f"{self.name}-{n}") for n in nights}
+        return {n: sum(j.startswith(self.job_prefix(n)) for j in listed) for n in nights}
+
+    def running(self, nights: list[str]) -> dict[str, int]:
+        return self._per_night(self._listed(), nights)
+
+    def total(self) -> int:
+        """Every running worker of the stream, whatever its night."""
+        return len(self._listed())
 
     # -- staffing ----------------------------------------------------------------
     def staff(self, backlogs: dict[str, int]) -> Staffing:
         """Start what is missing; never stop a worker (they leave when idle)."""
         self._reap()
-        out = Staffing(self.running(list(backlogs)), wanted(self.stream, backlogs))
+        listed = self._listed()
+        out = Staffing(self._per_night(listed, list(backlogs)), wanted(self.stream, backlogs))
         # Workers of other nights (one left the window, say) count against the maximum.
-        room = self.stream.max_workers - self.total()
+        room = self.stream.max_workers - len(listed)
         for night, want in out.wanted.items():
             missing = min(room, want - out.running.get(night, 0))
             if missing > 0:
                 out.started.append(self._start(night, missing))
                 room -= missing
         return out
-
-    def total(self) -> int:
-        """Every running worker of the stream, whatever its night."""
-        if self.stream.backend == "slurm":
-            return len(_slurm_jobs(f"{self.name}-"))
-        return len(_local_pids(f"nightly-{self.stream.name}-"))
 
     def _spec(self, night: str, count: int) -> LaunchSpec:
         s = self.stream
@@ -205,8 +214,8 @@ def _stream_config(config: Config, stream: StreamConfig) -> Config:
     return config.model_copy(update={"staging": config.staging.model_copy(update=update)})
 
 
-def _local_pids(prefix: str) -> list[int]:
-    """One pid per worker of ours whose GRIDXFER_JOB_ID starts with ``prefix``.
+def _local_workers(prefix: str) -> dict[str, int]:
+    """Job id -> pid of each worker of ours whose GRIDXFER_JOB_ID starts with ``prefix``.
 
     A worker's task runs as its child with the same environment, so processes are
     grouped by job id and the one whose parent is not in its group is the worker.
@@ -227,18 +236,17 @@ def _local_pids(prefix: str) -> list[int]:
         job = next((v for v in env if v.startswith(wanted_var)), None)
         if job is not None and fields[0] != b"Z":
             groups.setdefault(job, {})[pid] = int(fields[1])
-    return sorted(
-        min((p for p, parent in members.items() if parent not in members), default=min(members))
-        for members in groups.values()
-    )
+    return {
+        job.partition(b"=")[2].decode(errors="replace"): min(
+            (p for p, parent in members.items() if parent not in members), default=min(members)
+        )
+        for job, members in groups.items()
+    }
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
+def _local_pids(prefix: str) -> list[int]:
+    """One pid per worker of ours whose job id starts with ``prefix``."""
+    return sorted(_local_workers(prefix).values())
 
 
 def _signal(pid: int, signum: int) -> None:
@@ -253,12 +261,6 @@ def _slurm_jobs(prefix: str) -> list[tuple[str, str, str]]:
     out = run_submit(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i %j %T"], "Slurm")
     rows = [tuple(line.split()[:3]) for line in out.splitlines() if len(line.split()) >= 3]
     return [(i, n, t) for i, n, t in rows if n.startswith(prefix)]
-
-
-def _slurm_counts(name: str, nights: list[str]) -> dict[str, int]:
-    """Pending and running array tasks per night, by job name."""
-    names = [n for _, n, _ in _slurm_jobs(f"{name}-")]
-    return {n: names.count(f"{name}-{n}") for n in nights}
 
 
 def _slurm_stop(prefix: str) -> None:
