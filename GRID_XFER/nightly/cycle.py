@@ -20,8 +20,9 @@ from GRID_XFER.nightly import report as rp
 from GRID_XFER.nightly.alerts import Alerter
 from GRID_XFER.nightly.discover import Discovery, Found
 from GRID_XFER.nightly.nights import Night, window
+from GRID_XFER.nightly.report import remaining
 from GRID_XFER.nightly.sinks import Sink
-from GRID_XFER.nightly.watch import Counts, Watch, remaining
+from GRID_XFER.nightly.watch import Counts, Watch
 from GRID_XFER.nightly.workforce import Workforce
 from GRID_XFER.nightly_config import StreamConfig
 from GRID_XFER.pool import Pool

@@ -17,12 +17,13 @@ from GRID_XFER.couch import Couch
 from GRID_XFER.errors import Conflict, code_name
 from GRID_XFER.nightly.nights import Night
 from GRID_XFER.pool import Pool
+from GRID_XFER.status.render import human_bytes
+from GRID_XFER.status.report import OPEN_STATES
 from GRID_XFER.token import error_code, is_token, shown_state
 
 log = logging.getLogger(__name__)
 
 REPORT_TYPE = "gridxfer-report"
-OPEN = ("todo", "locked", "staging", "archiving")
 
 # What a data manager does about each error code (docs/tokens.md has the codes).
 ADVICE: dict[int, str] = {
@@ -52,13 +53,18 @@ def report_id(night: str) -> str:
     return f"gridxfer-report-{night}"
 
 
+def remaining(counts: dict[str, dict[str, int]]) -> int:
+    """Open tokens in a night's ``{state: {"count", "bytes"}}`` counts."""
+    return sum(counts.get(s, {}).get("count", 0) for s in OPEN_STATES)
+
+
 def due(counts: dict[str, dict[str, int]], night: Night, waiting: int, now: float) -> bool:
     """A night gets its report once it is over and nothing of it remains, or at its
     deadline whatever remains (the report then says what is left)."""
     if not counts:
         return False
-    remaining = sum(counts.get(s, {}).get("count", 0) for s in OPEN) + waiting
-    return (night.is_over(now) and remaining == 0) or now >= night.deadline
+    left = remaining(counts) + waiting
+    return (night.is_over(now) and left == 0) or now >= night.deadline
 
 
 def build(pool: Pool, night: Night, *, samples: int, now: float) -> dict[str, Any]:
@@ -86,7 +92,7 @@ def build(pool: Pool, night: Night, *, samples: int, now: float) -> dict[str, An
             "total": len(docs),
             "done": states["done"],
             "error": states["error"],
-            "remaining": sum(states[s] for s in OPEN),
+            "remaining": sum(states[s] for s in OPEN_STATES),
         },
         "bytes": nbytes,
         "started": started,
@@ -118,12 +124,12 @@ def render(doc: dict[str, Any]) -> str:
     lines = [
         f"Night {doc['night']} (stream {doc['stream']}): {e['done']} of {e['total']} "
         f"exposures done, {e['error']} in error, {e['remaining']} remaining.",
-        f"Bytes moved: {_size(doc['bytes'])}",
+        f"Bytes moved: {human_bytes(doc['bytes'])}",
     ]
     if doc["duration"]:
         lines.append(
             f"Duration: {doc['duration'] / 3600:.2f} h; "
-            f"throughput {_size(doc['throughput'] or 0)}/s"
+            f"throughput {human_bytes(doc['throughput'] or 0)}/s"
         )
     for err in doc["errors"]:
         lines.append(f"Error {err['code']} {err['name']}: {err['count']} exposure(s)")
@@ -132,14 +138,6 @@ def render(doc: dict[str, Any]) -> str:
     if not doc["errors"]:
         lines.append("No errors.")
     return "\n".join(lines)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1000
-    return f"{n:.1f} PB"
 
 
 def store(couch: Couch, doc: dict[str, Any]) -> bool:

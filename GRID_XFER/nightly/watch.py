@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from GRID_XFER.errors import code_name
 from GRID_XFER.nightly.alerts import Alert, Alerter
 from GRID_XFER.nightly.nights import Night
-from GRID_XFER.nightly.report import ADVICE, OPEN
+from GRID_XFER.nightly.report import ADVICE, remaining
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +26,6 @@ log = logging.getLogger(__name__)
 TAPE_CODES = frozenset({22, 23, 50, 51})
 
 Counts = dict[str, dict[str, int]]  # state -> {"count", "bytes"}
-
-
-def remaining(counts: Counts) -> int:
-    return sum(counts.get(s, {}).get("count", 0) for s in OPEN)
 
 
 def finished(counts: Counts) -> int:
