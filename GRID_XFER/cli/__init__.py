@@ -28,8 +28,9 @@ from GRID_XFER.cli import (
     tape,
     tokens,
 )
+from GRID_XFER.cli.base import text_formatter
 from GRID_XFER.errors import GridXferError
-from GRID_XFER.urls import RedactingFormatter, redact
+from GRID_XFER.urls import redact
 
 log = logging.getLogger("GRID_XFER.cli")
 
@@ -38,9 +39,7 @@ def setup_logging(debug: bool = False, quiet: bool = False) -> None:
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     handler = logging.StreamHandler(sys.stderr)
     # Redacted: a message quoting a URL (ours, gfal2's, a library's) never shows a credential.
-    handler.setFormatter(
-        RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S")
-    )
+    handler.setFormatter(text_formatter())
     root = logging.getLogger("GRID_XFER")
     root.handlers[:] = [handler]
     root.setLevel(level)

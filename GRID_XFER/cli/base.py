@@ -10,10 +10,19 @@ from typing import Any, TypeVar
 import click
 
 from GRID_XFER.app import TASKS, App, WorkerOptions
+from GRID_XFER.urls import RedactingFormatter
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 pass_app = click.make_pass_decorator(App)
+
+
+def text_formatter() -> RedactingFormatter:
+    """The one text form of our log lines (stderr, the service's log file): redacted,
+    so a message quoting a URL never shows a credential."""
+    return RedactingFormatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
+    )
 
 
 def emit_json(data: Any) -> None:

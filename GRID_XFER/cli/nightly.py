@@ -10,11 +10,10 @@ from typing import Any
 import click
 
 from GRID_XFER.app import App
-from GRID_XFER.cli.base import emit_json, pass_app
+from GRID_XFER.cli.base import emit_json, pass_app, text_formatter
 from GRID_XFER.errors import DatabaseUnavailable
 from GRID_XFER.nightly_config import NightlyConfig
 from GRID_XFER.redact import redact
-from GRID_XFER.urls import RedactingFormatter
 
 log = logging.getLogger("GRID_XFER.cli")
 
@@ -43,13 +42,7 @@ def log_to_file(cfg: NightlyConfig) -> None:
     handler = logging.handlers.RotatingFileHandler(
         path, maxBytes=cfg.log_max_bytes, backupCount=cfg.log_backups
     )
-    handler.setFormatter(
-        JsonLines()
-        if cfg.log_json
-        else RedactingFormatter(
-            "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%S"
-        )
-    )
+    handler.setFormatter(JsonLines() if cfg.log_json else text_formatter())
     logging.getLogger("GRID_XFER").addHandler(handler)
 
 
