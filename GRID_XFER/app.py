@@ -130,9 +130,14 @@ class App:
     # -- storage, tasks and tape -------------------------------------------------
     def storage(self) -> Storage:
         from GRID_XFER.storage import Storage
+        from GRID_XFER.storage.protocols import settings_from
 
         tc = self.config.transfer
-        return Storage(base_timeout=tc.base_timeout, min_rate=tc.min_rate)
+        return Storage(
+            base_timeout=tc.base_timeout,
+            min_rate=tc.min_rate,
+            settings=settings_from(self.config.storage),
+        )
 
     def task(self, kind: str | None = None, command: str | None = None) -> Task:
         from GRID_XFER.task import CommandTask, NoopTask
@@ -151,7 +156,11 @@ class App:
 
             tc = self.config.transfer
             return TransferTask(
-                self.storage(), verify=tc.verify, mismatch_retries=tc.mismatch_retries
+                self.storage(),
+                verify=tc.verify,
+                mismatch_retries=tc.mismatch_retries,
+                third_party=tc.third_party,
+                third_party_verify=tc.third_party_verify,
             )
         raise ConfigError(f"worker.task: {kind!r} is not available in this version")
 

@@ -9,6 +9,7 @@ named, so a night never half-runs on a typo.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,8 @@ from GRID_XFER.nightly_config import NightlyConfig
 from GRID_XFER.urls import PlainURL, http_url_problem
 
 DEFAULT_PORT = 5984
+# gfal2 option names that hold a secret (SECRET_KEY, PASSWORD, PASSPHRASE, a token).
+_SECRET_OPTION = re.compile(r"PASSW|SECRET|PASSPHRASE|TOKEN$", re.I)
 
 
 def _http_url(v: str, credentials_from: str) -> str:
@@ -144,6 +147,49 @@ class TransferConfig(_Section):
     mismatch_retries: int = Field(1, ge=0)
     scan_threads: int = Field(16, ge=1, le=256)
     group: int = Field(10, ge=1)
+    # Servers of one family (root/root, https-davs/https-davs) copy between themselves;
+    # the copy is then read back for the SHA-256 (or only ADLER32 compared: "checksum").
+    third_party: Literal["auto", "never"] = "auto"
+    third_party_verify: Literal["read-back", "checksum"] = "read-back"
+
+
+class SftpConfig(_Section):
+    user: str | None = None
+    private_key: Path | None = None
+    # The key's passphrase: GRIDXFER_SFTP_PASSPHRASE, else this file (chmod 600).
+    passphrase_file: Path | None = None
+
+
+class S3Config(_Section):
+    access_key: str | None = None
+    # The secret key: GRIDXFER_S3_SECRET_KEY, else this file (chmod 600).
+    secret_key_file: Path | None = None
+    region: str | None = None
+    path_style: bool = True
+
+
+class StorageConfig(_Section):
+    """How gfal2 reaches the endpoints (docs/configuration.md#storage)."""
+
+    # The CA directory (X509_CERT_DIR) for https/davs; default: the environment's.
+    ca_dir: Path | None = None
+    # The Credential header of an HTTP third-party copy ("none": no delegation).
+    http_tpc_credential: str = Field("none", pattern=r"^[A-Za-z0-9_-]+$")
+    sftp: SftpConfig = SftpConfig()
+    s3: S3Config = S3Config()
+    # Any other gfal2 option, "GROUP:KEY": value (e.g. "HTTP PLUGIN:RETRIEVE_BEARER_TOKEN").
+    gfal2: dict[str, str | bool | int | list[str]] = {}
+
+    @field_validator("gfal2")
+    @classmethod
+    def _gfal2(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            group, _, name = key.rpartition(":")
+            if not group or not name:
+                raise ValueError(f"{key!r}: write gfal2 options as 'GROUP:KEY'")
+            if _SECRET_OPTION.search(name) and isinstance(value, str):
+                raise ValueError(f"{key!r}: secrets go in the environment or a file, not here")
+        return v
 
 
 class StagingConfig(_Section):
@@ -185,6 +231,7 @@ class Config(_Section):
     worker: WorkerConfig = WorkerConfig()
     transfer: TransferConfig = TransferConfig()
     staging: StagingConfig = StagingConfig()
+    storage: StorageConfig = StorageConfig()
     nightly: NightlyConfig = NightlyConfig()
     # Defaults for `tokens create`, stored in every token: the URL policy applies.
     source: PlainURL | None = None

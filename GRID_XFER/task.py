@@ -22,7 +22,12 @@ from typing import Any, Protocol
 from GRID_XFER.errors import Code, TaskError
 
 SIGNAL_GRACE = 2.0  # seconds a signalled command waits for the worker's own signal
-SECRET_ENV = ("GRIDXFER_COUCHDB_PASSWORD", "GRIDXFER_STAGER_PASSWORD")
+SECRET_ENV = (
+    "GRIDXFER_COUCHDB_PASSWORD",
+    "GRIDXFER_STAGER_PASSWORD",
+    "GRIDXFER_SFTP_PASSPHRASE",
+    "GRIDXFER_S3_SECRET_KEY",
+)
 
 
 @dataclass

@@ -83,6 +83,14 @@ _CHECKSUM_MISMATCH = re.compile(r"checksum (?:mismatch|error)|do not match", re.
 # says "Could not open destination", "DESTINATION CHECKSUM MISMATCH", ...
 _SIDE_SUFFIX = re.compile(r"\((source|destination)\)\s*$")
 _DEST_WORD = re.compile(r"\b(?:destination|target)\b", re.I)
+# A server certificate not trusted (davix: "issuer is not trusted"; curl-style
+# "certificate verify failed") or a login refused: no retry mends either, only
+# configuration (storage.ca_dir, the key) does.
+_NOT_TRUSTED = re.compile(
+    r"certificate verification failed|issuer is not trusted|certificate verify failed|"
+    r"SSL certificate problem|authentication (?:methods )?failed",
+    re.I,
+)
 
 
 def errno_of(exc: gfal2.GError) -> int:
@@ -112,6 +120,8 @@ def classify(errno: int, message: str, *, copy: bool = False) -> tuple[Code, boo
             return Code.CONFIG, False
         return Code.CHECKSUM_MISMATCH, False
     if errno in UNSUPPORTED:
+        return Code.CONFIG, False
+    if _NOT_TRUSTED.search(message):
         return Code.CONFIG, False
     if errno == E.ETIMEDOUT:
         return Code.TRANSFER_TIMEOUT, True
@@ -155,7 +165,7 @@ def from_gerror(
     code, transient = classify(errno, reason, copy=copy)
     if writing and code in (Code.TRANSFER_FAILED, Code.SOURCE_MISSING) and errno not in TRANSIENT:
         code = Code.DEST_WRITE_FAILED
-    if code is Code.CONFIG and copy:
+    if code is Code.CONFIG and copy and not _NOT_TRUSTED.search(reason):
         message = (
             f"{label} failed: not supported by the storage (checksum type or copy mode): "
             f"{reason} [{errname(errno)}]"

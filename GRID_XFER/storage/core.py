@@ -24,6 +24,7 @@ from GRID_XFER.storage.classify import (
 )
 from GRID_XFER.storage.operation import Contexts, Operation
 from GRID_XFER.storage.pipe import DIR_MODE, Pipe
+from GRID_XFER.storage.protocols import Settings, prepare_copy
 from GRID_XFER.storage.results import CopyResult, Stat
 from GRID_XFER.storage.tape import TapeCalls
 from GRID_XFER.storage.walk import check_contained, local_path, walk_tree
@@ -78,12 +79,20 @@ class Storage(TapeCalls):
     honours gfal2's own transfer timeout.
     """
 
-    def __init__(self, *, base_timeout: float = 60.0, min_rate: float = 1_000_000.0) -> None:
+    def __init__(
+        self,
+        *,
+        base_timeout: float = 60.0,
+        min_rate: float = 1_000_000.0,
+        settings: Settings | None = None,
+    ) -> None:
         if base_timeout <= 0 or min_rate <= 0:
             raise ValueError("base_timeout and min_rate must be positive")
         self.base_timeout = base_timeout
         self.min_rate = min_rate
-        self._ops = Contexts()
+        self.settings = settings or Settings()
+        self.settings.export_ca_dir()
+        self._ops = Contexts(self.settings)
 
     def cancel(self) -> int:
         """Stop every copy, checksum and open_read in progress; return how many.
@@ -244,10 +253,13 @@ class Storage(TapeCalls):
         checksum: tuple[str, str] | None = None,
         overwrite: bool = False,
         create_parents: bool = True,
+        third_party: bool = False,
     ) -> CopyResult:
         """Copy one file; with ``checksum=(algo, value)`` both ends are verified.
 
-        ``value`` may be '' to only compare source and destination. A failed copy
+        ``value`` may be '' to only compare source and destination. With
+        ``third_party`` an HTTP copy is made by the servers (WebDAV COPY) or
+        fails; it never falls back to streaming through here. A failed copy
         removes what it wrote unless the destination existed before (then, with
         ``overwrite=True``, it may be left partly written: copy to a temporary
         name and rename). ``size`` (else a stat of ``src``) sets the timeout.
@@ -264,6 +276,13 @@ class Storage(TapeCalls):
         started = time.monotonic()
         try:
             with self._ops.operation(label, src) as op:
+                prepare_copy(
+                    op.ctx,
+                    src,
+                    dst,
+                    third_party=third_party,
+                    credential=self.settings.http_tpc_credential,
+                )
                 params = _copy_params(
                     op,
                     timeout,

@@ -19,6 +19,7 @@ import gfal2
 from GRID_XFER.errors import Cancelled, Code, StorageError
 from GRID_XFER.redact import one_line
 from GRID_XFER.storage.classify import errname, from_gerror
+from GRID_XFER.storage.protocols import Settings
 from GRID_XFER.urls import redact
 
 log = logging.getLogger("GRID_XFER.storage")
@@ -26,9 +27,12 @@ log = logging.getLogger("GRID_XFER.storage")
 T = TypeVar("T")
 
 
-def new_context() -> gfal2.Gfal2Context:
+def new_context(settings: Settings | None = None) -> gfal2.Gfal2Context:
     try:
-        return gfal2.creat_context()
+        ctx = gfal2.creat_context()
+        if settings is not None:
+            settings.apply(ctx)
+        return ctx
     except gfal2.GError as exc:  # broken gfal2 installation or configuration
         raise StorageError(
             f"cannot set up gfal2: {exc.message} [{errname(int(exc.code))}]",
@@ -46,8 +50,8 @@ class Operation:
 
     RECANCEL_INTERVAL = 0.02
 
-    def __init__(self) -> None:
-        self.ctx = new_context()
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.ctx = new_context(settings)
         self.cancelled = threading.Event()  # Storage.cancel() asked
         self.expired = threading.Event()  # our timeout ran out
         self.done = threading.Event()
@@ -68,7 +72,8 @@ class Operation:
 class Contexts:
     """The contexts of one Storage: a shared one per thread, and the operations running."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
         self._local = threading.local()
         # RLock: cancel() may run in a signal handler that interrupted a holder.
         self._lock = threading.RLock()
@@ -78,7 +83,7 @@ class Contexts:
         """This thread's context for quick metadata calls."""
         ctx: gfal2.Gfal2Context | None = getattr(self._local, "ctx", None)
         if ctx is None:
-            ctx = self._local.ctx = new_context()
+            ctx = self._local.ctx = new_context(self.settings)
         return ctx
 
     @staticmethod
@@ -92,7 +97,7 @@ class Contexts:
     @contextmanager
     def operation(self, label: str, url: str) -> Iterator[Operation]:
         """Track a fresh context for cancel(); a GError inside becomes StorageError."""
-        op = Operation()
+        op = Operation(self.settings)
         with self._lock:
             self._active.add(op)
         try:

@@ -19,6 +19,7 @@ import gfal2
 from GRID_XFER.errors import Cancelled, StorageError
 from GRID_XFER.storage.classify import errno_of, from_gerror, timed_out
 from GRID_XFER.storage.operation import Operation
+from GRID_XFER.storage.protocols import write_limit
 from GRID_XFER.urls import parent, redact
 
 DIR_MODE = 0o755
@@ -80,6 +81,7 @@ class Pipe:
         return op.ctx.open(self.dst, "w")
 
     def _write(self, op: Operation) -> None:
+        limit = write_limit(self.dst)
         try:
             handle = self._open_dst(op)
             while True:
@@ -93,7 +95,12 @@ class Pipe:
                     del handle  # closes: the file plugin flushes here
                     self.written.set()
                     return
-                handle.write(chunk)
+                if limit is None:
+                    handle.write(chunk)
+                    continue
+                view = memoryview(chunk)  # sftp stores a larger write only in part
+                for at in range(0, len(chunk), limit):
+                    handle.write(bytes(view[at : at + limit]))
         except gfal2.GError as exc:
             self._fail(from_gerror(f"write {redact(self.dst)}", self.dst, exc, writing=True))
 
