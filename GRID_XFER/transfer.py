@@ -10,18 +10,24 @@ a source rewritten during the copy fails the check instead of slipping through
 a second read. Only then is the file renamed to its final name, so nothing ever
 shows up under a final name unverified.
 
+Between two servers of one family (root:// to root://, https/davs to https/davs)
+the copy is third-party by default: the servers move the data, checking ADLER32
+at both ends, and the data never passes through the worker. The manifest's
+SHA-256 is then proved by reading the temporary copy back at the destination
+(``third_party_verify="read-back"``, the default) before it is renamed; with
+``"checksum"`` only the storages' ADLER32 at both ends is compared (no read, and
+the SHA-256 is not checked: the source storage is trusted to hold the manifest's
+bytes).
+
 A destination already holding the manifest's content is skipped, so re-running
 a token after a crash only moves what is missing.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import re
 import threading
 import time
-import uuid
 from typing import Any, Literal
 
 from GRID_XFER.checksum import Hasher, hash_chunks
@@ -32,8 +38,10 @@ from GRID_XFER.errors import (
     StorageError,
     TaskError,
 )
+from GRID_XFER.parts import remove_stale_parts, temporary_name
 from GRID_XFER.source import check_source, task_error
 from GRID_XFER.storage import Storage
+from GRID_XFER.storage.protocols import third_party_family
 from GRID_XFER.task import TaskContext
 from GRID_XFER.urls import join, redact
 
@@ -41,7 +49,8 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK = 1024 * 1024  # gfal2 reads of 1 MiB stream faster than 4 MiB here
 Verify = Literal["source", "destination"]
-PART_MARK = ".gridxfer-part-"  # temporary copies: <final name>.gridxfer-part-<8 hex>
+ThirdParty = Literal["auto", "never"]
+ThirdPartyVerify = Literal["read-back", "checksum"]
 
 
 class _Mismatch(Exception):
@@ -56,11 +65,19 @@ class TransferTask:
         verify: Verify = "source",
         mismatch_retries: int = 1,
         progress_every: float = 5.0,
+        third_party: ThirdParty = "auto",
+        third_party_verify: ThirdPartyVerify = "read-back",
     ) -> None:
         if verify not in ("source", "destination"):
             raise ValueError(f"verify must be 'source' or 'destination', not {verify!r}")
+        if third_party not in ("auto", "never"):
+            raise ValueError(f"third_party must be 'auto' or 'never', not {third_party!r}")
+        if third_party_verify not in ("read-back", "checksum"):
+            raise ValueError("third_party_verify must be 'read-back' or 'checksum'")
         self.storage = storage or Storage()
         self.verify = verify
+        self.third_party = third_party
+        self.third_party_verify = third_party_verify
         self.mismatch_retries = mismatch_retries
         self.progress_every = progress_every
         self._cancelled = threading.Event()
@@ -101,7 +118,7 @@ class TransferTask:
             redact(src or "(urls)"),
             redact(dst),
         )
-        self._remove_stale_parts(token, files, dst, ctx)
+        remove_stale_parts(self.storage, token, files, dst, ctx)
         last_save = time.monotonic()
         moved = 0
         try:
@@ -121,44 +138,6 @@ class TransferTask:
                     ctx.log.warning("could not save per-file results: %s", exc)
             raise
         return {"files": files, "bytes_done": moved, "exit_code": 0}
-
-    def _remove_stale_parts(
-        self, token: dict[str, Any], files: list[dict[str, Any]], dst: str, ctx: TaskContext
-    ) -> None:
-        """Delete temporary copies an earlier attempt left when its worker died mid-copy.
-
-        A SIGKILLed worker (lost node, batch system hard kill) cannot clean up, and
-        nothing else ever would: each retry writes a fresh temporary name, so every
-        loss would leave a partial file (possibly hundreds of MB, possibly archived
-        to tape) beside the final one. Only after an earlier claim of this token,
-        and only names derived from this token's own files, which no other token
-        writes. Best effort: a failure here is logged, never fatal.
-        """
-        claims = sum(1 for h in token.get("history") or [] if h.get("event") == "claimed")
-        if claims < 2:
-            return
-        wanted: dict[str, set[str]] = {}
-        for f in files:
-            parent, _, base = f["name"].rpartition("/")
-            wanted.setdefault(parent, set()).add(base)
-        for parent, bases in wanted.items():
-            url = join(dst, parent)
-            try:
-                names = self.storage.listdir(url)
-            except StorageError as err:
-                if err.errno not in (errno.ENOENT, errno.ENOTDIR):
-                    ctx.log.warning(
-                        "could not look for stale temporary copies in %s: %s", redact(url), err
-                    )
-                continue
-            for name in names:
-                base, mark, tail = name.rpartition(PART_MARK)
-                if mark and base in bases and re.fullmatch(r"[0-9a-f]{8}", tail):
-                    try:
-                        self.storage.unlink(join(url, name), missing_ok=True)
-                        ctx.log.info("removed %s, left by an earlier attempt", name)
-                    except StorageError as err:
-                        ctx.log.warning("could not remove stale %s: %s", name, err)
 
     # ------------------------------------------------------------------ file
     def _one(
@@ -198,9 +177,16 @@ class TransferTask:
                 )
             for attempt in range(self.mismatch_retries + 1):
                 try:
-                    result = self._copy_verified(src, dst, f, ctx)
+                    if self.third_party == "auto" and third_party_family(src, dst):
+                        result = self._copy_third_party(src, dst, f, ctx)
+                    else:
+                        result = self._copy_verified(src, dst, f, ctx)
                     ctx.log.info(
-                        "%s: %d bytes in %.2f s, verified", name, result["bytes"], result["seconds"]
+                        "%s: %d bytes in %.2f s%s, verified",
+                        name,
+                        result["bytes"],
+                        result["seconds"],
+                        " (third-party)" if result.get("third_party") else "",
                     )
                     return result
                 except _Mismatch as m:
@@ -229,7 +215,7 @@ class TransferTask:
         manifest = self._is_manifest(f)
         if manifest and self._manifest:
             want_sha = self._manifest[1]  # the very bytes _check_source verified the files by
-        tmp = f"{dst}{PART_MARK}{uuid.uuid4().hex[:8]}"
+        tmp = temporary_name(dst)
         sha, adler = Hasher("sha256"), Hasher("adler32")
 
         def observe(chunk: bytes) -> None:
@@ -258,6 +244,52 @@ class TransferTask:
         if not manifest:
             result["sha256"] = sent_sha
         result["adler32"] = sent_adler
+        return result
+
+    def _copy_third_party(
+        self, src: str, dst: str, f: dict[str, Any], ctx: TaskContext
+    ) -> dict[str, Any]:
+        """The servers copy to a temporary name (ADLER32 compared at both ends, and
+        with the token's); the copy is read back for the SHA-256 unless told not to."""
+        name, manifest = f["name"], self._is_manifest(f)
+        sums = f.get("checksums", {})
+        want_sha, want_adler = sums.get("sha256"), sums.get("adler32")
+        if manifest and self._manifest:
+            want_sha = self._manifest[1]
+        tmp = temporary_name(dst)
+        started = time.monotonic()
+        try:
+            copied = self.storage.copy(
+                src,
+                tmp,
+                size=f.get("size"),
+                checksum=("ADLER32", want_adler or ""),
+                third_party=True,
+            )
+        except StorageError as err:
+            if err.code == Code.CHECKSUM_MISMATCH:
+                raise _Mismatch(f"{name}: {err}") from None
+            raise
+        result: dict[str, Any] = {"status": "copied", "bytes": copied.bytes, "third_party": True}
+        try:
+            if manifest or self.third_party_verify == "read-back":
+                got = hash_chunks(self.storage.open_read(tmp, READ_CHUNK), "sha256")
+                if want_sha and got != want_sha:
+                    raise _Mismatch(
+                        f"{name}: sha256 {got} of the copy read back at the destination "
+                        f"does not match the manifest's {want_sha}"
+                    )
+                if not manifest:
+                    result["sha256"] = got
+            result["adler32"] = self.storage.checksum(tmp, "ADLER32")
+            self._place(src, tmp, dst, f, manifest)
+        except BaseException:
+            if not self.storage.discard(tmp):
+                ctx.log.warning(
+                    "could not remove temporary %s now; the next attempt will", redact(tmp)
+                )
+            raise
+        result["seconds"] = round(time.monotonic() - started, 3)
         return result
 
     def _place(self, src: str, tmp: str, dst: str, f: dict[str, Any], manifest: bool) -> None:
