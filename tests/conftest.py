@@ -36,6 +36,7 @@ pytest_plugins = [
     "tests.plugins.slurm",
     "tests.plugins.tape",
     "tests.plugins.couchdb",
+    "tests.plugins.grid",
 ]
 
 REPO = Path(__file__).resolve().parents[1]

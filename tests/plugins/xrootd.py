@@ -54,6 +54,14 @@ class XRootDServer:
         """root:// URL of a path relative to ``datadir`` (XRootD wants ``//`` before it)."""
         return f"root://127.0.0.1:{self.port}//{str(relpath).lstrip('/')}"
 
+    def davs_for(self, relpath: str | os.PathLike[str] = "") -> str:
+        """davs:// URL of a path relative to ``datadir`` (an instance started with TLS)."""
+        return f"davs://127.0.0.1:{self.port}/{str(relpath).lstrip('/')}"
+
+    def log(self) -> str:
+        path = self.rundir / f"xrootd-{self.name}" / "log" / "xrootd.log"
+        return path.read_text(errors="replace")
+
     def path(self, relpath: str | os.PathLike[str]) -> Path:
         return self.datadir / relpath
 
@@ -101,8 +109,11 @@ def _script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]
 
 
 @contextmanager
-def running_xrootd(label: str) -> Iterator[XRootDServer]:
-    """Start an XRootD endpoint in a private temporary directory; stop it on the way out."""
+def running_xrootd(label: str, tls: Path | None = None) -> Iterator[XRootDServer]:
+    """Start an XRootD endpoint in a private temporary directory; stop it on the way out.
+
+    With ``tls`` (a directory made by scripts/testca) it speaks davs:// too.
+    """
     if shutil.which("xrootd") is None:
         pytest.fail("xrootd is not installed (Debian: apt-get install xrootd-server xrootd-client)")
     base = Path(tempfile.mkdtemp(prefix="gridxfer-xrootd-"))
@@ -110,6 +121,8 @@ def running_xrootd(label: str) -> Iterator[XRootDServer]:
     name = f"{label}-{os.getpid()}"
     # A killed pytest cannot leave the server running for longer than an hour.
     env = {**os.environ, "GRIDXFER_RUN": str(base / "run"), "GRIDXFER_XROOTD_LIFETIME": "1h"}
+    if tls is not None:
+        env["GRIDXFER_XROOTD_TLS"] = str(tls)
     server: XRootDServer | None = None
     errors: list[str] = []
     try:
