@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from GRID_XFER.errors import Code, TaskError
 
 SIGNAL_GRACE = 2.0  # seconds a signalled command waits for the worker's own signal
-SECRET_ENV = ("GRIDXFER_COUCHDB_PASSWORD", "GRIDXFER_STAGER_PASSWORD")
+SECRET_ENV = ("GRIDXFER_COUCHDB_PASSWORD", "GRIDXFER_STAGER_PASSWORD", "LOFAR_LTA_PWD")
 
 
 @dataclass
