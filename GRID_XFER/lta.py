@@ -6,7 +6,8 @@ returns a request id, ``getstatus(id)``, ``getstagedurls(id)``, ``abort(id)``,
 
 Credentials are read only when the first call is made (never at import) from,
 in this order: ``$GRIDXFER_STAGER_USER`` / ``$GRIDXFER_STAGER_PASSWORD``,
-``~/.stagingrc`` (``user=`` / ``password=`` lines) and the awlofar catalogue's
+GRID_LRT's ``$LOFAR_LTA_USER`` / ``$LOFAR_LTA_PWD`` (which GRID_LRT lets override
+its files, as here), ``~/.stagingrc`` (``user=`` / ``password=`` lines) and the awlofar catalogue's
 ``~/.awe/Environment.cfg`` (``database_user:`` / ``database_password:``). They
 travel in an Authorization header, never in the URL, and every error message
 is scrubbed of them: a message may end up in a token, a log or a terminal.
@@ -33,6 +34,10 @@ log = logging.getLogger(__name__)
 
 USER_ENV = "GRIDXFER_STAGER_USER"
 PASSWORD_ENV = "GRIDXFER_STAGER_PASSWORD"
+LTA_USER_ENV = "LOFAR_LTA_USER"  # GRID_LRT's stager_access reads these two
+LTA_PASSWORD_ENV = "LOFAR_LTA_PWD"
+# (user, password) variable pairs, first complete pair wins
+ENV_PAIRS = ((USER_ENV, PASSWORD_ENV), (LTA_USER_ENV, LTA_PASSWORD_ENV))
 # getstatus answers: still working, finished well, finished badly.
 PENDING = frozenset({"new", "scheduled", "in progress", "on hold", "queued", "running"})
 SUCCESS = frozenset({"success"})
@@ -42,7 +47,7 @@ SUCCESS = frozenset({"success"})
 class Credentials:
     user: str
     password: str = field(repr=False)
-    origin: str = ""  # where they were read (a path or "environment"), for messages
+    origin: str = ""  # where they were read (a path or $VARIABLE), for messages
 
     def __repr__(self) -> str:
         return f"Credentials(user={self.user!r}, origin={self.origin!r})"
@@ -60,12 +65,14 @@ def _key_values(path: Path, sep: str) -> dict[str, str]:
 
 
 def load_credentials(env: Mapping[str, str] | None = None, home: Path | None = None) -> Credentials:
-    """The first complete user/password pair from the environment, ~/.stagingrc or
-    ~/.awe/Environment.cfg; ConfigError (naming the places, never a value) if none."""
+    """The first complete user/password pair from the environment (ours, then
+    GRID_LRT's), ~/.stagingrc or ~/.awe/Environment.cfg; ConfigError (naming the
+    places, never a value) if none."""
     env = os.environ if env is None else env
     home = Path(os.path.expanduser("~")) if home is None else home
-    if env.get(USER_ENV) and env.get(PASSWORD_ENV):
-        return Credentials(env[USER_ENV], env[PASSWORD_ENV], "environment")
+    for user_var, password_var in ENV_PAIRS:
+        if env.get(user_var) and env.get(password_var):
+            return Credentials(env[user_var], env[password_var], f"${user_var}")
     sources = (
         (home / ".stagingrc", "=", "user", "password"),
         (home / ".awe" / "Environment.cfg", ":", "database_user", "database_password"),
@@ -83,7 +90,8 @@ def load_credentials(env: Mapping[str, str] | None = None, home: Path | None = N
         if values.get(ukey) and values.get(pkey):
             return Credentials(values[ukey], values[pkey], str(path))
     raise ConfigError(
-        f"no stager credentials: set {USER_ENV} and {PASSWORD_ENV}, or write "
+        f"no stager credentials: set {USER_ENV} and {PASSWORD_ENV} (or {LTA_USER_ENV} "
+        f"and {LTA_PASSWORD_ENV}), or write "
         f"user=/password= lines to {home / '.stagingrc'}"
     )
 

@@ -28,11 +28,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from GRID_XFER import srmlist
 from GRID_XFER import token as tk
 from GRID_XFER.checksum import manifest_name, normalise_algo, parse_manifest
 from GRID_XFER.errors import Code, InvalidInput, InvalidToken, ManifestError, NotFound, StorageError
 from GRID_XFER.storage import Stat, Storage
-from GRID_XFER.urls import PlainURL, basename, check_plain_url, join, redact
+from GRID_XFER.urls import PlainURL, basename, join, redact
 
 log = logging.getLogger(__name__)
 
@@ -179,23 +180,8 @@ def scan_night(
 
 
 def read_surl_list(path: Path) -> list[str]:
-    """One URL per line (GRID_LRT's srmlist); blank lines and # comments ignored."""
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"cannot read URL list {path}: {exc}") from None
-    urls = []
-    for n, raw in enumerate(lines, 1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        check_plain_url(line, f"{path} line {n}: URL")
-        urls.append(line)
-    if not urls:
-        raise InvalidInput(f"{path}: no URLs")
-    if len(set(urls)) != len(urls):
-        raise InvalidInput(f"{path}: a URL is listed twice")
-    return urls
+    """The URLs of a list file as GRID_LRT reads its srm lists (:mod:`GRID_XFER.srmlist`)."""
+    return srmlist.read_list(path)
 
 
 def _surl_entry(storage: Storage, url: str) -> dict[str, Any]:

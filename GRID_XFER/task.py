@@ -25,6 +25,7 @@ SIGNAL_GRACE = 2.0  # seconds a signalled command waits for the worker's own sig
 SECRET_ENV = (
     "GRIDXFER_COUCHDB_PASSWORD",
     "GRIDXFER_STAGER_PASSWORD",
+    "LOFAR_LTA_PWD",
     "GRIDXFER_SFTP_PASSPHRASE",
     "GRIDXFER_S3_SECRET_KEY",
 )

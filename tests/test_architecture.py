@@ -44,7 +44,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "pause",
         },
     ),
-    ("work", {"task", "source", "parts", "transfer", "scan", "staging", "lta"}),
+    ("work", {"task", "source", "parts", "transfer", "scan", "srmlist", "staging", "lta"}),
     ("runtime", {"worker"}),
     ("application", {"app", "create"}),
     ("orchestration", {"launch", "sandbox", "nightly"}),

@@ -75,6 +75,7 @@ for command in (
     launch.launch,
     tape.state_all,
     tape.stage,
+    tape.srm,
     node.node,
     control.pause,
     control.resume,

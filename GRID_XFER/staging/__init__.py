@@ -5,7 +5,7 @@
 - :mod:`.poll`: the one poll loop for tokens waiting on tape (recall and archive).
 - :mod:`.recall`: :class:`Staging`, what workers and the CLI call.
 - :mod:`.archive`: :class:`Archive`, done only once a copy is on tape.
-- :mod:`.night`: a whole night (or a file of URLs) at once, for the CLI.
+- :mod:`.night`: a whole night (or a file of URLs, or one URL) at once, for the CLI.
 """
 
 from GRID_XFER.staging.archive import Archive, decide_archive
@@ -35,9 +35,12 @@ from GRID_XFER.staging.methods import Gfal2Method, Method, Outcome, StagerMethod
 from GRID_XFER.staging.night import (
     StageResult,
     Target,
+    abort_request,
     poll_once,
     request_status,
+    reschedule_request,
     stage_target,
+    stager_progress,
     state_report,
     target_urls,
 )
@@ -69,6 +72,7 @@ __all__ = [
     "Target",
     "TokenPoll",
     "Verdict",
+    "abort_request",
     "chunks",
     "classify",
     "decide_archive",
@@ -78,8 +82,10 @@ __all__ = [
     "may_be_on_tape",
     "poll_once",
     "request_status",
+    "reschedule_request",
     "run_poll",
     "stage_target",
+    "stager_progress",
     "state_all",
     "state_all_processes",
     "state_report",
