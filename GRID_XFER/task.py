@@ -12,14 +12,18 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
-from GRID_XFER.errors import Code, TaskError
+from GRID_XFER.errors import Code, NotFound, TaskError
+from GRID_XFER.pool.attachments import NAME, user_attachments
 
 SIGNAL_GRACE = 2.0  # seconds a signalled command waits for the worker's own signal
 SECRET_ENV = (
@@ -33,12 +37,20 @@ SECRET_ENV = (
 
 @dataclass
 class TaskContext:
-    """Per-token services: a logger whose output is attached to the token, and progress saves."""
+    """Per-token services: a logger whose output is attached to the token, progress
+    saves, and the files a user attached to the token (``gridxfer tokens attach``)."""
 
     log: logging.Logger
     cancelled: threading.Event
     save_progress: Any = None  # Callable[..., None]: Lease.update
     extra: dict[str, Any] = field(default_factory=dict)
+    fetch: Callable[[str], bytes] | None = None  # the worker's reader of this token's attachments
+
+    def attachment(self, name: str) -> bytes:
+        """The content of the token's attachment ``name``; NotFound if it has none such."""
+        if self.fetch is None:
+            raise NotFound(f"no attachment {name!r}: this task runs without a token database")
+        return self.fetch(name)
 
 
 class Task(Protocol):
@@ -72,10 +84,44 @@ def token_environment(token: dict[str, Any]) -> dict[str, str]:
     return env
 
 
+def _attachment_dir() -> Path:
+    """A fresh directory in the working directory (the system's temporary one if
+    that is not writable), removed when the command ends."""
+    try:
+        return Path(tempfile.mkdtemp(prefix="gridxfer-attachments-", dir=os.getcwd()))
+    except OSError:
+        return Path(tempfile.mkdtemp(prefix="gridxfer-attachments-"))
+
+
+def write_attachments(token: dict[str, Any], ctx: TaskContext, where: Path) -> list[str]:
+    """Write the token's attachments, but for the worker's logs, into ``where``; their names.
+
+    A name that is no plain file name (a PiCaS client may attach ``a/../b``) is
+    skipped, never written outside ``where``; one removed since the claim too.
+    """
+    written = []
+    for name in user_attachments(token):
+        if not NAME.fullmatch(name):
+            ctx.log.warning("attachment %r not written: not a plain file name", name)
+            continue
+        try:
+            (where / name).write_bytes(ctx.attachment(name))
+        except NotFound:
+            ctx.log.warning("attachment %r is gone from the token; not written", name)
+            continue
+        except OSError as exc:
+            raise TaskError(
+                Code.UNEXPECTED, f"cannot write attachment {name!r}: {exc.strerror}", transient=True
+            ) from None
+        written.append(name)
+    return written
+
+
 class CommandTask:
     """Runs a configured command with the token's fields in its environment.
 
-    The whole token is in the JSON file named by ``$GRIDXFER_TOKEN_FILE``. Exit 0
+    The whole token is in the JSON file named by ``$GRIDXFER_TOKEN_FILE``, the files
+    attached to it in the directory ``$GRIDXFER_ATTACHMENTS``. Exit 0
     is success; an exit status that is one of our error codes is recorded as
     that code; anything else is 99. The output goes into the token's log.
     """
@@ -89,7 +135,18 @@ class CommandTask:
         self._lock = threading.Lock()
 
     def run(self, token: dict[str, Any], ctx: TaskContext) -> dict[str, Any] | None:
-        env = token_environment(token)
+        where = _attachment_dir()
+        try:
+            write_attachments(token, ctx, where)
+            env = token_environment(token)
+            env["GRIDXFER_ATTACHMENTS"] = str(where)
+            return self._run(token, ctx, env)
+        finally:
+            shutil.rmtree(where, ignore_errors=True)
+
+    def _run(
+        self, token: dict[str, Any], ctx: TaskContext, env: dict[str, str]
+    ) -> dict[str, Any] | None:
         with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="gridxfer-token-") as f:
             json.dump({k: v for k, v in token.items() if k != "_attachments"}, f)
             f.flush()

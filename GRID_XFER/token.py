@@ -189,6 +189,15 @@ class TokenDoc(BaseModel):
     updated: Number | None = None
     history: list[dict[str, Any]] = Field(default_factory=list)
 
+    @field_validator("error", mode="before")
+    @classmethod
+    def _picas_errors(cls, v: Any) -> Any:
+        """A list of records is PiCaS's (``[]`` by default; ``Task.error()`` appends):
+        no GRID_XFER error record, and no fault either."""
+        if isinstance(v, list) and all(isinstance(e, dict) for e in v):
+            return None
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> TokenDoc:
         if self.state in HELD and not self.lease_expires > 0:
@@ -277,7 +286,7 @@ def new_token(
         "rnd": round(random.random(), 6),  # spreads claiming workers over the todo view
         "lease_expires": 0,
         "worker": None,
-        "error": None,
+        "error": [],  # PiCaS's default; a GRID_XFER error is one record (docs/tokens.md)
         "stage_request": None,
         "created": now,
         "updated": now,

@@ -85,7 +85,12 @@ def error_code(doc: dict[str, Any]) -> int | None:
 
 
 def _recorded_code(error: Any) -> int | float | None:
-    """The error record's code if it is a finite number (not a bool), else None."""
+    """The error record's code if it is a finite number (not a bool), else None.
+
+    Ours is one record; PiCaS keeps a list (``Task.error()`` appends one without a
+    code): the last entry of a list counts."""
+    if isinstance(error, list):
+        error = error[-1] if error else None
     code = error.get("code") if isinstance(error, dict) else None
     if isinstance(code, (int, float)) and not isinstance(code, bool) and math.isfinite(code):
         return code
@@ -148,7 +153,7 @@ def finish(doc: dict[str, Any], now: float, **fields: Any) -> None:
         done=int(now),
         output=0,
         exit_code=0,
-        error=None,
+        error=[],  # PiCaS's own default: its Task.error() appends to it
         lease_expires=0,
         not_before=0,
         finished=now,
@@ -288,7 +293,7 @@ def reset(doc: dict[str, Any], now: float) -> None:
         not_before=0,
         lease_expires=0,
         worker=None,
-        error=None,
+        error=[],  # PiCaS's own default: its Task.error() appends to it
         stage_request=None,
         claim=None,
         incarnation=new_incarnation(),

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from GRID_XFER.errors import Code, DatabaseUnavailable, Interrupted, LeaseLost, TaskError
 from GRID_XFER.lease import Lease
 from GRID_XFER.pause import PauseWatch
-from GRID_XFER.pool import Pool
+from GRID_XFER.pool import Pool, attachments
 from GRID_XFER.task import Task, TaskContext
 
 if TYPE_CHECKING:
@@ -284,7 +284,12 @@ class Worker:
 
     def _run_task(self, lease: Lease, tlog: logging.Logger) -> tuple[str, Any]:
         """What became of the token: ``(kind, value)`` for :meth:`_record`."""
-        ctx = TaskContext(log=tlog, cancelled=self._cancelled, save_progress=lease.update)
+        ctx = TaskContext(
+            log=tlog,
+            cancelled=self._cancelled,
+            save_progress=lease.update,
+            fetch=lambda name: attachments.read(self.pool.couch, lease.id, name),
+        )
         try:
             request = self.staging.prepare(lease.doc, tlog) if self.staging is not None else None
             if request is not None:
@@ -310,7 +315,7 @@ class Worker:
                 return
             if text:
                 lease.attach(
-                    f"worker-{lease.doc.get('attempts', 0)}.log", text.encode()[-512 * 1024 :]
+                    attachments.log_name(lease.doc.get("attempts", 0)), text.encode()[-512 * 1024 :]
                 )
             if kind == "staging":
                 lease.stage(value)

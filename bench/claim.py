@@ -34,9 +34,13 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 PICAS_WORKER = Path(__file__).resolve().parent / "_picas_worker.py"
-PICAS_VERSION = "1.1.2"
 NIGHT = "bench"
 WORKER_TIMEOUT = 3600.0
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import picas_venv  # noqa: E402  (bench/picas_venv.py, shared with the tests)
+
+PICAS_VERSION = picas_venv.PICAS_VERSION
 
 try:
     from GRID_XFER import token as tk
@@ -228,69 +232,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _python_facts(python: str) -> dict[str, str] | None:
-    code = (
-        "import sys, importlib.metadata as m, picas, couchdb; "
-        "print(sys.prefix); print(m.version('picas'))"
-    )
-    try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
-    except OSError:
-        return None
-    if out.returncode != 0:
-        return None
-    prefix, version = out.stdout.split()[:2]
-    return {"prefix": prefix, "version": version}
-
-
 def find_picas_python(explicit: str | None) -> tuple[str, str]:
     """The python of a separate virtualenv with picas; created if none is found."""
-    candidates: list[tuple[str, str]] = []
-    if explicit:
-        candidates.append((explicit, "--picas-python"))
-    else:
-        env = os.environ.get("PICAS_PYTHON")
-        if env:
-            p = Path(env)
-            candidates.append((str(p / "bin" / "python") if p.is_dir() else env, "$PICAS_PYTHON"))
-        candidates.append(("/tmp/boot/picasvenv/bin/python", "default location"))
-    own = REPO / ".gridxfer" / "bench" / "picas-venv"
-    candidates.append((str(own / "bin" / "python"), "bench's own virtualenv"))
-    ours = os.path.realpath(sys.prefix)
-    for python, origin in candidates:
-        facts = _python_facts(python)
-        if facts is None:
-            if origin == "--picas-python":
-                sys.exit(f"claim.py: {python} cannot import picas")
-            continue
-        if os.path.realpath(facts["prefix"]) == ours:
-            sys.exit(f"claim.py: {python} is our own virtualenv; picas must stay in a separate one")
-        if facts["version"] != PICAS_VERSION:
-            say(f"warning: {python} has picas {facts['version']}, not {PICAS_VERSION}")
-        return python, facts["version"]
-    base = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else shutil.which("python3")
-    if not base:
-        sys.exit("claim.py: no python3 to create the picas virtualenv with")
-    say(
-        f"creating a picas virtualenv at {own} (python3 -m venv + pip install "
-        f"picas=={PICAS_VERSION})"
-    )
-    own.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([base, "-m", "venv", str(own)], check=True)
-    subprocess.run(
-        [
-            str(own / "bin" / "pip"),
-            "install",
-            "-q",
-            "--disable-pip-version-check",
-            f"picas=={PICAS_VERSION}",
-        ],
-        check=True,
-    )
-    facts = _python_facts(str(own / "bin" / "python"))
-    if facts is None:
-        sys.exit(f"claim.py: picas did not install into {own}")
-    return str(own / "bin" / "python"), facts["version"]
+    try:
+        python, version = picas_venv.find_picas_python(
+            explicit,
+            defaults=["/tmp/boot/picasvenv/bin/python"],
+            own=REPO / ".gridxfer" / "bench" / "picas-venv",
+        )
+    except picas_venv.PicasUnavailable as exc:
+        sys.exit(f"claim.py: {exc}")
+    if version != PICAS_VERSION:
+        say(f"warning: {python} has picas {version}, not {PICAS_VERSION}")
+    return python, version
 
 
 def run_workers(

@@ -170,7 +170,7 @@ def test_second_create_catches_up_late_files_new_exposures_and_fixed_manifests(
     assert {f["name"] for f in todo1["files"]} >= {"a.fits", "b.fits"}
     fixme = docs["fixme"]
     assert fixme["state"] == "todo" and fixme["attempts"] == 0 and fixme["output"] == 0
-    assert fixme["error"] is None and fixme["scrub_count"] == 1
+    assert fixme["error"] == [] and fixme["scrub_count"] == 1
     assert [h["event"] for h in fixme["history"][-2:]] == ["reset", "updated"]
     assert docs["done1"]["_rev"] == done_rev  # finished work is never rewritten
 

@@ -253,7 +253,7 @@ class TokenMachine(RuleBasedStateMachine):
         self.attempts, self.scrubs, self.holder = 0, self.scrubs + 1, None
         self.incarnation = self.doc["incarnation"]
         assert self.incarnation != before
-        assert self.state == "todo" and self.doc["error"] is None and self.doc["output"] == 0
+        assert self.state == "todo" and self.doc["error"] == [] and self.doc["output"] == 0
         assert self.doc["stage_request"] is None and "stage_rounds" not in self.doc
 
     @rule(dt=steps, field=st.sampled_from(sorted(CORRUPTIONS)))
@@ -368,12 +368,12 @@ class TokenMachine(RuleBasedStateMachine):
 
     @invariant()
     def results_and_errors(self) -> None:
-        error = self.doc["error"]
+        error = self.doc["error"]  # no error: [] (PiCaS's default), else our one record
         if self.state == "done":
-            assert error is None and self.doc["output"] == 0
+            assert error == [] and self.doc["output"] == 0
         if self.state == "error":
             assert isinstance(error, dict) and error["code"] == self.doc["output"] != 0
-        if error is not None:
+        if error != []:
             assert error["code"] in {int(c) for c in Code} and error["message"]
         assert token.error_code(self.doc) == (error["code"] if error else None)
 

@@ -99,7 +99,7 @@ def remote(request: pytest.FixtureRequest, xrootd: XRootDServer) -> Remote:
 def assert_done_with_results(doc: dict[str, Any], expected: dict[str, dict[str, Any]]) -> None:
     """Done, output 0, a result per data file (bytes, seconds, sha256), a worker log."""
     assert doc["state"] == "done", doc.get("error")
-    assert doc["output"] == 0 and doc["error"] is None and doc["done"] > 0
+    assert doc["output"] == 0 and doc["error"] == [] and doc["done"] > 0
     by_name = {f["name"]: f for f in doc["files"]}
     assert set(expected) <= set(by_name)
     for name, want in expected.items():
@@ -560,7 +560,7 @@ def test_sigterm_mid_copy_releases_token_uncounted_and_leaves_no_final_file(
     assert part_files(remote.path) == []
     doc = db.pool().get(f"{NIGHT}_big")
     assert doc["state"] == "todo" and doc["attempts"] == 0 and doc["lock"] == 0
-    assert doc["output"] == 0 and doc["error"] is None
+    assert doc["output"] == 0 and doc["error"] == []
     assert doc["history"][-1]["event"] == "released"
 
 

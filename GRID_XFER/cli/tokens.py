@@ -1,9 +1,12 @@
-"""`tokens create|list|show|reset|reap|delete`: a night's tokens."""
+"""`tokens create|list|show|reset|reap|delete|attach|get-attachment`: a night's tokens."""
 
 from __future__ import annotations
 
 import logging
+import mimetypes
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from GRID_XFER.app import App
 from GRID_XFER.cli.base import emit_json, json_option, pass_app
 from GRID_XFER.create import CreateRequest, create_tokens
 from GRID_XFER.errors import InvalidInput
+from GRID_XFER.pool import attachments
 
 log = logging.getLogger("GRID_XFER.cli")
 
@@ -134,6 +138,8 @@ def token_line(doc: dict[str, Any]) -> str:
         extra = f"  {tk.error_code(doc)} {message if isinstance(message, str) else problem or ''}"
     if problem is not None and problem not in extra:
         extra += f"  ({problem})"
+    if isinstance(err, list) and err and isinstance(err[-1], dict):  # PiCaS's Task.error()
+        extra += f"  (PiCaS error: {err[-1].get('message')})"
     return f"{doc['_id']:<40} {state:<9} attempts={doc.get('attempts', 0)!s}{extra}"
 
 
@@ -209,3 +215,81 @@ def tokens_delete(app: App, night: str, yes: bool, as_json: bool) -> None:
         click.confirm(f"Delete every token of night {night}?", abort=True)
     ids = pool.delete(night)
     emit_json({"deleted": ids}) if as_json else click.echo(f"{len(ids)} tokens deleted")
+
+
+@tokens.command("attach")
+@click.argument("token_id")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--name", help="Attachment name (default: the file's name).")
+@click.option(
+    "--content-type",
+    help="MIME type (default: guessed from the name, else application/octet-stream).",
+)
+@json_option("{token, name, bytes, content_type, rev}.")
+@pass_app
+def tokens_attach(
+    app: App,
+    token_id: str,
+    file: Path,
+    name: str | None,
+    content_type: str | None,
+    as_json: bool,
+) -> None:
+    """Attach FILE to a token (a parset, a script); a task reads it (docs/tokens.md)."""
+    name = name or file.name
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        raise InvalidInput(f"cannot read {str(file)!r}: {exc.strerror}") from None
+    kind = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    rev = attachments.attach(app.pool().couch, token_id, name, data, kind)
+    if as_json:
+        emit_json(
+            {"token": token_id, "name": name, "bytes": len(data), "content_type": kind, "rev": rev}
+        )
+    else:
+        click.echo(f"{token_id}: attached {name} ({len(data)} bytes, {kind})")
+
+
+@tokens.command("get-attachment")
+@click.argument("token_id")
+@click.argument("name")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write to this file (atomically) instead of standard output.",
+)
+@click.option("--force", is_flag=True, help="Overwrite an existing --output file.")
+@pass_app
+def tokens_get_attachment(
+    app: App, token_id: str, name: str, output: Path | None, force: bool
+) -> None:
+    """Write a token's attachment NAME to standard output, or to a file with -o."""
+    if output is not None and output.exists() and not force:
+        raise InvalidInput(f"{str(output)!r} exists; use --force to overwrite it")
+    data = attachments.read(app.pool().couch, token_id, name)
+    if output is None:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)  # bytes as stored: a binary attachment too
+        sys.stdout.buffer.flush()
+        return
+    write_atomically(output, data)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write beside ``path`` and rename, so nobody sees half a file."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
+    except OSError as exc:
+        raise InvalidInput(f"cannot write into {str(path.parent)!r}: {exc.strerror}") from None
+    try:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as an ordinary new file, not mkstemp's 0600
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise InvalidInput(f"cannot write {str(path)!r}: {exc.strerror}") from None

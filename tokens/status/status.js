@@ -274,7 +274,7 @@
     var t = now();
     shown.forEach(function (row) {
       var d = row.doc || {};
-      var err = d.error ? d.error.code + " " + (d.error.name || codeName(d.error.code)) + ": " +
+      var err = d.error && !Array.isArray(d.error) ? d.error.code + " " + (d.error.name || codeName(d.error.code)) + ": " +
                           (d.error.message || "") : "";
       tb.appendChild(el("tr", {"data-token": row.id}, [
         el("td", {}, [el("a", {href: DB + encodeURIComponent(row.id), text: row.id})]),

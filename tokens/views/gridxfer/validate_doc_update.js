@@ -30,9 +30,14 @@ function (newDoc, oldDoc, userCtx, secObj) {
     }
   });
   if (newDoc.history !== undefined && !Array.isArray(newDoc.history)) bad("history", "must be a list");
-  if (newDoc.error !== undefined && newDoc.error !== null &&
+  // PiCaS keeps a list of records ([] by default; its Task.error() appends one).
+  if (Array.isArray(newDoc.error)) {
+    newDoc.error.forEach(function (e, i) {
+      if (!e || typeof e !== "object" || Array.isArray(e)) bad("error[" + i + "]", "must be an object");
+    });
+  } else if (newDoc.error !== undefined && newDoc.error !== null &&
       (typeof newDoc.error !== "object" || !isNum(newDoc.error.code))) {
-    bad("error", "must be null or an object with a numeric code");
+    bad("error", "must be null, a list (PiCaS) or an object with a numeric code");
   }
   if (newDoc.worker !== undefined && newDoc.worker !== null && typeof newDoc.worker !== "object") {
     bad("worker", "must be null or an object");
