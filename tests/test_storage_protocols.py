@@ -3,6 +3,8 @@ becomes gfal2 settings: secrets from the environment or a file, never shown."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import gfal2
@@ -130,3 +132,23 @@ def test_an_sftp_copy_gets_its_buffer_capped() -> None:
 def test_an_untrusted_server_or_a_refused_key_is_permanent_config(message: str) -> None:
     assert classify(112, message, copy=True) == (Code.CONFIG, False)
     assert classify(13, message) == (Code.CONFIG, False)
+
+
+def _sigterm_blocked_after(make: str) -> bool:
+    code = (
+        "import signal, gfal2\n"
+        "from GRID_XFER.storage.operation import new_context\n"
+        f"{make}\n"
+        "print(signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, []))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
+
+
+def test_making_a_context_leaves_the_threads_signal_mask_alone() -> None:
+    """The srm and gridftp plugins (installed by scripts/setup) block SIGTERM and
+    SIGINT while they load; a worker would then ignore both, and so would every
+    command it starts. Each case runs in a fresh process: plugins load once."""
+    if not _sigterm_blocked_after("gfal2.creat_context()"):
+        pytest.skip("no gfal2 plugin here blocks signals (srm/gridftp plugins not installed)")
+    assert not _sigterm_blocked_after("new_context(); new_context()")

@@ -9,6 +9,7 @@ per thread.
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +29,14 @@ T = TypeVar("T")
 
 
 def new_context(settings: Settings | None = None) -> gfal2.Gfal2Context:
+    """A gfal2 context, leaving the calling thread's signal mask as it found it.
+
+    Loading the srm and gridftp plugins (Globus) blocks almost every signal in
+    the calling thread, SIGTERM and SIGINT included, and every process started
+    from that thread afterwards inherits the mask: a worker would no longer stop
+    on SIGTERM, nor a command task it runs. So the mask is put back each time.
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     try:
         ctx = gfal2.creat_context()
         if settings is not None:
@@ -39,6 +48,8 @@ def new_context(settings: Settings | None = None) -> gfal2.Gfal2Context:
             errno=int(exc.code),
             code=Code.CONFIG,
         ) from None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 class Operation:
