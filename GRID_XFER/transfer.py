@@ -273,7 +273,11 @@ class TransferTask:
         result: dict[str, Any] = {"status": "copied", "bytes": copied.bytes, "third_party": True}
         try:
             if manifest or self.third_party_verify == "read-back":
-                got = hash_chunks(self.storage.open_read(tmp, READ_CHUNK), "sha256")
+                sha, adler = Hasher("sha256"), Hasher("adler32")
+                for chunk in self.storage.open_read(tmp, READ_CHUNK):  # one read, both sums
+                    sha.update(chunk)
+                    adler.update(chunk)
+                got = sha.hexdigest()
                 if want_sha and got != want_sha:
                     raise _Mismatch(
                         f"{name}: sha256 {got} of the copy read back at the destination "
@@ -281,7 +285,9 @@ class TransferTask:
                     )
                 if not manifest:
                     result["sha256"] = got
-            result["adler32"] = self.storage.checksum(tmp, "ADLER32")
+                result["adler32"] = adler.hexdigest()
+            else:  # gfal2 compared both ends' ADLER32; recorded as the destination's
+                result["adler32"] = self.storage.checksum(tmp, "ADLER32")
             self._place(src, tmp, dst, f, manifest)
         except BaseException:
             if not self.storage.discard(tmp):

@@ -3,6 +3,8 @@
 
     .venv/bin/python bench/transfer.py            # full run: 16 x 4 x 32 MiB = 2 GiB, 1,2,4 workers
     .venv/bin/python bench/transfer.py --quick    # smoke run: 8 x 4 x 6 MiB (~200 MB), 1,2 workers
+    .venv/bin/python bench/transfer.py --grid     # davs streamed + third-party, root third-party,
+                                                  # against curl and xrdcp (bench/_grid.py)
 
 It starts its own pouchdb-server (GRID_XFER.server.EmbeddedServer) and its own
 XRootD endpoint (scripts/xrootd) on free ports, in a temporary directory under
@@ -919,7 +921,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "kXR_wait answers (server: 'come back in N s') per run; slows the clients",
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument(
+        "--grid",
+        action="store_true",
+        help="instead: davs:// streamed and third-party and root:// third-party between two "
+        "XRootD servers over TLS, against curl and xrdcp (bench/_grid.py); "
+        "default 4 x 4 x 16M, workers 1,2",
+    )
     args = ap.parse_args(argv)
+    if args.grid:
+        grid = {"exposures": 4, "files": 4, "size": 16 * MIB, "workers": "1,2"}
+        for key, value in grid.items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
     quick = {"exposures": 8, "files": 4, "size": 6 * MIB, "workers": "1,2"}
     full = {"exposures": 16, "files": 4, "size": 32 * MIB, "workers": "1,2,4"}
     for key, value in (quick if args.quick else full).items():
@@ -958,6 +972,10 @@ def main(argv: list[str]) -> int:
         _child(argv[1], int(argv[2]), argv[3], argv[4])
         return 0
     args = parse_args(argv)
+    if args.grid:
+        import _grid
+
+        return _grid.main(args.exposures, args.files, args.size, args.worker_counts, args.dir)
     for tool in ("xrdcp", "xrootd", "cp"):
         if not shutil.which(tool):
             sys.exit(f"transfer.py: {tool} is not installed (scripts/setup installs XRootD)")
