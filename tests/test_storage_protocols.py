@@ -3,6 +3,7 @@ becomes gfal2 settings: secrets from the environment or a file, never shown."""
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import pytest
 from pydantic import ValidationError
 
 from GRID_XFER.config import Config, StorageConfig
-from GRID_XFER.errors import Code, ConfigError
+from GRID_XFER.errors import Code, ConfigError, StorageError
+from GRID_XFER.storage import Storage
 from GRID_XFER.storage.classify import classify
 from GRID_XFER.storage.operation import new_context
 from GRID_XFER.storage.protocols import (
@@ -152,3 +154,29 @@ def test_making_a_context_leaves_the_threads_signal_mask_alone() -> None:
     if not _sigterm_blocked_after("gfal2.creat_context()"):
         pytest.skip("no gfal2 plugin here blocks signals (srm/gridftp plugins not installed)")
     assert not _sigterm_blocked_after("new_context(); new_context()")
+
+
+def test_srm_and_gsiftp_urls_reach_their_plugins_and_a_missing_proxy_is_permanent() -> None:
+    """scripts/setup installs the srm and gridftp plugins: their URLs are understood
+    (no server runs here, so they fail at connecting or logging in, not before)."""
+    storage = Storage()
+    with pytest.raises(StorageError) as unknown:
+        storage.stat("nosuch://127.0.0.1:1/x")
+    assert unknown.value.errno == errno.EPROTONOSUPPORT
+    with pytest.raises(StorageError) as gsiftp:
+        storage.stat(f"gsiftp://127.0.0.1:{closed_port()}/data/x")
+    assert gsiftp.value.errno != errno.EPROTONOSUPPORT and "Connection refused" in str(gsiftp.value)
+    assert gsiftp.value.transient
+    with pytest.raises(StorageError) as srm:
+        storage.stat(f"srm://127.0.0.1:{closed_port()}/pnfs/x")
+    assert srm.value.errno != errno.EPROTONOSUPPORT
+    if "credentials" in str(srm.value):  # no grid proxy on this machine
+        assert (srm.value.code, srm.value.transient) == (Code.CONFIG, False)
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -84,11 +84,13 @@ _CHECKSUM_MISMATCH = re.compile(r"checksum (?:mismatch|error)|do not match", re.
 _SIDE_SUFFIX = re.compile(r"\((source|destination)\)\s*$")
 _DEST_WORD = re.compile(r"\b(?:destination|target)\b", re.I)
 # A server certificate not trusted (davix: "issuer is not trusted"; curl-style
-# "certificate verify failed") or a login refused: no retry mends either, only
-# configuration (storage.ca_dir, the key) does.
+# "certificate verify failed"), a login refused, or no grid proxy to log in with
+# (Globus, srm/gsiftp): no retry mends these, only configuration (storage.ca_dir,
+# the key, a fresh proxy) does.
 _NOT_TRUSTED = re.compile(
     r"certificate verification failed|issuer is not trusted|certificate verify failed|"
-    r"SSL certificate problem|authentication (?:methods )?failed",
+    r"SSL certificate problem|authentication (?:methods )?failed|"
+    r"could not load client credentials|valid credentials could not be found",
     re.I,
 )
 
