@@ -321,3 +321,22 @@ def test_night_file_to_s3_read_back_equal_and_the_secret_key_stays_out_of_tokens
     raw = json.dumps(db.couch.get(doc["_id"])) + worker_log(db, doc)
     assert s3_server.env()["GRIDXFER_S3_SECRET_KEY"] not in raw
     assert "verifying by reading the destination" in worker_log(db, doc)
+
+
+@pytest.mark.slow
+def test_night_read_from_s3_listed_and_copied_to_file(
+    db: Database, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """An S3 prefix listed as a night (path-style listing), its objects read back intact."""
+    src = tmp_path / "src"
+    make_night(src, NIGHT, exposures=2, files_per_exposure=2, size=MiB + 1)
+    cfg = StorageConfig.model_validate(s3_server.storage_config())
+    storage = Storage(settings=settings_from(cfg, s3_server.env()))
+    base = unique("s3-src")
+    for path in (p for p in src.rglob("*") if p.is_file()):
+        storage.stream(f"file://{path}", s3_server.url_for(f"{base}/{path.relative_to(src)}"), len)
+    configure(db, s3_server.storage_config())
+    out = tmp_path / "out"
+    night(db, s3_server.url_for(base), f"file://{out}", extra=s3_server.env())
+    assert tree(out / NIGHT) == tree(src / NIGHT)
+    assert {d["state"] for d in docs(db).values()} == {"done"}
