@@ -141,7 +141,7 @@ def test_night_on_tape_only_is_staged_with_gfal2_then_copied_and_pins_released(
     # The pins were released: the buffer drops the recalled copies again.
     deadline = time.monotonic() + 20
     while (after := state_all(cfg, NIGHT))["counts"]["NEARLINE"] != 6:
-        assert time.monotonic() < deadline, after
+        assert time.monotonic() < deadline, f"{after}\n{tape.logs()}"
         time.sleep(0.3)
 
 

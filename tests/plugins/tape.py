@@ -67,6 +67,18 @@ class TapeServer:
             if twin.is_file() and twin.stat().st_size == f.stat().st_size:
                 f.unlink()
 
+    def logs(self, lines: int = 60) -> str:
+        """The tail of the prepare plugin's and the recall agent's logs (for failures)."""
+        state = Path(self.env["GRIDXFER_RUN"]) / f"tape-{self.name}" / "state"
+        out = []
+        for name in ("prep.log", "xfr.log"):
+            try:
+                text = (state / name).read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                text = ["(none)"]
+            out.append(f"--- {name}\n" + "\n".join(text))
+        return "\n".join(out)
+
     def on_tape(self, relpath: str | os.PathLike[str]) -> bool:
         return (self.mss / relpath).is_file()
 
