@@ -28,6 +28,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal
 
 from GRID_XFER.checksum import Hasher, hash_chunks
@@ -225,17 +227,11 @@ class TransferTask:
         started = time.monotonic()
         # A failed stream removes its own partial file (waiting a bounded time).
         copied = self.storage.stream(src, tmp, observe, size=f.get("size"))
-        try:
+        with self._discarded_on_failure(tmp, ctx):
             sent_sha, sent_adler = sha.hexdigest(), adler.hexdigest()
             _check_sent(name, manifest, (want_sha, sent_sha), (want_adler, sent_adler))
             self._check_written(tmp, name, sent_sha, sent_adler, ctx)
             self._place(src, tmp, dst, f, manifest)
-        except BaseException:
-            if not self.storage.discard(tmp):
-                ctx.log.warning(
-                    "could not remove temporary %s now; the next attempt will", redact(tmp)
-                )
-            raise
         result: dict[str, Any] = {
             "status": "copied",
             "bytes": copied.bytes,
@@ -271,7 +267,7 @@ class TransferTask:
                 raise _Mismatch(f"{name}: {err}") from None
             raise
         result: dict[str, Any] = {"status": "copied", "bytes": copied.bytes, "third_party": True}
-        try:
+        with self._discarded_on_failure(tmp, ctx):
             if manifest or self.third_party_verify == "read-back":
                 sha, adler = Hasher("sha256"), Hasher("adler32")
                 for chunk in self.storage.open_read(tmp, READ_CHUNK):  # one read, both sums
@@ -289,14 +285,20 @@ class TransferTask:
             else:  # gfal2 compared both ends' ADLER32; recorded as the destination's
                 result["adler32"] = self.storage.checksum(tmp, "ADLER32")
             self._place(src, tmp, dst, f, manifest)
+        result["seconds"] = round(time.monotonic() - started, 3)
+        return result
+
+    @contextmanager
+    def _discarded_on_failure(self, tmp: str, ctx: TaskContext) -> Iterator[None]:
+        """A verification or rename that fails takes the temporary copy with it."""
+        try:
+            yield
         except BaseException:
             if not self.storage.discard(tmp):
                 ctx.log.warning(
                     "could not remove temporary %s now; the next attempt will", redact(tmp)
                 )
             raise
-        result["seconds"] = round(time.monotonic() - started, 3)
-        return result
 
     def _place(self, src: str, tmp: str, dst: str, f: dict[str, Any], manifest: bool) -> None:
         """The verified temporary copy takes the final name, unless someone else's did."""

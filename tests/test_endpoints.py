@@ -42,7 +42,10 @@ def configure(db: Database, storage: dict[str, Any], **transfer: Any) -> Path:
     )
 
 
-def night(db: Database, src: str, dst: str, *, extra: dict[str, str] | None = None) -> None:
+def night(
+    db: Database, src: str, dst: str, *, extra: dict[str, str] | None = None, ok: bool = True
+) -> None:
+    """`tokens create` then one worker to the end; ``ok``: the worker must exit 0."""
     env = cli_env(db.config_file, **(extra or {}))
     created = gridxfer(
         "tokens",
@@ -64,7 +67,7 @@ def night(db: Database, src: str, dst: str, *, extra: dict[str, str] | None = No
         NIGHT,
         "--idle-exit",
         config=db.config_file,
-        check=True,
+        check=ok,
         timeout=300,
         env=env,
     )
@@ -160,18 +163,7 @@ def test_third_party_copy_of_a_source_changed_after_create_is_error_30_and_nothi
     flip_byte(davs_pair.a.path(f"{base}/{NIGHT}/{exp}/{victim}"))
     dest = unique("tpc-bad-dst")
     configure(db, davs_pair.storage_config())
-    gridxfer(
-        "tokens",
-        "create",
-        NIGHT,
-        "--source",
-        davs_pair.a.davs_for(base),
-        "--dest",
-        davs_pair.b.davs_for(dest),
-        config=db.config_file,
-        check=True,
-    )
-    gridxfer("worker", "--night", NIGHT, "--idle-exit", config=db.config_file, timeout=300)
+    night(db, davs_pair.a.davs_for(base), davs_pair.b.davs_for(dest), ok=False)
     (doc,) = docs(db).values()
     assert doc["state"] == "error" and doc["output"] == 30, doc.get("error")
     assert doc["error"]["file"] == victim
@@ -204,18 +196,7 @@ def test_davs_without_the_ca_fails_naming_the_untrusted_certificate(
     src = tmp_path / "src"
     make_night(src, NIGHT, exposures=1, files_per_exposure=1, size=1000)
     configure(db, {"gfal2": {"HTTP PLUGIN:RETRIEVE_BEARER_TOKEN": False}})
-    gridxfer(
-        "tokens",
-        "create",
-        NIGHT,
-        "--source",
-        f"file://{src}",
-        "--dest",
-        davs_pair.a.davs_for(unique("noca")),
-        config=db.config_file,
-        check=True,
-    )
-    gridxfer("worker", "--night", NIGHT, "--idle-exit", config=db.config_file, timeout=300)
+    night(db, f"file://{src}", davs_pair.a.davs_for(unique("noca")), ok=False)
     (doc,) = docs(db).values()
     assert (doc["state"], doc["output"]) == ("error", 1), doc["error"]  # no retry mends it
     assert "not trusted" in doc["error"]["message"], doc["error"]
@@ -270,18 +251,7 @@ def test_sftp_with_a_key_the_server_does_not_know_is_error_1_at_once(
     src = tmp_path / "src"
     make_night(src, NIGHT, exposures=1, files_per_exposure=1, size=1000)
     configure(db, {"sftp": {"user": sftp_server.user, "private_key": str(key)}})
-    gridxfer(
-        "tokens",
-        "create",
-        NIGHT,
-        "--source",
-        f"file://{src}",
-        "--dest",
-        sftp_server.url_for(unique("stranger")),
-        config=db.config_file,
-        check=True,
-    )
-    gridxfer("worker", "--night", NIGHT, "--idle-exit", config=db.config_file, timeout=300)
+    night(db, f"file://{src}", sftp_server.url_for(unique("stranger")), ok=False)
     (doc,) = docs(db).values()
     assert (doc["state"], doc["output"], doc["attempts"]) == ("error", 1, 1), doc["error"]
     assert "authentication methods failed" in doc["error"]["message"]
