@@ -206,17 +206,20 @@ class TransferTask:
         """The manifest this task read and checked, never a file merely labelled so."""
         return self._manifest is not None and f["name"] == self._manifest[0]
 
+    def _wanted(self, f: dict[str, Any]) -> tuple[str | None, str | None]:
+        """(SHA-256, ADLER32) the file's bytes must have; for the manifest, the SHA-256
+        of the very bytes _check_source verified the files by."""
+        sums = f.get("checksums", {})
+        sha = self._manifest[1] if self._is_manifest(f) and self._manifest else sums.get("sha256")
+        return sha, sums.get("adler32")
+
     def _copy_verified(
         self, src: str, dst: str, f: dict[str, Any], ctx: TaskContext
     ) -> dict[str, Any]:
         """One read of the source feeds the copy and both checksums, then the
         destination is checked against the checksum of the very bytes sent."""
-        name = f["name"]
-        sums = f.get("checksums", {})
-        want_sha, want_adler = sums.get("sha256"), sums.get("adler32")
-        manifest = self._is_manifest(f)
-        if manifest and self._manifest:
-            want_sha = self._manifest[1]  # the very bytes _check_source verified the files by
+        name, manifest = f["name"], self._is_manifest(f)
+        want_sha, want_adler = self._wanted(f)
         tmp = temporary_name(dst)
         sha, adler = Hasher("sha256"), Hasher("adler32")
 
@@ -248,10 +251,7 @@ class TransferTask:
         """The servers copy to a temporary name (ADLER32 compared at both ends, and
         with the token's); the copy is read back for the SHA-256 unless told not to."""
         name, manifest = f["name"], self._is_manifest(f)
-        sums = f.get("checksums", {})
-        want_sha, want_adler = sums.get("sha256"), sums.get("adler32")
-        if manifest and self._manifest:
-            want_sha = self._manifest[1]
+        want_sha, want_adler = self._wanted(f)
         tmp = temporary_name(dst)
         started = time.monotonic()
         try:
