@@ -21,8 +21,20 @@ from GRID_XFER.nightly_config import NightlyConfig
 from GRID_XFER.urls import PlainURL, http_url_problem
 
 DEFAULT_PORT = 5984
+# Storage secrets come from these (or their files), never from this file's keys.
+SFTP_PASSPHRASE_ENV = "GRIDXFER_SFTP_PASSPHRASE"
+S3_SECRET_ENV = "GRIDXFER_S3_SECRET_KEY"
+STORAGE_SECRET_ENV = (SFTP_PASSPHRASE_ENV, S3_SECRET_ENV)
 # gfal2 option names that hold a secret (SECRET_KEY, PASSWORD, PASSPHRASE, a token).
 _SECRET_OPTION = re.compile(r"PASSW|SECRET|PASSPHRASE|TOKEN$", re.I)
+
+
+def read_secret_file(path: Path, setting: str) -> str:
+    """A secret kept in a file (read when needed); ConfigError naming ``setting``."""
+    try:
+        return path.expanduser().read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"{setting}: cannot read {path}: {exc.strerror}") from None
 
 
 def _http_url(v: str, credentials_from: str) -> str:
@@ -96,12 +108,7 @@ class CouchDBConfig(_Section):
         if self.password is not None:
             return self.password.get_secret_value()
         if self.password_file is not None:
-            try:
-                return self.password_file.expanduser().read_text().strip()
-            except OSError as exc:
-                raise ConfigError(
-                    f"couchdb.password_file: cannot read {self.password_file}: {exc.strerror}"
-                ) from None
+            return read_secret_file(self.password_file, "couchdb.password_file")
         return None
 
 

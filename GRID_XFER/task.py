@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from GRID_XFER.config import STORAGE_SECRET_ENV
 from GRID_XFER.errors import Code, NotFound, TaskError
 from GRID_XFER.pool.attachments import NAME, user_attachments
 
@@ -30,8 +31,7 @@ SECRET_ENV = (
     "GRIDXFER_COUCHDB_PASSWORD",
     "GRIDXFER_STAGER_PASSWORD",
     "LOFAR_LTA_PWD",
-    "GRIDXFER_SFTP_PASSPHRASE",
-    "GRIDXFER_S3_SECRET_KEY",
+    *STORAGE_SECRET_ENV,
 )
 
 

@@ -25,16 +25,16 @@ from urllib.parse import urlsplit
 
 import gfal2
 
-from GRID_XFER.config import StorageConfig
-from GRID_XFER.errors import ConfigError
+from GRID_XFER.config import (
+    S3_SECRET_ENV,
+    SFTP_PASSPHRASE_ENV,
+    StorageConfig,
+    read_secret_file,
+)
 
 SFTP_WRITE = 30000  # libssh2's MAX_SFTP_OUTGOING_SIZE
-SFTP_PASSPHRASE_ENV = "GRIDXFER_SFTP_PASSPHRASE"
-S3_SECRET_ENV = "GRIDXFER_S3_SECRET_KEY"
-SECRET_ENV = (SFTP_PASSPHRASE_ENV, S3_SECRET_ENV)
 HTTP_FAMILY = frozenset({"http", "https", "dav", "davs"})
 ROOT_FAMILY = frozenset({"root", "roots", "xroot", "xroots"})
-LOCAL = frozenset({"file"})
 
 Value = str | int | bool | list[str]
 
@@ -126,12 +126,7 @@ def prepare_copy(
 def _secret(env: Mapping[str, str], name: str, path: Path | None, key: str) -> str | None:
     if env.get(name):
         return env[name]
-    if path is None:
-        return None
-    try:
-        return path.expanduser().read_text().strip()
-    except OSError as exc:
-        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from None
+    return None if path is None else read_secret_file(path, key)
 
 
 def settings_from(cfg: StorageConfig, env: Mapping[str, str] = os.environ) -> Settings:
