@@ -92,6 +92,11 @@ def normalise(url: str) -> str:
     return url
 
 
+def one_url(url: str) -> str:
+    """A single URL given instead of a list: checked by the URL policy, then canonical."""
+    return normalise(check_plain_url(url, "URL"))
+
+
 def _site(url: str) -> tuple[Site, str]:
     host = urlsplit(url).hostname or ""
     for site in SITES:

@@ -15,7 +15,7 @@ from GRID_XFER.app import App
 from GRID_XFER.cli import exits
 from GRID_XFER.cli.base import emit_json, json_option, pass_app
 from GRID_XFER.errors import NotFound
-from GRID_XFER.urls import check_plain_url, redact
+from GRID_XFER.urls import redact
 
 log = logging.getLogger("GRID_XFER.cli")
 
@@ -216,7 +216,7 @@ def convert(target: str, form: str, as_json: bool) -> None:
     known LTA site, or a site without that form, exits 6 naming it.
     """
     if "://" in target:
-        urls = [srmlist.normalise(check_plain_url(target, "URL"))]
+        urls = [srmlist.one_url(target)]
     else:
         urls = srmlist.read_list(Path(target))
     converted = [srmlist.convert(u, form) for u in urls]

@@ -24,7 +24,6 @@ from GRID_XFER.staging.archive import Archive
 from GRID_XFER.staging.locality import NEARLINE, StateReport, may_be_on_tape, token_urls
 from GRID_XFER.staging.methods import StagerMethod
 from GRID_XFER.staging.recall import Staging
-from GRID_XFER.urls import check_plain_url
 from GRID_XFER.views import DDOC
 
 if TYPE_CHECKING:
@@ -49,7 +48,7 @@ def target_urls(target: str, pool: Callable[[], Pool]) -> Target:
     ``pool`` is called only for a night: a URL or a file of URLs needs no database.
     """
     if "://" in target:
-        return Target([("", srmlist.normalise(check_plain_url(target, "URL")))])
+        return Target([("", srmlist.one_url(target))])
     path = Path(target)
     if path.is_file():
         return Target([("", u) for u in scan.read_surl_list(path)])
