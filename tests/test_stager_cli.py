@@ -16,14 +16,13 @@ while the stager, in the test process, still stages from the tape testbed.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from GRID_XFER.errors import Code
-from tests.conftest import Database, cli_env, gridxfer
+from tests.conftest import Database, cli_env, gridxfer, wait_for
 from tests.plugins.tape import STAGER_PASSWORD, STAGER_USER, TapeServer
 from tests.test_tape import NIGHT, config, docs, state_all, unique
 
@@ -62,14 +61,6 @@ def stage_json(cfg: Path, env: dict[str, str], *args: str) -> Any:
     return json.loads(gridxfer("stage", *args, "--json", config=cfg, env=env, check=True).stdout)
 
 
-def wait_for(what: str, probe: Any, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := probe()):
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(0.3)
-    return result
-
-
 def test_stage_a_file_with_the_stager_asks_gfal2_nothing(
     db: Database, tape: TapeServer, lta_stager: Any, tmp_path: Path
 ) -> None:
@@ -87,11 +78,12 @@ def test_stage_a_file_with_the_stager_asks_gfal2_nothing(
     assert lta_stager.requests[int(rid)]["surls"] == sorted(urls)
     # The stager staged them for real: the tape testbed has them on disk now.
     wait_for(
-        "staged",
         lambda: (
             stage_json(cfg, blind, "--status", rid, "--method", "stager")["stager_status"]
             == "success"
         ),
+        every=0.3,
+        what="staged",
     )
     seen = lta_env(cfg, tmp_path)
     assert state_all(cfg, str(surls), seen)["counts"]["ONLINE_AND_NEARLINE"] == 4
@@ -123,7 +115,7 @@ def test_stage_a_night_with_the_stager_and_poll_it_without_gfal2(
         stage_json(cfg, blind, "--poll")
         return {d["state"] for d in docs(db).values()} == {"todo"}
 
-    wait_for("tokens back to todo", staged)
+    wait_for(staged, every=0.3, what="tokens back to todo")
     for doc in docs(db).values():
         assert [h["state"] for h in doc["history"]][-2:] == ["staging", "todo"]
 
