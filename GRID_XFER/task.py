@@ -117,6 +117,12 @@ def write_attachments(token: dict[str, Any], ctx: TaskContext, where: Path) -> l
     return written
 
 
+def _stopped_by_signal(status: int) -> bool:
+    """Killed by a signal, or a shell (or a tool) exiting 128+N after SIGTERM/SIGINT,
+    as shells report a signalled child and trap handlers end."""
+    return status < 0 or status - 128 in (signal.SIGTERM, signal.SIGINT)
+
+
 class CommandTask:
     """Runs a configured command with the token's fields in its environment.
 
@@ -188,7 +194,7 @@ class CommandTask:
         status = proc.returncode
         if status == 0:
             return {"exit_code": 0}
-        if status < 0 and not ctx.cancelled.is_set():
+        if _stopped_by_signal(status) and not ctx.cancelled.is_set():
             # A batch system's scancel signals the whole job at once: the command
             # may die before the worker's own handler has run. Give it a moment,
             # so the token is handed back rather than failed.

@@ -196,6 +196,25 @@ def test_a_command_killed_by_a_signal_waits_for_the_workers_own_stop(
     assert info.value.code == Code.INTERRUPTED
 
 
+def test_a_command_ending_143_after_its_sigterm_waits_for_the_workers_own_stop(
+    doc: dict[str, Any], ctx: TaskContext
+) -> None:
+    """A wrapper script that traps TERM and exits 128+15 (or a shell reporting a
+    signalled child) ended because of the same scancel: handed back, not failed."""
+    threading.Timer(0.3, ctx.cancelled.set).start()
+    with pytest.raises(TaskError) as info:
+        sh("exit 143").run(doc, ctx)
+    assert info.value.code == Code.INTERRUPTED
+
+
+def test_a_command_exiting_143_with_no_stop_coming_is_still_99(
+    doc: dict[str, Any], ctx: TaskContext
+) -> None:
+    with pytest.raises(TaskError) as info:
+        sh("exit 143").run(doc, ctx)
+    assert info.value.code == Code.UNEXPECTED and "status 143" in str(info.value)
+
+
 def test_a_command_killed_by_a_signal_nobody_sent_us_is_99(
     doc: dict[str, Any], ctx: TaskContext
 ) -> None:
