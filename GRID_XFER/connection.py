@@ -133,7 +133,8 @@ class Connection:
                 except requests.HTTPError as exc:
                     status = exc.response.status_code if exc.response is not None else "?"
                     raise DatabaseError(
-                        f"login to {url} as {user!r} refused (HTTP {status})"
+                        f"login to {url} as {user!r} refused (HTTP {status})",
+                        status if isinstance(status, int) else None,
                     ) from None
                 self._clients[url] = client
             session: requests.Session = client.r_session
@@ -210,7 +211,8 @@ class Connection:
         if resp.status_code == 500 and view is not None:
             raise ViewError(
                 f"{method} {url}: view {view} failed on the server: HTTP 500 "
-                f"{_reason(resp, with_error=True)}"
+                f"{_reason(resp, with_error=True)}",
+                500,
             )
         if resp.status_code in _RETRY_STATUS:
             return f"HTTP {resp.status_code}"
@@ -262,8 +264,10 @@ class Connection:
         if resp.status_code == 403 and reason.startswith("invalid token"):
             raise Rejected(f"{shown}: refused by the database's write check: {reason}")
         if resp.status_code in (401, 403):
-            raise DatabaseError(f"{shown}: not authorised (HTTP {resp.status_code}: {reason})")
-        raise DatabaseError(f"{shown}: HTTP {resp.status_code}: {reason}")
+            raise DatabaseError(
+                f"{shown}: not authorised (HTTP {resp.status_code}: {reason})", resp.status_code
+            )
+        raise DatabaseError(f"{shown}: HTTP {resp.status_code}: {reason}", resp.status_code)
 
 
 def _reason(resp: requests.Response, *, with_error: bool = False) -> str:

@@ -56,7 +56,7 @@ class Couch(Connection):
         try:
             self.request("PUT", "")
         except DatabaseError as exc:
-            if "412" in str(exc) or "exist" in str(exc):
+            if exc.status == 412:
                 return False
             raise
         return True

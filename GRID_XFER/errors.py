@@ -115,9 +115,24 @@ class DatabaseUnavailable(GridXferError):
 
 
 class DatabaseError(GridXferError):
-    """The server answered with an error we cannot retry (auth, bad request)."""
+    """The server answered with an error we cannot retry (auth, bad request).
+
+    ``status`` is the HTTP status when there was one: callers decide on it, never
+    on the message, which holds the URL (a port such as 24120 contains "412").
+    """
 
     code = Code.CONFIG
+
+    def __init__(
+        self,
+        message: str,
+        status: int | None = None,
+        *,
+        code: Code | None = None,
+        transient: bool | None = None,
+    ) -> None:
+        super().__init__(message, code=code, transient=transient)
+        self.status = status
 
 
 class ViewError(DatabaseError):

@@ -177,7 +177,7 @@ def install(couch: Couch) -> dict[str, str]:
             except Conflict:
                 continue  # another init (or a person) wrote meanwhile: look again
             except DatabaseError as exc:
-                if "412" not in str(exc) or attempt == 5:
+                if exc.status != 412 or attempt == 5:
                     raise
                 time.sleep(0.2 * (attempt + 1))  # a copy still lacks an attachment
                 continue

@@ -14,7 +14,7 @@ import yaml
 from GRID_XFER import views
 from GRID_XFER.config import CouchDBConfig, load_config
 from GRID_XFER.couch import Couch
-from GRID_XFER.errors import Code, Rejected
+from GRID_XFER.errors import Code, DatabaseError, Rejected
 from GRID_XFER.token import parse_spec
 from tests.conftest import Database, gridxfer, make_database
 from tests.plugins.couchdb import CouchDB3
@@ -30,6 +30,7 @@ def test_design_docs_built_from_js_sources() -> None:
 
 @pytest.mark.slow
 def test_install_is_idempotent_and_updates_only_changed(db: Database) -> None:
+    assert db.couch.create_db() is False
     assert views.install(db.couch) == {"Monitor": "unchanged", "gridxfer": "unchanged"}
     ddoc = db.couch.get("_design/gridxfer")
     ddoc["views"]["todo"]["map"] = "function (doc) {}"
@@ -184,6 +185,21 @@ def test_workers_and_status_need_only_member_rights(couchdb3: CouchDB3, tmp_path
     doc = couch.get("n1_a")
     with pytest.raises(Rejected, match="state must be one of"):
         couch.put({**doc, "state": "whatever"})
+
+
+@pytest.mark.slow
+def test_creating_a_database_tells_existing_from_refused_by_status_not_message(
+    couchdb3: CouchDB3, tmp_path: Path
+) -> None:
+    # CI once ran on port 24120: a refusal whose message held "412" was taken for
+    # "exists", and a member's `init` said it succeeded. The name here holds it too.
+    db = make_database(couchdb3.url, tmp_path, couchdb3)
+    assert db.couch.create_db() is False  # it exists: HTTP 412
+    member = load_config(_as_member(db, tmp_path, f"worker{uuid.uuid4().hex[:6]}")).couchdb
+    other = Couch(member.model_copy(update={"db": f"t412{uuid.uuid4().hex[:8]}exist"}))
+    with pytest.raises(DatabaseError, match="not authorised") as refused:
+        other.create_db()
+    assert refused.value.status == 401
 
 
 def _exposures(tmp_path: Path, names: str) -> Path:
